@@ -1,0 +1,198 @@
+"""A training run folder, read back by evaluation, k-fold and export.
+
+``runs/<name>/`` holds everything needed to rebuild the trained model and its inputs without the
+training code: ``config.yaml`` (resolved), ``run.json`` (classes, split file + hash, preprocessing
+cache, best epoch/score), ``preprocessor.json`` (fitted state), ``model.safetensors`` (best weights),
+``calibration.json`` (written by evaluation: temperature, conformal quantiles, threshold).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainmri.config import Config, load_config
+from brainmri.errors import DataError
+
+RUN_JSON = "run.json"
+WEIGHTS_FILE = "model.safetensors"
+PREPROCESSOR_FILE = "preprocessor.json"
+CALIBRATION_FILE = "calibration.json"
+
+
+@dataclass
+class SplitImages:
+    """Preprocessed images of one split, in split-file order."""
+
+    ids: list[str]
+    paths: list[str]
+    images: np.ndarray  # uint8 (N, S, S): the Preprocessor output, exactly what the model sees / 255
+    labels: np.ndarray  # int64 (N,), index into classes; -1 when unknown (e.g. binary 'tumor' rows)
+    label_names: list[str]
+
+
+@dataclass
+class Run:
+    dir: Path
+    info: dict[str, Any]
+    cfg: Config
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Run:
+        d = Path(run_dir)
+        if not (d / RUN_JSON).is_file():
+            raise DataError(f"{d}: not a training run (no {RUN_JSON}); train one with `brainmri train`")
+        info = json.loads((d / RUN_JSON).read_text())
+        cfg = load_config(d / "config.yaml")
+        return cls(d, info, cfg)
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name", self.dir.name))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.dir / "reports"
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.dir / CALIBRATION_FILE
+
+    def build_model(self):  # -> BrainClassifier
+        """The trained model (best checkpoint) in eval mode, on CPU."""
+        from safetensors.torch import load_file
+
+        from brainmri.models import create_model
+
+        weights = self.dir / WEIGHTS_FILE
+        if not weights.is_file():
+            raise DataError(f"{self.dir}: no {WEIGHTS_FILE}; did training finish?")
+        model_cfg = self.cfg.model.model_copy(update={"weights": "none"})
+        model = create_model(model_cfg, len(self.classes))
+        model.load_state_dict(load_file(str(weights)), strict=True)
+        return model.eval()
+
+    def preprocessor(self):  # -> Preprocessor
+        from brainmri.preprocess import Preprocessor
+
+        return Preprocessor.load(self.dir / PREPROCESSOR_FILE)
+
+    def split(self) -> dict[str, Any]:
+        from brainmri.data.split import read_split
+
+        return read_split(self.info["split_file"])
+
+    def cache(self):  # -> PreprocessedCache
+        from brainmri.preprocess.cache import PreprocessedCache
+
+        return PreprocessedCache(self.info["preprocess_dir"])
+
+    def load_images(self, which: str) -> SplitImages:
+        """Images of ``which`` (``train``/``val``/``test`` or ``fold<k>:train|val``) from the cache."""
+        from brainmri.data.manifest import read_manifest
+        from brainmri.data.split import split_frame
+
+        split = self.split()
+        manifest = read_manifest(split["manifest"])
+        frame = split_frame(manifest, split, which)
+        return images_from_cache(frame, self.cache(), self.classes)
+
+    def load_external(self, manifest_path: str | Path) -> SplitImages:
+        """Every readable image of another manifest, preprocessed with this run's fitted preprocessor."""
+        from brainmri.data.manifest import read_manifest
+
+        frame = read_manifest(manifest_path)
+        frame = frame[frame["readable"].astype(str).str.lower() == "true"]
+        return images_from_files(frame, self.preprocessor(), self.classes)
+
+
+def _labels(frame, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    names = [str(v) for v in frame["label"]]
+    idx = {c: i for i, c in enumerate(classes)}
+    return np.array([idx.get(n, -1) for n in names], dtype=np.int64), names
+
+
+def images_from_cache(frame, cache, classes: list[str]) -> SplitImages:
+    index = cache.index()
+    ok = index[index["ok"].astype(str).str.lower() == "true"]
+    available = set(ok["md5"])
+    missing = [i for i, m in zip(frame["id"], frame["md5"], strict=True) if m not in available]
+    if missing:
+        raise DataError(
+            f"{len(missing)} images are not in the preprocessing cache {cache.dir} (e.g. {missing[0]}); "
+            "run `brainmri preprocess` first"
+        )
+    images = np.stack([cache.load(m) for m in frame["md5"]]) if len(frame) else np.zeros((0, 1, 1), np.uint8)
+    labels, names = _labels(frame, classes)
+    return SplitImages(list(frame["id"]), list(frame["path"]), images, labels, names)
+
+
+def images_from_files(frame, preprocessor, classes: list[str]) -> SplitImages:
+    from brainmri.io import read_image
+    from brainmri.utils import progress
+
+    images = [preprocessor(read_image(p).array) for p in progress(list(frame["path"]), desc="preprocess")]
+    stacked = np.stack(images) if images else np.zeros((0, 1, 1), np.uint8)
+    labels, names = _labels(frame, classes)
+    return SplitImages(list(frame["id"]), list(frame["path"]), stacked, labels, names)
+
+
+def predict_logits(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits (N, C) of a torch model for uint8 (N, S, S) images; no gradients, eval mode kept as is."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            x = batch.float().div_(255.0).unsqueeze(1)
+            out.append(model(x).float().cpu().numpy())
+    n_classes = getattr(model, "num_classes", 0)
+    return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+
+def write_run(
+    run_dir: str | Path,
+    cfg: Config,
+    model,
+    preprocessor,
+    *,
+    classes: list[str],
+    split_file: str | Path,
+    preprocess_dir: str | Path,
+    extra: dict[str, Any] | None = None,
+) -> Run:
+    """Write (or refresh) a run folder's model-independent files; used by training and by tests."""
+    from safetensors.torch import save_file
+
+    from brainmri.config import save_config
+    from brainmri.utils import atomic_path, atomic_write_json, file_digest
+
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, d / "config.yaml")
+    preprocessor.save(d / PREPROCESSOR_FILE)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(d / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    split_file = Path(split_file).resolve()
+    info = {
+        "name": d.name,
+        "classes": list(classes),
+        "split_file": str(split_file),
+        "split_sha256": file_digest(split_file, "sha256") if split_file.is_file() else None,
+        "preprocess_dir": str(Path(preprocess_dir).resolve()),
+        "img_size": cfg.preprocess.size,
+        "backbone": cfg.model.backbone,
+        **(extra or {}),
+    }
+    atomic_write_json(d / RUN_JSON, info)
+    return Run(d, info, cfg)
