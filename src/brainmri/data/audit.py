@@ -29,6 +29,7 @@ import pandas as pd
 from brainmri.config import AuditConfig, Config
 from brainmri.data.duplicates import (
     DuplicateGraph,
+    distance_histograms,
     duplicate_graph,
     hash_words,
     labels_conflict,
@@ -61,8 +62,16 @@ def _cluster_record(frame: pd.DataFrame, rows: np.ndarray) -> dict[str, Any]:
 def audit_manifest(df: pd.DataFrame, cfg: AuditConfig, against: pd.DataFrame | None = None) -> dict[str, Any]:
     """All audit counts and lists for ``df`` (see the module docstring); JSON-serialisable."""
     threshold = int(cfg.near_threshold)
-    graph = duplicate_graph(df, threshold, histogram_max=max(HISTOGRAM_MAX, threshold + 4))
+    graph = duplicate_graph(df, threshold)
     frame = graph.frame
+    hist_max = max(HISTOGRAM_MAX, threshold + 4)
+    hashed = graph.hashed
+    all_pairs, cross = distance_histograms(
+        hash_words(frame["phash"].iloc[hashed].tolist()),
+        hist_max,
+        pd.factorize(frame["md5"].iloc[hashed])[0],
+        pd.factorize(frame["label"].iloc[hashed])[0],
+    )
 
     unreadable = frame.loc[~frame["readable"], ["id", "path", "error"]]
 
@@ -99,7 +108,7 @@ def audit_manifest(df: pd.DataFrame, cfg: AuditConfig, against: pd.DataFrame | N
         if labels_conflict(frame["label"].iloc[rows].tolist()):
             conflicts.append(rec)
 
-    hist = {str(d): int(graph.histogram[d]) for d in range(len(graph.histogram))}
+    hist = {str(d): {"pairs": int(all_pairs[d]), "different_labels": int(cross[d])} for d in range(hist_max + 1)}
     result: dict[str, Any] = {
         "version": 1,
         "near_threshold": threshold,
@@ -204,12 +213,11 @@ def audit_against(df: pd.DataFrame, other: pd.DataFrame, threshold: int) -> dict
 def select_montage_pairs(graph: DuplicateGraph, threshold: int, n_pairs: int, seed: int = 0) -> list[tuple]:
     """Pairs of different files for the montage: near pairs spread over the distances 0..threshold, and
     about a third of the panels for pairs just above it (threshold+1 .. threshold+4)."""
-    from brainmri.data.duplicates import hash_words as _hw
     from brainmri.data.duplicates import pairs_within
 
     frame = graph.frame
-    hashed = np.flatnonzero(frame["readable"].to_numpy(bool) & (frame["phash"] != "").to_numpy(bool))
-    pi, pj, pd_, _ = pairs_within(_hw(frame["phash"].iloc[hashed].tolist()), threshold + 4)
+    hashed = graph.hashed
+    pi, pj, pd_ = pairs_within(hash_words(frame["phash"].iloc[hashed].tolist()), threshold + 4)
     i, j = hashed[pi], hashed[pj]
     md5 = frame["md5"].to_numpy(str)
     keep = md5[i] != md5[j]
@@ -308,8 +316,13 @@ def audit_text(result: dict[str, Any], manifest: str, against: str | None = None
         f"clusters spanning source splits: {result['cross_source_split']['count']}",
         f"clusters with conflicting labels: {result['label_conflicts']['count']} "
         f"({result['label_conflicts']['files']} files)",
-        f"pairs of different files by distance (0..{len(result['distance_histogram']) - 1}): "
-        + ", ".join(f"{k}:{v}" for k, v in result["distance_histogram"].items() if v),
+        "",
+        "pairs of different files by pHash distance (pairs whose labels differ: mostly different patients):",
+    ]
+    lines += [
+        f"  d={k:>2}: {v['pairs']:>8} pairs, {v['different_labels']:>7} with different labels"
+        for k, v in result["distance_histogram"].items()
+        if v["pairs"]
     ]
     if result["unreadable"]["count"]:
         lines += ["", "unreadable files:"]

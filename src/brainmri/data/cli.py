@@ -1,9 +1,115 @@
-"""Commands of the data stage (placeholder until the stage is implemented)."""
+"""Commands of the data stage: ``brainmri data import | download | audit | split``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from brainmri.cli import add_config_flag
+from brainmri.config import Config, save_config
+
+
+def _work(cfg: Config, *parts: str) -> Path:
+    return Path(cfg.paths.work_dir, *parts)
+
+
+def _import(cfg: Config, args: argparse.Namespace) -> int:
+    from brainmri.data.manifest import build_manifest, default_roots, summary_text, write_manifest
+
+    if args.roots:
+        cfg.data.roots = list(args.roots)
+    roots = default_roots(cfg)
+    cfg.data.roots = list(roots)
+    out = Path(args.out) if args.out else _work(cfg, "data", "manifest.csv")
+    df = build_manifest(roots, cfg)
+    write_manifest(df, out)
+    save_config(cfg, out.parent / f"{out.stem}.config.yaml")
+    print(summary_text(df))
+    print(f"manifest: {out}")
+    return 0
+
+
+def _download(cfg: Config, args: argparse.Namespace) -> int:
+    from brainmri.data.download import download_dataset
+
+    handles = [args.dataset] if args.dataset else list(cfg.data.kaggle_datasets)
+    for handle in handles:
+        out = None
+        if args.out:
+            out = str(Path(args.out) / handle.replace("/", "__")) if len(handles) > 1 else args.out
+        path = download_dataset(handle, out)
+        print(f"{handle}: {path}")
+        print(f"  next: brainmri data import {path}")
+    return 0
+
+
+def _audit(cfg: Config, args: argparse.Namespace) -> int:
+    from brainmri.data.audit import run_audit
+
+    manifest = Path(args.manifest)
+    out = Path(args.out) if args.out else manifest.parent / "audit"
+    result = run_audit(manifest, cfg, out, against_path=args.against)
+    sys.stdout.write((out / "audit.txt").read_text(encoding="utf-8"))
+    print(
+        f"audit: {out / 'audit.json'}, {out / 'audit.txt'}" + (", near_duplicates.png" if "montage" in result else "")
+    )
+    return 0
+
+
+def _split(cfg: Config, args: argparse.Namespace) -> int:
+    from brainmri.data.split import run_split
+
+    manifest = Path(args.manifest) if args.manifest else _work(cfg, "data", "manifest.csv")
+    out = Path(args.out) if args.out else _work(cfg, "data", "split.json")
+    split = run_split(manifest, cfg, out)
+    counts = ", ".join(f"{k} {len(split[k])}" for k in ("train", "val", "test"))
+    print(f"split: {counts}; {len(split['folds'])} folds; {len(split['excluded'])} excluded (see data_card.md)")
+    print(f"wrote {out}, {out.parent / 'splits_final.json'}, {out.parent / 'data_card.md'}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add this stage's commands to the top-level parser."""
+    data = sub.add_parser("data", help="import, download, audit and split image data")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    p = dsub.add_parser(
+        "import",
+        parents=[common],
+        help="scan image folders into a manifest (labels, hashes, decode status)",
+        description="Scan data roots (Kaggle Training/Testing, class folders, yes/no sets; NAME=PATH names a "
+        "source) into manifest.csv. Default roots: data.roots, $BRAINMRI_DATA, ../shared/data/brain-tumor-mri.",
+    )
+    p.add_argument("roots", nargs="*", metavar="ROOT", help="data folder, or NAME=FOLDER")
+    p.add_argument("--out", default=None, help="manifest path (default: <work_dir>/data/manifest.csv)")
+    add_config_flag(p, "--workers", "data.workers", type=int, help="worker processes")
+    p.set_defaults(handler=_import)
+
+    p = dsub.add_parser("download", parents=[common], help="download data sets from Kaggle (kagglehub)")
+    p.add_argument("--dataset", default=None, metavar="OWNER/NAME", help="one data set (default: data.kaggle_datasets)")
+    p.add_argument("--out", default=None, help="folder to place the files in (default: kagglehub's cache)")
+    p.set_defaults(handler=_download)
+
+    p = dsub.add_parser(
+        "audit",
+        parents=[common],
+        help="exact and near duplicates, label conflicts, unreadable files (and overlap with another manifest)",
+    )
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--against", default=None, metavar="OTHER_MANIFEST", help="count images already in OTHER")
+    p.add_argument("--out", default=None, help="output folder (default: MANIFEST's folder/audit)")
+    add_config_flag(p, "--threshold", "audit.near_threshold", type=int, help="pHash Hamming distance for near dups")
+    p.set_defaults(handler=_audit)
+
+    p = dsub.add_parser("split", parents=[common], help="leakage-free train/val/test split and k folds")
+    p.add_argument(
+        "manifest", nargs="?", default=None, metavar="MANIFEST", help="default: <work_dir>/data/manifest.csv"
+    )
+    p.add_argument("--out", default=None, help="split.json path (default: <work_dir>/data/split.json)")
+    add_config_flag(p, "--folds", "split.folds", type=int, help="number of folds")
+    add_config_flag(p, "--seed", "split.seed", type=int, help="random seed")
+    add_config_flag(
+        p, "--keep-source-test", "split.keep_source_test", action="store_true", help="use the source's Testing/"
+    )
+    p.set_defaults(handler=_split)

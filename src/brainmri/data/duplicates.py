@@ -38,39 +38,46 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x).sum(axis=-1, dtype=np.uint16) if x.ndim == 3 else np.bitwise_count(x)
 
 
-def pairs_within(
-    words: np.ndarray, max_distance: int, chunk: int = 512, histogram_max: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs i < j with Hamming distance <= ``max_distance``.
-
-    Returns ``(i, j, distance, histogram)``; ``histogram[d]`` counts all pairs at distance d for
-    d <= ``histogram_max`` (empty when histogram_max is 0).
-    """
+def pairs_within(words: np.ndarray, max_distance: int, chunk: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs ``i < j`` with Hamming distance <= ``max_distance``, as arrays ``(i, j, distance)``
+    sorted by distance, then i, then j."""
     n = len(words)
     ii, jj, dd = [], [], []
-    hist = np.zeros(histogram_max + 1 if histogram_max else 0, np.int64)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        block = words[start:stop, None, :] ^ words[None, start:, :]
-        dist = _popcount(block)
-        local_i = np.arange(stop - start)[:, None]
-        local_j = np.arange(n - start)[None, :]
-        upper = local_j > local_i
-        if histogram_max:
-            hist += np.bincount(dist[upper], minlength=histogram_max + 1)[: histogram_max + 1]
-        hit = upper & (dist <= max_distance)
-        ri, rj = np.nonzero(hit)
+        dist = _popcount(words[start:stop, None, :] ^ words[None, start:, :])
+        upper = np.arange(n - start)[None, :] > np.arange(stop - start)[:, None]
+        ri, rj = np.nonzero(upper & (dist <= max_distance))
         ii.append(ri + start)
         jj.append(rj + start)
         dd.append(dist[ri, rj])
     if not ii:
         empty = np.zeros(0, np.int64)
-        return empty, empty, empty, hist
+        return empty, empty, empty
     i = np.concatenate(ii).astype(np.int64)
     j = np.concatenate(jj).astype(np.int64)
     d = np.concatenate(dd).astype(np.int64)
     order = np.lexsort((j, i, d))
-    return i[order], j[order], d[order], hist
+    return i[order], j[order], d[order]
+
+
+def distance_histograms(
+    words: np.ndarray, max_distance: int, md5_codes: np.ndarray, label_codes: np.ndarray, chunk: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of different files (different md5) at each distance 0..max_distance: all of them, and those
+    whose two labels differ. The second count tells how often a distance joins different patients."""
+    n = len(words)
+    all_pairs = np.zeros(max_distance + 1, np.int64)
+    cross = np.zeros(max_distance + 1, np.int64)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        dist = _popcount(words[start:stop, None, :] ^ words[None, start:, :])
+        upper = np.arange(n - start)[None, :] > np.arange(stop - start)[:, None]
+        ok = upper & (dist <= max_distance) & (md5_codes[start:stop, None] != md5_codes[None, start:])
+        diff = ok & (label_codes[start:stop, None] != label_codes[None, start:])
+        all_pairs += np.bincount(dist[ok], minlength=max_distance + 1)[: max_distance + 1]
+        cross += np.bincount(dist[diff], minlength=max_distance + 1)[: max_distance + 1]
+    return all_pairs, cross
 
 
 def nearest(query: np.ndarray, reference: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +132,8 @@ class DuplicateGraph:
     near_j: np.ndarray
     near_d: np.ndarray
     cluster: np.ndarray
-    histogram: np.ndarray
+    hashed: np.ndarray
+    """Row positions of the rows that have a pHash (readable)."""
 
     def clusters(self, min_size: int = 2) -> list[np.ndarray]:
         """Row positions of each cluster with at least ``min_size`` members, sorted by first id."""
@@ -151,18 +159,15 @@ def exact_edges(md5: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ii), np.concatenate(jj)
 
 
-def duplicate_graph(df: pd.DataFrame, threshold: int, histogram_max: int = 0) -> DuplicateGraph:
+def duplicate_graph(df: pd.DataFrame, threshold: int) -> DuplicateGraph:
     """Exact and near edges over ``df`` (near edges only between readable rows with a pHash)."""
     frame = df.reset_index(drop=True)
     ei, ej = exact_edges(frame["md5"].tolist())
     hashed = np.flatnonzero(frame["readable"].to_numpy(bool) & (frame["phash"] != "").to_numpy(bool))
     words = hash_words(frame["phash"].iloc[hashed].tolist())
-    pi, pj, pd_, hist = pairs_within(words, threshold, histogram_max=histogram_max)
+    pi, pj, pd_ = pairs_within(words, threshold)
     ni, nj = hashed[pi], hashed[pj]
     md5 = frame["md5"].to_numpy(str)
     not_exact = md5[ni] != md5[nj]
     cluster = connected_components(len(frame), np.concatenate([ei, ni]), np.concatenate([ej, nj]))
-    if len(hist):  # the histogram counts pairs of different files only: remove same-md5 pairs from d=0
-        sizes = pd.Series(md5[hashed]).value_counts().to_numpy(np.int64)
-        hist[0] -= int((sizes * (sizes - 1) // 2).sum())
-    return DuplicateGraph(frame, ei, ej, ni[not_exact], nj[not_exact], pd_[not_exact], cluster, hist)
+    return DuplicateGraph(frame, ei, ej, ni[not_exact], nj[not_exact], pd_[not_exact], cluster, hashed)
