@@ -1,0 +1,193 @@
+"""Import: layouts, class-name normalisation, bad files, manifest read/write (small generated data)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from brainmri.cli import main
+from brainmri.config import load_config
+from brainmri.data.manifest import (
+    MANIFEST_COLUMNS,
+    build_manifest,
+    default_roots,
+    read_manifest,
+    write_manifest,
+)
+from brainmri.data.phantoms import make_phantom, write_phantom_dataset
+from brainmri.errors import DataError
+
+
+def _cfg(**overrides):
+    return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def _save(path: Path, label: str, seed: int, size: int = 64, fmt: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = (make_phantom(label, size=size, seed=seed).image * 255).round().astype(np.uint8)
+    Image.fromarray(img).save(path, format=fmt)
+
+
+def test_kaggle_layout_labels_splits_and_columns(tmp_path):
+    root = write_phantom_dataset(tmp_path / "kag", n_per_class=2, size=64)
+    _save(root / "Testing" / "notumor" / "t0.png", "no_tumor", 99)
+    _save(root / "Testing" / "glioma_tumor" / "t1.JPG", "glioma", 98, fmt="JPEG")
+    df = build_manifest([str(root)], _cfg(**{"data.workers": 1}))
+
+    assert list(df.columns) == list(MANIFEST_COLUMNS)
+    assert len(df) == 10
+    assert df["id"].tolist() == sorted(df["id"])
+    assert set(df["label"]) == {"glioma", "meningioma", "no_tumor", "pituitary"}  # notumor -> no_tumor
+    test_rows = df[df["source_split"] == "test"]
+    assert sorted(test_rows["id"]) == ["kag/Testing/glioma_tumor/t1.JPG", "kag/Testing/notumor/t0.png"]
+    assert dict(zip(test_rows["id"], test_rows["label"], strict=True))["kag/Testing/glioma_tumor/t1.JPG"] == "glioma"
+    assert (df.loc[df["source_split"] != "test", "source_split"] == "train").all()
+    assert (df["source"] == "kag").all()
+    assert df["readable"].all() and (df["error"] == "").all()
+    for _, row in df.iterrows():
+        assert row["md5"] == hashlib.md5(Path(row["path"]).read_bytes()).hexdigest()
+        assert re.fullmatch(r"[0-9a-f]{16}", row["phash"])
+        assert Path(row["path"]).is_absolute()
+    assert (df["width"] == 64).all() and (df["height"] == 64).all()
+    assert set(df["format"]) == {"png", "jpeg"}
+
+
+def test_binary_nested_layout_and_uppercase_extensions(tmp_path):
+    root = tmp_path / "nav"
+    _save(root / "brain_tumor_dataset" / "yes" / "Y1.JPG", "glioma", 1, fmt="JPEG")
+    _save(root / "brain_tumor_dataset" / "yes" / "Y2.jpeg", "meningioma", 2, fmt="JPEG")
+    _save(root / "brain_tumor_dataset" / "no" / "N1.png", "no_tumor", 3)
+    (root / "brain_tumor_dataset" / "no" / "notes.txt").write_text("not an image extension")
+    df = build_manifest([str(root)], _cfg(**{"data.workers": 1}))
+    assert df["id"].tolist() == [
+        "nav/brain_tumor_dataset/no/N1.png",
+        "nav/brain_tumor_dataset/yes/Y1.JPG",
+        "nav/brain_tumor_dataset/yes/Y2.jpeg",
+    ]
+    assert df["label"].tolist() == ["no_tumor", "tumor", "tumor"]
+    assert (df["source_split"] == "").all()
+
+
+def test_plain_class_folders_and_named_root(tmp_path):
+    root = write_phantom_dataset(tmp_path / "plain", n_per_class=1, size=48, layout="plain")
+    df = build_manifest([f"mine={root}"], _cfg(**{"data.workers": 1}))
+    assert (df["source"] == "mine").all()
+    assert df["id"].iloc[0].startswith("mine/")
+    assert sorted(df["label"]) == ["glioma", "meningioma", "no_tumor", "pituitary"]
+
+
+def test_unknown_class_folder_is_an_error(tmp_path):
+    root = write_phantom_dataset(tmp_path / "kag", n_per_class=1, size=48)
+    _save(root / "Training" / "astrocytoma" / "a.png", "glioma", 5)
+    with pytest.raises(DataError) as exc:
+        build_manifest([str(root)], _cfg(**{"data.workers": 1}))
+    msg = str(exc.value)
+    assert "astrocytoma" in msg and "notumor" in msg and "glioma" in msg and "data.class_map" in msg
+
+
+def test_class_map_from_config_accepts_new_folder(tmp_path):
+    root = tmp_path / "d"
+    _save(root / "Astro" / "a.png", "glioma", 5)
+    cfg = load_config(None, ["data.class_map={astro: glioma}", "data.workers=1"])
+    df = build_manifest([str(root)], cfg)
+    assert df["label"].tolist() == ["glioma"]
+
+
+def test_missing_root_and_empty_root_are_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        build_manifest([str(tmp_path / "nope")], _cfg())
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(DataError, match="no class folders"):
+        build_manifest([str(tmp_path / "empty")], _cfg())
+
+
+def test_bad_files_one_line_each_and_run_completes(tmp_path, bad_images, capsys):
+    root = write_phantom_dataset(tmp_path / "kag", n_per_class=1, size=48)
+    bad = bad_images(root / "Training" / "glioma")
+    out = tmp_path / "work" / "manifest.csv"
+    rc = main(["data", "import", str(root), "--out", str(out), "--set", "data.workers=1"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    err_lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(err_lines) == 4, captured.err
+    for kind, path in bad.items():
+        mine = [ln for ln in err_lines if ln.startswith(f"{path}: ")]
+        assert len(mine) == 1, (kind, err_lines)
+        assert mine[0].split(": ", 1)[1].startswith(kind)
+    assert "pixels" in next(ln for ln in err_lines if "bad_bomb" in ln)
+    assert "4 unreadable" in captured.out
+
+    df = read_manifest(out)
+    assert len(df) == 8
+    rows = df.set_index("path")
+    for kind, path in bad.items():
+        row = rows.loc[str(path)]
+        assert not row["readable"]
+        assert row["error"].startswith(kind) and "\n" not in row["error"]
+        assert row["phash"] == ""
+        assert pd.isna(row["width"])
+    assert rows.loc[str(bad["too_large"]), "format"] == "png"
+    assert df["readable"].sum() == 4
+    assert (out.parent / "manifest.config.yaml").is_file()
+
+
+def test_process_pool_gives_identical_manifest(tmp_path):
+    root = write_phantom_dataset(tmp_path / "kag", n_per_class=3, size=48)
+    from brainmri.data.manifest import collect_items, import_files
+
+    cfg = _cfg()
+    items = collect_items([str(root)], cfg.data)
+    serial = import_files(items, cfg, workers=1)
+    pooled = import_files(items, cfg, workers=2, chunk_size=4)
+    pd.testing.assert_frame_equal(serial, pooled)
+
+
+def test_manifest_roundtrip_and_read_errors(tmp_path):
+    root = write_phantom_dataset(tmp_path / "kag", n_per_class=1, size=48)
+    df = build_manifest([str(root)], _cfg(**{"data.workers": 1}))
+    path = write_manifest(df, tmp_path / "m.csv")
+    back = read_manifest(path)
+    pd.testing.assert_frame_equal(back, df)
+    assert path.read_text().splitlines()[0] == ",".join(MANIFEST_COLUMNS)
+
+    with pytest.raises(DataError, match="manifest not found"):
+        read_manifest(tmp_path / "missing.csv")
+    (tmp_path / "cols.csv").write_text("id,path\na,b\n")
+    with pytest.raises(DataError, match="lacks columns"):
+        read_manifest(tmp_path / "cols.csv")
+    bad = path.read_text().replace(",true,", ",yes,", 1)
+    (tmp_path / "bad.csv").write_text(bad)
+    with pytest.raises(DataError, match="readable"):
+        read_manifest(tmp_path / "bad.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="not a valid manifest"):
+        read_manifest(tmp_path / "empty.csv")
+
+
+def test_default_roots(tmp_path, monkeypatch):
+    monkeypatch.delenv("BRAINMRI_DATA", raising=False)
+    assert default_roots(load_config(None, ["data.roots=[/a, /b]"])) == ["/a", "/b"]
+    monkeypatch.setenv("BRAINMRI_DATA", f"/x{__import__('os').pathsep}/y")
+    assert default_roots(load_config()) == ["/x", "/y"]
+    monkeypatch.delenv("BRAINMRI_DATA")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    with pytest.raises(DataError, match="BRAINMRI_DATA"):
+        default_roots(load_config(), repo_root=repo)
+    (tmp_path / "shared" / "data" / "brain-tumor-mri").mkdir(parents=True)
+    assert default_roots(load_config(), repo_root=repo) == [str(tmp_path / "shared/data/brain-tumor-mri")]
+
+
+def test_import_cli_without_roots_gives_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("BRAINMRI_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["data", "import"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: no data roots given") and len(err.strip().splitlines()) == 1
