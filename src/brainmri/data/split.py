@@ -99,7 +99,7 @@ def make_split(df: pd.DataFrame, cfg: Config, manifest: str = "", manifest_sha25
 
     readable = frame["readable"].to_numpy(bool)
     for rid, err in zip(frame["id"][~readable], frame["error"][~readable], strict=True):
-        excluded[rid] = f"unreadable: {err}" if err else "unreadable"
+        excluded[rid] = err if err.startswith("unreadable") else (f"unreadable: {err}" if err else "unreadable")
     binary_sources = set(frame.loc[frame["label"] == TUMOR, "source"])
     for rid, src in zip(frame["id"], frame["source"], strict=True):
         if rid not in excluded and src in binary_sources:
@@ -111,7 +111,7 @@ def make_split(df: pd.DataFrame, cfg: Config, manifest: str = "", manifest_sha25
     elig = frame[~frame["id"].isin(excluded)].reset_index(drop=True)
     graph = duplicate_graph(elig, cfg.audit.near_threshold)
     cluster = graph.cluster
-    ids = elig["id"].to_numpy(str)
+    ids = np.array(elig["id"].tolist(), dtype=object)  # Python str, so lists serialise as plain JSON strings
     lab = elig["label"].to_numpy(str)
 
     n_conflict_clusters = 0
