@@ -85,8 +85,10 @@ class DataConfig(Section):
 class AuditConfig(Section):
     hash_size: int = 8
     """Perceptual hash side (hash has hash_size**2 bits)."""
-    near_threshold: int = 6
-    """Hamming distance at or below which two images count as near duplicates."""
+    near_threshold: int = 4
+    """Hamming distance at or below which two images count as near duplicates. 4 of 64 bits: on the Kaggle
+    set re-encodes and most adjacent slices are within 4, while pairs of different patients grow quickly
+    beyond it (see docs/data.md)."""
     montage_pairs: int = 24
 
 
