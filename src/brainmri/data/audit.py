@@ -327,6 +327,8 @@ def audit_text(result: dict[str, Any], manifest: str, against: str | None = None
     if result["unreadable"]["count"]:
         lines += ["", "unreadable files:"]
         lines += [f"  {f['path']}: {f['error']}" for f in result["unreadable"]["files"]]
+    if result["label_conflicts"]["count"]:
+        lines += ["", f"clusters with conflicting labels (first 20 of {result['label_conflicts']['count']}):"]
     for rec in result["label_conflicts"]["clusters"][:20]:
         lines.append(
             f"  label conflict {rec['labels']}: {', '.join(rec['ids'][:6])}{' ...' if len(rec['ids']) > 6 else ''}"
