@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("roots", nargs="*", metavar="ROOT", help="data folder, or NAME=FOLDER")
     p.add_argument("--out", default=None, help="manifest path (default: <work_dir>/data/manifest.csv)")
-    add_config_flag(p, "--workers", "data.workers", type=int, help="worker processes")
+    add_config_flag(p, "--workers", "data.workers", type=int, metavar="N", help="worker processes")
     p.set_defaults(handler=_import)
 
     p = dsub.add_parser("download", parents=[common], help="download data sets from Kaggle (kagglehub)")
@@ -99,7 +99,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--against", default=None, metavar="OTHER_MANIFEST", help="count images already in OTHER")
     p.add_argument("--out", default=None, help="output folder (default: MANIFEST's folder/audit)")
-    add_config_flag(p, "--threshold", "audit.near_threshold", type=int, help="pHash Hamming distance for near dups")
+    add_config_flag(
+        p, "--threshold", "audit.near_threshold", type=int, metavar="N", help="pHash Hamming distance for near dups"
+    )
     p.set_defaults(handler=_audit)
 
     p = dsub.add_parser("split", parents=[common], help="leakage-free train/val/test split and k folds")
@@ -107,8 +109,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "manifest", nargs="?", default=None, metavar="MANIFEST", help="default: <work_dir>/data/manifest.csv"
     )
     p.add_argument("--out", default=None, help="split.json path (default: <work_dir>/data/split.json)")
-    add_config_flag(p, "--folds", "split.folds", type=int, help="number of folds")
-    add_config_flag(p, "--seed", "split.seed", type=int, help="random seed")
+    add_config_flag(p, "--folds", "split.folds", type=int, metavar="K", help="number of folds")
+    add_config_flag(p, "--seed", "split.seed", type=int, metavar="N", help="random seed")
     add_config_flag(
         p, "--keep-source-test", "split.keep_source_test", action="store_true", help="use the source's Testing/"
     )
