@@ -223,14 +223,28 @@ class EvaluateConfig(Section):
 
 
 class PredictConfig(Section):
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1)
     runtime: Literal["onnx", "torch"] = "onnx"
+    """``onnx`` (ONNX Runtime, fast) or ``torch`` (eager; Grad-CAM and MC dropout always use torch)."""
+    threads: int | None = Field(None, ge=1)
+    """Intra-op threads of the runtime; None: all available cores."""
+    workers: int = Field(2, ge=0)
+    """Processes decoding + preprocessing folders (used when there is more than one batch); 0: in-process."""
     tta: bool = False
-    mc_dropout: int = 0
-    threshold: float | None = None
+    """Average logits over horizontal flip x small shifts (10 views; invariant to a horizontal flip)."""
+    tta_shift: float = Field(0.03, ge=0.0, le=0.25)
+    """TTA shift as a fraction of the image side."""
+    mc_dropout: int = Field(0, ge=0)
+    """Number of MC-dropout passes (0: off; otherwise at least 2); reports mean and std of probabilities."""
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    """Tumour-probability threshold; None: the bundle's (from calibration.json)."""
+    conformal_alpha: float | None = None
+    """Conformal miscoverage level; None: the bundle's default (0.1 when calibrated for it)."""
     review_entropy: float = 0.5
     """Normalised entropy above which a prediction is flagged for review."""
-    gradcam: bool = False
+    gradcam_dir: str | None = None
+    """Folder for Grad-CAM overlay PNGs (torch runtime); None: no Grad-CAM."""
+    gradcam_method: Literal["gradcam", "gradcam++"] = "gradcam"
     format: Literal["json", "csv"] = "json"
 
 

@@ -1,9 +1,36 @@
-"""Commands of the bundle stage (placeholder until the stage is implemented)."""
+"""``brainmri export RUN [--out bundles/NAME]``."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from brainmri.config import Config
+
+
+def _export(cfg: Config, args: argparse.Namespace) -> int:
+    from brainmri.bundle import Bundle, export_bundle
+    from brainmri.train.run import Run
+
+    run = Run.load(args.run)
+    out = Path(args.out) if args.out else Path(cfg.paths.bundles_dir) / run.name
+    export_bundle(run, out)
+    bundle = Bundle.load(out)
+    cal = bundle.calibration
+    print(f"bundle: {out}")
+    print(f"card_sha256: {bundle.card_sha256}")
+    if not cal["calibrated"]:
+        print(f"warning: {cal['note']}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add this stage's commands to the top-level parser."""
+    """Add ``brainmri export``."""
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a training run to a verifiable bundle (model.onnx, model.safetensors, card.json, README.md)",
+    )
+    p.add_argument("run", help="training run folder (runs/NAME)")
+    p.add_argument("--out", default=None, help="bundle folder (default: <paths.bundles_dir>/<run name>)")
+    p.set_defaults(handler=_export)

@@ -1,9 +1,99 @@
-"""Commands of the infer stage (placeholder until the stage is implemented)."""
+"""``brainmri predict BUNDLE INPUT...``: files, folders (recursive), DICOM, NIfTI -> JSON or CSV.
+
+Each bad input prints one ``error: path: reason`` line on stderr; the others still complete. Exit
+status 1 if any input failed, 0 otherwise (2 for a usage error such as a modified bundle).
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import sys
+from typing import Any
+
+from brainmri.cli import add_config_flag
+from brainmri.config import Config
+
+
+def _csv(classes: list[str], rows: list[dict[str, Any]]) -> str:
+    columns = ["source", "label", *[f"p_{c}" for c in classes], "tumor_probability", "is_tumor", "threshold"]
+    columns += ["conformal_set", "conformal_alpha", "entropy", "review", "review_reasons", "time_ms"]
+    columns += [f"mc_mean_{c}" for c in classes] + [f"mc_std_{c}" for c in classes] + ["gradcam", "error"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        if "error" in r:
+            writer.writerow({"source": r["source"], "error": r["error"]})
+            continue
+        flat = {k: v for k, v in r.items() if k in columns}
+        flat.update({f"p_{c}": r["probabilities"][c] for c in classes})
+        if r["conformal_set"] is not None:
+            flat["conformal_set"] = "|".join(r["conformal_set"])
+        flat["review_reasons"] = "; ".join(r["review_reasons"])
+        if r["mc_dropout"]:
+            flat.update({f"mc_mean_{c}": r["mc_dropout"]["mean"][c] for c in classes})
+            flat.update({f"mc_std_{c}": r["mc_dropout"]["std"][c] for c in classes})
+        writer.writerow(flat)
+    return buf.getvalue()
+
+
+def _predict(cfg: Config, args: argparse.Namespace) -> int:
+    from brainmri.infer.inputs import Failure, expand_inputs
+    from brainmri.infer.predictor import Predictor
+    from brainmri.utils import atomic_write_text, progress
+
+    pc = cfg.predict
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    with Predictor.from_bundle(args.bundle, config=pc) as predictor:
+        items = expand_inputs(args.inputs)
+        if not items:
+            print(f"error: no image files found in {' '.join(args.inputs)}", file=sys.stderr)
+            return 1
+        for result in progress(predictor.run(items), desc="predict", total=len(items)):
+            if isinstance(result, Failure):
+                failed += 1
+                print(f"error: {result}", file=sys.stderr)
+            rows.append(result.to_dict())
+        settings = predictor.settings()
+    if pc.format == "csv":
+        text = _csv(predictor.classes, rows)
+    else:
+        doc = {
+            "settings": settings,
+            "predictions": [r for r in rows if "error" not in r],
+            "errors": [r for r in rows if "error" in r],
+        }
+        text = json.dumps(doc, indent=2) + "\n"
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"{len(rows) - failed} predicted, {failed} failed -> {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 1 if failed else 0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add this stage's commands to the top-level parser."""
+    """Add ``brainmri predict``."""
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="classify images (files, folders, DICOM, NIfTI) with a bundle",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", help="bundle folder (from `brainmri export`)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    p.add_argument("--out", default=None, help="write results to this file (default: stdout)")
+    add_config_flag(p, "--format", "predict.format", choices=["json", "csv"], help="output format")
+    add_config_flag(p, "--threshold", "predict.threshold", type=float, help="tumour-probability threshold")
+    add_config_flag(p, "--tta", "predict.tta", action="store_true", help="flip x shift test-time augmentation")
+    add_config_flag(p, "--mc-dropout", "predict.mc_dropout", type=int, metavar="N", help="MC-dropout passes")
+    add_config_flag(p, "--gradcam", "predict.gradcam_dir", metavar="DIR", help="write Grad-CAM overlay PNGs here")
+    add_config_flag(p, "--runtime", "predict.runtime", choices=["onnx", "torch"], help="inference runtime")
+    add_config_flag(p, "--batch-size", "predict.batch_size", type=int, help="images per model call")
+    add_config_flag(p, "--workers", "predict.workers", type=int, help="decode/preprocess processes")
+    p.set_defaults(handler=_predict)

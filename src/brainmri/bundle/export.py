@@ -1,0 +1,194 @@
+"""``brainmri export RUN``: a training run -> a self-describing, verifiable bundle folder.
+
+The ONNX graph is exported with the dynamo exporter (``torch.onnx.export(dynamo=True)``, the default
+and recommended path in torch 2.14), opset 18, one file (weights inside, so one hash covers the graph),
+with a dynamic batch axis. After export the graph is run once in ONNX Runtime on a batch size other
+than the traced one and compared with torch: probabilities must agree within 1e-4, or export fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainmri.bundle.bundle import (
+    BUNDLE_FILES,
+    CARD_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    ONNX_FILE,
+    ONNX_OPSET,
+    README_FILE,
+    WEIGHTS_FILE,
+    seal_card,
+    sha256_bytes,
+)
+from brainmri.bundle.card import data_fingerprint, package_versions, read_calibration, read_reports, render_readme
+from brainmri.errors import BundleError
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+PARITY_TOLERANCE = 1e-4
+
+
+def export_onnx(model, size: int, path: Path, opset: int = ONNX_OPSET) -> None:
+    """Write ``model`` (eval mode) to ``path`` as a single-file ONNX graph with a dynamic batch axis."""
+    import torch
+
+    example = torch.rand(2, 1, size, size)  # batch 2: torch.export specialises sizes 0 and 1
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        external_data=False,
+        optimize=True,
+        verbose=False,
+    )
+    program.save(str(path), external_data=False)
+
+
+def onnx_parity(model, onnx_bytes: bytes, size: int, batch: int = 3, seed: int = 0) -> float:
+    """Max |p_onnx - p_torch| on random inputs of a batch size the exporter did not trace."""
+    import onnxruntime as ort
+    import torch
+
+    from brainmri.evaluate.base import softmax
+
+    x = np.random.default_rng(seed).random((batch, 1, size, size), dtype=np.float32)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).float().numpy()
+    return float(np.abs(softmax(got) - softmax(ref)).max())
+
+
+def _check_preprocessor(preprocessor, size: int) -> None:
+    from brainmri.data.phantoms import make_phantom
+
+    out = preprocessor(make_phantom("glioma", size=96, seed=0).image * 255.0)
+    if out.dtype != np.uint8 or out.shape != (size, size):
+        raise BundleError(
+            f"the run's preprocessor returns {out.dtype} {out.shape}, the model expects uint8 ({size}, {size})"
+        )
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` folder to ``out``; an existing bundle there is replaced, anything else kept."""
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / CARD_FILE).is_file()):
+            raise BundleError(f"{out}: exists and is not a bundle folder; choose another --out")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path:
+    """Export the run at ``run`` (a folder or a loaded :class:`brainmri.train.run.Run`) to the folder ``out``.
+
+    Writes ``model.onnx``, ``model.safetensors``, ``README.md`` and ``card.json`` into a temporary sibling
+    folder and renames it into place only when everything succeeded.
+    """
+    import onnx
+    import torch
+    from safetensors.torch import save as save_safetensors
+
+    from brainmri.train.run import Run
+    from brainmri.utils import setup_torch
+
+    setup_torch()
+    run = run if isinstance(run, Run) else Run.load(run)
+    out = Path(out)
+    model = run.build_model()
+    preprocessor = run.preprocessor()
+    size = int(run.cfg.preprocess.size)
+    _check_preprocessor(preprocessor, size)
+    calibration = read_calibration(run.calibration_path, run.classes)
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        export_onnx(model, size, tmp / ONNX_FILE, opset)
+        onnx_bytes = (tmp / ONNX_FILE).read_bytes()
+        onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
+        parity = onnx_parity(model, onnx_bytes, size)
+        if not parity <= PARITY_TOLERANCE:
+            raise BundleError(f"ONNX export does not reproduce the torch model: max |Δp| = {parity:.2e}")
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        weights = save_safetensors(state, metadata={"format": "pt", "backbone": run.cfg.model.backbone})
+        (tmp / WEIGHTS_FILE).write_bytes(weights)
+
+        card: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": out.name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "task": "classification of one 2D brain MRI slice",
+            "classes": run.classes,
+            "input": {
+                "name": INPUT_NAME,
+                "layout": "NCHW",
+                "shape": ["batch", 1, size, size],
+                "channels": 1,
+                "size": size,
+                "dtype": "float32",
+                "value_range": [0.0, 1.0],
+                "source": "uint8 output of the bundled preprocessor / 255",
+            },
+            "output": {
+                "name": OUTPUT_NAME,
+                "shape": ["batch", len(run.classes)],
+                "dtype": "float32",
+                "meaning": "logits; probabilities = softmax(logits / calibration.temperature)",
+            },
+            "preprocessing": {
+                "config": run.cfg.preprocess.model_dump(mode="json"),
+                "state": preprocessor.to_dict(),
+            },
+            "model": {
+                "config": run.cfg.model.model_dump(mode="json"),
+                "num_classes": len(run.classes),
+                "parameters": int(sum(p.numel() for p in model.parameters())),
+                "onnx": {
+                    "opset": opset,
+                    "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+                    "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}},
+                    "parity_max_abs_diff_probability": parity,
+                },
+            },
+            "calibration": calibration,
+            "decision": {
+                "tumor_probability": "1 - p(no_tumor)",
+                "is_tumor": "tumor_probability >= threshold",
+                "review": "conformal set has more than one class, or normalised entropy > predict.review_entropy",
+            },
+            "metrics": read_reports(run.reports_dir),
+            "data": data_fingerprint(run.info),
+            "training": {"run": run.info, "config": run.cfg.model_dump(mode="json")},
+            "versions": package_versions(),
+        }
+        files = {name: (tmp / name).read_bytes() for name in (ONNX_FILE, WEIGHTS_FILE)}
+        card["files"] = {name: {"sha256": sha256_bytes(b), "bytes": len(b)} for name, b in files.items()}
+        readme = render_readme(card).encode("utf-8")
+        (tmp / README_FILE).write_bytes(readme)
+        card["files"][README_FILE] = {"sha256": sha256_bytes(readme), "bytes": len(readme)}
+        assert sorted(card["files"]) == sorted(BUNDLE_FILES)
+        (tmp / CARD_FILE).write_bytes(seal_card(card))
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out

@@ -1,0 +1,195 @@
+"""Inputs of a prediction: expand files/folders/arrays, then decode + preprocess, in order, in parallel.
+
+Decode (``brainmri.io.read_image``) and preprocessing run in a pool of worker processes for
+folders, so the model (in the main process) works on one batch while the next is being prepared.
+A bad input becomes a :class:`Failure` (``path: reason``) in its place in the stream; the rest
+still runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainmri.errors import BrainMRIError, ImageReadError
+from brainmri.io.reader import EXTENSION_FORMATS, extension_of, sniff_format
+
+
+@dataclass
+class Item:
+    """One input: ``source`` names it in results and errors; ``payload`` is a Path, bytes or an array."""
+
+    source: str
+    payload: Any
+
+
+@dataclass
+class Failure:
+    """An input that could not be predicted. ``str(failure)`` is the one-line ``path: reason``."""
+
+    source: str
+    reason: str
+    kind: str = "unreadable"
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "error": self.reason, "kind": self.kind}
+
+
+@dataclass
+class Loaded:
+    """A decoded and preprocessed input: ``image`` uint8 (S, S), ``ms`` decode + preprocess time."""
+
+    source: str
+    image: np.ndarray
+    ms: float
+    meta: dict[str, Any]
+
+
+def _is_image_file(path: Path) -> bool:
+    """Known image extension, or no extension but image magic bytes (DICOM series often have none)."""
+    if path.name.startswith("."):
+        return False
+    ext = extension_of(path.name)
+    if ext in EXTENSION_FORMATS:
+        return True
+    if ext:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return sniff_format(fh.read(512), path.name) is not None
+    except OSError:
+        return False
+
+
+def expand_inputs(inputs: Any) -> list[Item]:
+    """Files, folders (recursive, sorted; image files only), arrays, bytes, or a list of those -> items."""
+    items: list[Item] = []
+    counter = {"array": 0, "bytes": 0}
+
+    def add(obj: Any) -> None:
+        if isinstance(obj, np.ndarray):
+            items.append(Item(f"<array {counter['array']}>", obj))
+            counter["array"] += 1
+        elif isinstance(obj, bytes | bytearray):
+            items.append(Item(f"<bytes {counter['bytes']}>", bytes(obj)))
+            counter["bytes"] += 1
+        elif isinstance(obj, str | Path):
+            path = Path(obj)
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file() and _is_image_file(p))
+                items.extend(Item(str(p), p) for p in files)
+            else:
+                items.append(Item(str(path), path))  # a missing file fails with "file not found"
+        elif isinstance(obj, Iterable):
+            for sub in obj:
+                add(sub)
+        else:
+            raise TypeError(f"cannot predict on a {type(obj).__name__}; pass paths, arrays, bytes or a list")
+
+    add(inputs)
+    return items
+
+
+def load_item(item: Item, preprocessor: Any, size: int) -> Loaded | Failure:
+    """Decode + preprocess one item; a problem with the input becomes a Failure naming it."""
+    from brainmri.io import read_image
+
+    start = time.perf_counter()
+    try:
+        if isinstance(item.payload, np.ndarray):
+            array = np.asarray(item.payload)
+            if array.ndim == 3 and array.shape[2] == 1:
+                array = array[..., 0]
+            if array.ndim != 2 or array.size == 0:
+                return Failure(item.source, f"expected a 2D grayscale array, got shape {array.shape}", "unreadable")
+            array, meta = array.astype(np.float32, copy=False), {"format": "array"}
+        else:
+            loaded = read_image(item.payload, name=item.source)
+            array, meta = loaded.array, loaded.meta
+    except ImageReadError as exc:
+        return Failure(item.source, exc.reason, exc.kind)
+    try:
+        image = preprocessor(array)
+    except (BrainMRIError, ValueError, ArithmeticError) as exc:
+        return Failure(item.source, f"preprocessing failed: {exc}", "preprocess")
+    if image.dtype != np.uint8 or image.shape != (size, size):
+        raise BrainMRIError(
+            f"preprocessor returned {image.dtype} {image.shape}; the model expects uint8 ({size}, {size})"
+        )
+    return Loaded(item.source, image, (time.perf_counter() - start) * 1000.0, meta)
+
+
+# ---------------------------------------------------------------------------------------- worker pool
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(preprocessor_state: dict[str, Any], size: int) -> None:
+    import cv2
+
+    from brainmri.preprocess import Preprocessor
+
+    cv2.setNumThreads(1)  # one process per core already
+    _WORKER["preprocessor"] = Preprocessor.from_dict(preprocessor_state)
+    _WORKER["size"] = size
+
+
+def _work(item: Item) -> Loaded | Failure:
+    return load_item(item, _WORKER["preprocessor"], _WORKER["size"])
+
+
+class Loader:
+    """Ordered, bounded decode + preprocess: inline, or in ``workers`` processes (spawned once, reused)."""
+
+    def __init__(self, preprocessor: Any, size: int, workers: int = 0) -> None:
+        self.preprocessor = preprocessor
+        self.size = size
+        self.workers = workers
+        self._pool = None
+
+    def _get_pool(self):
+        if self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the parent holds ONNX Runtime / OpenMP thread pools that fork cannot copy safely
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.preprocessor.to_dict(), self.size),
+            )
+        return self._pool
+
+    def __call__(self, items: list[Item], parallel: bool, prefetch: int = 64) -> Iterator[Loaded | Failure]:
+        if not parallel or self.workers <= 0:
+            for item in items:
+                yield load_item(item, self.preprocessor, self.size)
+            return
+        pool = self._get_pool()
+        pending: deque = deque()
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(_work, item))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_work, nxt))
+            yield result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,319 @@
+"""``Predictor``: decode -> preprocess (the bundle's own) -> model -> temperature -> decide.
+
+>>> import brainmri
+>>> predictor = brainmri.load_bundle("bundles/default")        # verifies every file's sha256
+>>> [p.label for p in predictor.predict(["a.jpg", "scans/"])]  # files, folders, arrays, bytes
+
+Every number a prediction reports comes from the bundle: the preprocessing state it was trained with,
+its temperature, its conformal quantile and its decision threshold (``threshold`` overrides the last).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from brainmri.bundle.bundle import Bundle
+from brainmri.config import NO_TUMOR, PredictConfig
+from brainmri.errors import (
+    BrainMRIError,
+    ConfigError,
+    EmptyImageError,
+    ImageReadError,
+    ImageTooLargeError,
+    TruncatedImageError,
+    UnreadableImageError,
+)
+from brainmri.infer.inputs import Failure, Item, Loaded, Loader, expand_inputs
+from brainmri.infer.runtime import Runtime, create_runtime
+
+_ERRORS: dict[str, type[ImageReadError]] = {
+    e.kind: e for e in (UnreadableImageError, TruncatedImageError, EmptyImageError, ImageTooLargeError)
+}
+
+
+def normalised_entropy(probs: np.ndarray) -> np.ndarray:
+    """Shannon entropy / log(C): 0 for a one-hot distribution, 1 for the uniform one."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=-1) / np.log(p.shape[-1])
+
+
+@dataclass
+class Prediction:
+    """One image's result. Probabilities are calibrated (softmax(logits / temperature))."""
+
+    source: str
+    label: str
+    probabilities: dict[str, float]
+    tumor_probability: float | None
+    """1 - p(no_tumor); None when the bundle has no ``no_tumor`` class."""
+    is_tumor: bool | None
+    threshold: float | None
+    conformal_set: list[str] | None
+    """Classes the conformal predictor cannot rule out at ``conformal_alpha``; None when uncalibrated."""
+    conformal_alpha: float | None
+    entropy: float
+    """Normalised entropy in [0, 1]."""
+    review: bool
+    review_reasons: list[str]
+    time_ms: float
+    """Decode + preprocess of this image plus its share of its batch's model and decision time."""
+    mc_dropout: dict[str, Any] | None = None
+    """``{"passes": N, "mean": {class: p}, "std": {class: p}}`` when MC dropout was asked for."""
+    gradcam: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Predictor:
+    """Runs a verified bundle. Build with :meth:`from_bundle` (or ``brainmri.load_bundle``)."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        runtime: str | None = None,
+        config: PredictConfig | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.config = config if config is not None else PredictConfig()
+        self.threads = threads if threads is not None else self.config.threads
+        self.runtime: Runtime = create_runtime(runtime or self.config.runtime, bundle, threads=self.threads)
+        self.preprocessor = bundle.preprocessor()
+        self.classes = bundle.classes
+        self.size = bundle.input_size
+        self.loader = Loader(self.preprocessor, self.size, self.config.workers)
+        self.posthoc = bundle.posthoc()
+        self.conformal = None  # ConformalPredictor at config.conformal_alpha (or the bundle's default alpha)
+        if self.posthoc is not None and self.posthoc.conformal_:
+            self.conformal = self.posthoc.predictor(self.config.conformal_alpha)
+        elif self.config.conformal_alpha is not None:
+            raise ConfigError(f"{bundle.dir}: not calibrated, so no conformal sets (predict.conformal_alpha is set)")
+        self._torch: Runtime | None = self.runtime if self.runtime.name == "torch" else None
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        runtime: str | None = None,
+        config: PredictConfig | None = None,
+        threads: int | None = None,
+    ) -> Predictor:
+        """Verify the bundle at ``path`` and build a predictor on ``runtime`` (``onnx`` | ``torch``)."""
+        return cls(Bundle.load(path), runtime=runtime, config=config, threads=threads)
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def threshold(self) -> float | None:
+        """Decision threshold in use: ``config.threshold`` if set, else the bundle's."""
+        return self.config.threshold if self.config.threshold is not None else self.bundle.threshold
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: softmax(logits / T) with the bundle's temperature (T = 1 if uncalibrated)."""
+        from brainmri.evaluate.base import softmax
+
+        return self.posthoc.probabilities(logits) if self.posthoc is not None else softmax(logits)
+
+    def settings(self) -> dict[str, Any]:
+        """What a prediction run used, for the output header."""
+        conformal = self.conformal
+        return {
+            "bundle": str(self.bundle.dir),
+            "bundle_card_sha256": self.bundle.card_sha256,
+            "runtime": self.runtime.name,
+            "calibrated": bool(self.bundle.calibration["calibrated"]),
+            "temperature": self.bundle.temperature,
+            "threshold": self.threshold,
+            "threshold_source": "config" if self.config.threshold is not None else "bundle",
+            "conformal": None if conformal is None else conformal.to_dict(),
+            "review_entropy": self.config.review_entropy,
+            "tta": self.config.tta,
+            "mc_dropout": self.config.mc_dropout,
+        }
+
+    def torch_runtime(self) -> Runtime:
+        """The torch runtime (created on first use when the main runtime is ONNX)."""
+        if self._torch is None:
+            self._torch = create_runtime("torch", self.bundle, threads=self.threads)
+        return self._torch
+
+    # ------------------------------------------------------------------ model
+
+    def logits(self, x: np.ndarray, tta: bool | None = None) -> np.ndarray:
+        """Logits (B, C) for float32 (B, 1, S, S) in [0, 1], with TTA when asked (see ``infer.tta``)."""
+        from brainmri.infer.tta import tta_logits
+
+        use_tta = self.config.tta if tta is None else tta
+        if use_tta:
+            return tta_logits(self.runtime.logits, x, self.config.tta_shift)
+        return self.runtime.logits(x)
+
+    def predict_images(
+        self,
+        images: np.ndarray,
+        sources: list[str] | None = None,
+        *,
+        tta: bool | None = None,
+        mc_dropout: int | None = None,
+        gradcam_dir: str | Path | None = None,
+        start_index: int = 0,
+    ) -> list[Prediction]:
+        """Predictions for already preprocessed uint8 images (B, S, S) (the model, calibration and decision)."""
+        start = time.perf_counter()
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (self.size, self.size):
+            raise ConfigError(f"expected uint8 images (B, {self.size}, {self.size}), got {images.dtype} {images.shape}")
+        sources = sources or [f"<image {start_index + i}>" for i in range(len(images))]
+        x = images[:, None].astype(np.float32) / np.float32(255.0)
+        probs = self.probabilities(self.logits(x, tta))
+        passes = self.config.mc_dropout if mc_dropout is None else mc_dropout
+        mc = None
+        if passes:
+            from brainmri.infer.mc_dropout import mc_dropout_probs
+
+            mc = mc_dropout_probs(self.torch_runtime().model, x, passes, self.probabilities)
+        cams = None
+        out_dir = gradcam_dir if gradcam_dir is not None else self.config.gradcam_dir
+        if out_dir:
+            cams = self._gradcam(images, probs.argmax(axis=1), Path(out_dir), sources, start_index)
+        preds = self._decide(probs, sources, mc, cams)
+        share = (time.perf_counter() - start) * 1000.0 / max(1, len(images))
+        for p in preds:
+            p.time_ms = share
+        return preds
+
+    def _decide(
+        self, probs: np.ndarray, sources: list[str], mc: np.ndarray | None, cams: list[str] | None
+    ) -> list[Prediction]:
+        member = self.conformal.predict_sets(probs) if self.conformal is not None else None
+        entropy = normalised_entropy(probs)
+        no_tumor = self.classes.index(NO_TUMOR) if NO_TUMOR in self.classes else None
+        threshold = self.threshold
+        out = []
+        for i, p in enumerate(probs):
+            tumor = None if no_tumor is None else float(1.0 - p[no_tumor])
+            cset = [c for c, m in zip(self.classes, member[i], strict=True) if m] if member is not None else None
+            reasons = []
+            if cset is not None and len(cset) > 1:
+                reasons.append(f"conformal set has {len(cset)} classes")
+            if cset is not None and not cset:
+                reasons.append("conformal set is empty (input unlike the calibration data)")
+            if entropy[i] > self.config.review_entropy:
+                reasons.append(f"entropy {entropy[i]:.3f} > {self.config.review_entropy}")
+            mc_entry = None
+            if mc is not None:
+                mc_entry = {
+                    "passes": int(mc.shape[0]),
+                    "mean": dict(zip(self.classes, map(float, mc[:, i].mean(axis=0)), strict=True)),
+                    "std": dict(zip(self.classes, map(float, mc[:, i].std(axis=0)), strict=True)),
+                }
+            out.append(
+                Prediction(
+                    source=sources[i],
+                    label=self.classes[int(p.argmax())],
+                    probabilities=dict(zip(self.classes, map(float, p), strict=True)),
+                    tumor_probability=tumor,
+                    is_tumor=None if tumor is None or threshold is None else bool(tumor >= threshold),
+                    threshold=threshold,
+                    conformal_set=cset,
+                    conformal_alpha=self.conformal.alpha if self.conformal is not None else None,
+                    entropy=float(entropy[i]),
+                    review=bool(reasons),
+                    review_reasons=reasons,
+                    time_ms=0.0,
+                    mc_dropout=mc_entry,
+                    gradcam=cams[i] if cams else None,
+                )
+            )
+        return out
+
+    def _gradcam(
+        self, images: np.ndarray, targets: np.ndarray, out_dir: Path, sources: list[str], start_index: int
+    ) -> list[str]:
+        try:
+            from brainmri.evaluate.gradcam import compute_cams, overlay
+        except ImportError:
+            raise BrainMRIError("Grad-CAM is not available in this installation (brainmri.evaluate.gradcam)") from None
+        from PIL import Image
+
+        from brainmri.utils import atomic_path
+
+        model = self.torch_runtime().model
+        cams = compute_cams(model, images, targets=[int(t) for t in targets], method=self.config.gradcam_method)
+        paths = []
+        for i, (image, cam) in enumerate(zip(images, cams, strict=True)):
+            stem = Path(sources[i]).name.split(".")[0] or "image"
+            path = out_dir / f"{start_index + i:06d}_{stem}_{self.classes[int(targets[i])]}.png"
+            with atomic_path(path) as tmp:
+                Image.fromarray(np.asarray(overlay(image, cam))).save(tmp, format="PNG")
+            paths.append(str(path))
+        return paths
+
+    # ------------------------------------------------------------------ inputs
+
+    def run(self, inputs: Any, **kwargs: Any) -> Iterator[Prediction | Failure]:
+        """Stream results in input order: a :class:`Prediction`, or a :class:`Failure` for a bad input.
+
+        ``inputs``: a path (file or folder, recursive), an array (H, W), bytes, or a list of these.
+        Keyword arguments go to :meth:`predict_images` (``tta``, ``mc_dropout``, ``gradcam_dir``).
+        """
+        items = inputs if isinstance(inputs, list) and all(isinstance(i, Item) for i in inputs) else None
+        items = items if items is not None else expand_inputs(inputs)
+        batch: list[Loaded | Failure] = []
+        n_loaded = 0
+        done = 0
+        for result in self.loader(items, parallel=len(items) > self.config.batch_size):
+            batch.append(result)
+            if isinstance(result, Loaded):
+                n_loaded += 1
+            if n_loaded >= self.config.batch_size:
+                yield from self._flush(batch, done, kwargs)
+                done += len(batch)
+                batch, n_loaded = [], 0
+        if batch:
+            yield from self._flush(batch, done, kwargs)
+
+    def _flush(self, batch: list[Loaded | Failure], offset: int, kwargs: dict[str, Any]) -> list[Prediction | Failure]:
+        loaded = [(i, r) for i, r in enumerate(batch) if isinstance(r, Loaded)]
+        out: list[Prediction | Failure] = list(batch)
+        if loaded:
+            images = np.stack([r.image for _, r in loaded])
+            preds = self.predict_images(images, [r.source for _, r in loaded], start_index=offset, **kwargs)
+            for (i, r), pred in zip(loaded, preds, strict=True):
+                pred.time_ms += r.ms
+                pred.meta = {k: r.meta[k] for k in ("format", "height", "width") if k in r.meta}
+                out[i] = pred
+        return out
+
+    def predict(
+        self, inputs: Any, *, errors: Literal["raise", "return"] = "raise", **kwargs: Any
+    ) -> list[Prediction | Failure]:
+        """Predictions for ``inputs`` (see :meth:`run`), in input order.
+
+        ``errors="raise"`` (default) raises an :class:`ImageReadError` naming the first bad input;
+        ``errors="return"`` puts a :class:`Failure` in its place instead.
+        """
+        results = list(self.run(inputs, **kwargs))
+        if errors == "raise":
+            for r in results:
+                if isinstance(r, Failure):
+                    raise _ERRORS.get(r.kind, UnreadableImageError)(r.source, r.reason)
+        return results
+
+    def close(self) -> None:
+        """Stop the decode/preprocess worker processes (if any were started)."""
+        self.loader.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
