@@ -1,0 +1,121 @@
+"""LightningModule: one class for both stages of transfer learning.
+
+Stage 1 (``frozen=True``): only the classifier head trains; the backbone's parameters are frozen *and*
+its BatchNorm layers stay in eval mode, so running statistics learnt on ImageNet are not dragged
+toward a few batches of MRI. Stage 2: everything trains at a lower learning rate.
+Optimiser: AdamW with decoupled weight decay (not on biases/norms); schedule: linear warm-up then
+cosine decay, stepped per batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from brainmri.config import TrainConfig
+from brainmri.models import BrainClassifier
+from brainmri.train.losses import WeightedSoftCrossEntropy, mixup
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float = 0.01) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to ``floor``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_backbone_frozen(model: BrainClassifier, frozen: bool) -> None:
+    head = set(map(id, model.classifier_parameters()))
+    for p in model.backbone.parameters():
+        p.requires_grad = (not frozen) or id(p) in head
+
+
+def freeze_batchnorm(model: BrainClassifier) -> None:
+    for m in model.backbone.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class ClassifierModule(L.LightningModule):
+    def __init__(
+        self,
+        model: BrainClassifier,
+        loss: WeightedSoftCrossEntropy,
+        cfg: TrainConfig,
+        *,
+        lr: float,
+        frozen: bool,
+        steps_per_epoch: int,
+        epochs: int,
+        stage: int,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss
+        self.cfg = cfg
+        self.lr = lr
+        self.frozen = frozen
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.epochs = max(1, epochs)
+        self.stage = stage
+        n = model.num_classes
+        self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
+        set_backbone_frozen(model, frozen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps whatever mode modules were left in (e.g. BN in eval after a frozen stage): set it.
+        self.model.train()
+        if self.frozen:
+            freeze_batchnorm(self.model)
+
+    def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
+        # Dropout randomness as a function of (seed, stage, step) only: a resumed run draws exactly what an
+        # uninterrupted one would, whatever else consumed the global generator in between.
+        torch.manual_seed(self.cfg.seed * 1_000_003 + self.stage * 100_003 + self.global_step)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.cfg.mixup_alpha > 0:
+            rng = np.random.default_rng((self.cfg.seed, self.stage, self.global_step))
+            x, targets, _ = mixup(x, y, self.model.num_classes, self.cfg.mixup_alpha, rng)
+        else:
+            targets = y
+        logits = self.model(x)
+        loss = self.loss_fn(logits, targets)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        self.val_acc.update(logits, y)
+        self.val_f1.update(logits, y)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("val_macro_f1", self.val_f1, on_epoch=True, prog_bar=True, batch_size=len(x))
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+        )
+        total = self.steps_per_epoch * self.epochs
+        warmup = round(self.cfg.warmup_epochs * self.steps_per_epoch) if self.stage == 2 else 0
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

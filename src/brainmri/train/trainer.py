@@ -1,0 +1,460 @@
+"""``train_run``: two-stage transfer learning from the preprocessing cache to a run folder.
+
+Stage 1 trains the head with the backbone frozen (optionally on cached pooled features: one forward
+pass over the data instead of one per epoch, what makes the CPU recipe fit in minutes); stage 2
+fine-tunes everything at a lower LR. The best weights over both stages (by ``train.monitor`` on the
+validation split) become ``model.safetensors``. ``resume=True`` continues an interrupted run from the
+last Lightning checkpoint and reaches the same weights as an uninterrupted run (see ``data.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch import nn
+
+from brainmri.config import Config, save_config
+from brainmri.errors import DataError
+from brainmri.models import BrainClassifier, create_model
+from brainmri.train.augment import Augmenter
+from brainmri.train.data import SliceDataModule
+from brainmri.train.losses import balanced_class_weights, build_loss
+from brainmri.train.module import ClassifierModule, warmup_cosine
+from brainmri.train.run import RUN_JSON, WEIGHTS_FILE, SplitImages, images_from_cache, write_run
+from brainmri.utils import atomic_path, atomic_write_json, progress, setup_torch
+
+
+def _split_names(fold: int | None) -> tuple[str, str]:
+    return ("train", "val") if fold is None else (f"fold{fold}:train", f"fold{fold}:val")
+
+
+def load_training_data(cfg: Config, split_file: str | Path, fold: int | None):
+    """(train SplitImages, val SplitImages, cache) for a split file and optional fold."""
+    from brainmri.data.manifest import read_manifest
+    from brainmri.data.split import read_split, split_frame
+    from brainmri.preprocess.cache import PreprocessedCache, preprocess_dir_for
+
+    split = read_split(split_file)
+    manifest = read_manifest(split["manifest"])
+    cache_dir = preprocess_dir_for(cfg)
+    if not Path(cache_dir).is_dir():
+        raise DataError(f"no preprocessing cache at {cache_dir}; run `brainmri preprocess` with the same config first")
+    cache = PreprocessedCache(cache_dir)
+    tr_name, va_name = _split_names(fold)
+    train = images_from_cache(split_frame(manifest, split, tr_name), cache, cfg.data.classes)
+    val = images_from_cache(split_frame(manifest, split, va_name), cache, cfg.data.classes)
+    for name, s in ((tr_name, train), (va_name, val)):
+        if len(s.ids) == 0:
+            raise DataError(f"split '{name}' of {split_file} is empty")
+        if (s.labels < 0).any():
+            bad = sorted({n for n, lab in zip(s.label_names, s.labels, strict=True) if lab < 0})
+            raise DataError(f"split '{name}' has labels outside data.classes: {bad}")
+    return train, val, cache
+
+
+class BestWeights(Callback):
+    """Keeps the best weights seen (by ``monitor``) across both stages and writes them atomically."""
+
+    def __init__(self, path: Path, monitor: str, mode: str, best: float | None = None) -> None:
+        self.path = path
+        self.monitor = monitor
+        self.mode = mode
+        self.best = best
+        self.best_epoch: str | None = None
+
+    def better(self, value: float) -> bool:
+        if self.best is None or not np.isfinite(self.best):
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def offer(self, model: nn.Module, value: float, tag: str) -> None:
+        if self.better(value):
+            from safetensors.torch import save_file
+
+            self.best, self.best_epoch = float(value), tag
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            with atomic_path(self.path) as tmp:
+                save_file(state, str(tmp))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None:
+            self.offer(pl_module.model, float(value), f"stage{pl_module.stage}:{trainer.current_epoch}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
+
+
+class History(Callback):
+    """Per-epoch metrics (train and validation) with wall time, appended to a list."""
+
+    def __init__(self, rows: list[dict[str, Any]], n_train: int) -> None:
+        self.rows = rows
+        self.n_train = n_train
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        seconds = time.perf_counter() - self.t0
+        seen = self.n_train * (trainer.limit_train_batches if isinstance(trainer.limit_train_batches, float) else 1)
+        self.rows.append(
+            {
+                "stage": pl_module.stage,
+                "epoch": trainer.current_epoch,
+                "seconds": round(seconds, 2),
+                "images_per_s": round(seen / max(seconds, 1e-9), 2),
+                **m,
+            }
+        )
+
+
+def _loggers(cfg: Config, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list = []
+    wanted = cfg.train.loggers
+    if "csv" in wanted:
+        loggers.append(CSVLogger(str(run_dir), name="logs", version="csv"))
+    if "tensorboard" in wanted:
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(str(run_dir), name="logs", version="tensorboard"))
+        except ModuleNotFoundError:
+            pass
+    if "wandb" in wanted:
+        try:
+            import wandb  # noqa: F401
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(project="brainmri", name=run_dir.name, save_dir=str(run_dir)))
+        except ModuleNotFoundError:
+            print("warning: train.loggers has 'wandb' but wandb is not installed (pip install brainmri[wandb])")
+    return loggers
+
+
+@torch.inference_mode()
+def _features(model: BrainClassifier, images: np.ndarray, batch_size: int) -> torch.Tensor:
+    model.eval()
+    out = []
+    for start in progress(range(0, len(images), batch_size), desc="features", total=-(-len(images) // batch_size)):
+        x = torch.from_numpy(images[start : start + batch_size]).float().div_(255).unsqueeze(1)
+        out.append(model.forward_features(x))
+    return torch.cat(out)
+
+
+def train_head_on_features(
+    model: BrainClassifier,
+    cfg: Config,
+    train: SplitImages,
+    val: SplitImages,
+    best: BestWeights,
+    history: list[dict[str, Any]],
+) -> None:
+    """Stage 1 on cached pooled features: exact for a frozen backbone with BN in eval mode."""
+    from sklearn.metrics import f1_score
+
+    tc = cfg.train
+    t0 = time.perf_counter()
+    f_train = _features(model, train.images, tc.batch_size * 2)
+    f_val = _features(model, val.images, tc.batch_size * 2)
+    feat_seconds = time.perf_counter() - t0
+    head = model.backbone.get_classifier()
+    weights = balanced_class_weights(train.labels, model.num_classes) if tc.class_weights else None
+    loss_fn = build_loss(tc, model.num_classes, weights)
+    opt = torch.optim.AdamW(head.parameters(), lr=tc.stage1.lr, weight_decay=tc.weight_decay)
+    y_train = torch.from_numpy(train.labels)
+    steps_per_epoch = -(-len(f_train) // tc.batch_size)
+    total = steps_per_epoch * max(1, tc.stage1.epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 0, total))
+    g = torch.Generator().manual_seed(tc.seed)
+    for epoch in range(tc.stage1.epochs):
+        t_epoch = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(f_train), generator=g)
+        running = 0.0
+        for start in range(0, len(perm), tc.batch_size):
+            idx = perm[start : start + tc.batch_size]
+            logits = model.forward_classifier(f_train[idx])
+            loss = loss_fn(logits, y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += float(loss) * len(idx)
+        model.eval()
+        with torch.inference_mode():
+            logits = model.forward_classifier(f_val)
+            val_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(val.labels)))
+            pred = logits.argmax(1).numpy()
+        acc = float((pred == val.labels).mean())
+        f1 = float(f1_score(val.labels, pred, average="macro", labels=list(range(model.num_classes)), zero_division=0))
+        metrics = {"val_loss": val_loss, "val_acc": acc, "val_macro_f1": f1}
+        seconds = time.perf_counter() - t_epoch + (feat_seconds if epoch == 0 else 0.0)
+        history.append(
+            {
+                "stage": 1,
+                "epoch": epoch,
+                "seconds": round(seconds, 2),
+                "images_per_s": round(len(f_train) / max(seconds, 1e-9), 2),
+                "train_loss": running / len(f_train),
+                **metrics,
+            }
+        )
+        best.offer(model, metrics[cfg.train.monitor], f"stage1:{epoch}")
+
+
+def _trainer(cfg: Config, run_dir: Path, stage: int, epochs: int, callbacks: list) -> L.Trainer:
+    tc = cfg.train
+    precision = tc.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=epochs,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        precision=precision,
+        deterministic=tc.deterministic and not torch.cuda.is_available(),
+        gradient_clip_val=tc.grad_clip or None,
+        callbacks=callbacks,
+        logger=_loggers(cfg, run_dir) if stage == 2 else False,
+        enable_progress_bar=_progress_enabled(),
+        enable_model_summary=False,
+        limit_train_batches=tc.limit_train_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
+
+
+def _progress_enabled() -> bool:
+    import os
+
+    return os.environ.get("BRAINMRI_NO_PROGRESS") != "1"
+
+
+def run_dir_for(cfg: Config, fold: int | None = None) -> Path:
+    name = cfg.train.run_name + ("" if fold is None else f"-fold{fold}")
+    return Path(cfg.paths.runs_dir) / name
+
+
+def train_run(
+    cfg: Config,
+    split_file: str | Path,
+    run_dir: str | Path | None = None,
+    fold: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Train on the split (or fold ``fold``) and write a complete run folder; returns its path."""
+    setup_torch()
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, fold)
+    if (run_dir / RUN_JSON).is_file() and not (resume or overwrite):
+        raise DataError(f"{run_dir} already holds a finished run; pass --resume, --overwrite or another --name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    train, val, cache = load_training_data(cfg, split_file, fold)
+    classes = cfg.data.classes
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    model = create_model(cfg.model, len(classes))
+    result = fit_stages(cfg, model, train, val, run_dir, resume=resume)
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(run_dir / WEIGHTS_FILE)))
+    _write_history(run_dir, result["history"])
+    write_run(
+        run_dir,
+        cfg,
+        model,
+        cache.preprocessor(),
+        classes=classes,
+        split_file=split_file,
+        preprocess_dir=cache.dir,
+        extra={
+            "fold": fold,
+            "monitor": cfg.train.monitor,
+            "best_score": result["best"],
+            "best_epoch": result["best_epoch"],
+            "n_train": len(train.ids),
+            "n_val": len(val.ids),
+            "wall_seconds": result["wall_seconds"],
+            "stage1_seconds": result["stage1_seconds"],
+            "completed": True,
+        },
+    )
+    return run_dir
+
+
+def fit_stages(
+    cfg: Config,
+    model: BrainClassifier,
+    train: SplitImages,
+    val: SplitImages,
+    run_dir: Path,
+    resume: bool = False,
+    extra_callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Both stages on in-memory images; best weights to ``run_dir/model.safetensors``.
+
+    Progress (stage 1 done, history, best score) is kept in ``checkpoints/progress.json`` so that
+    ``resume=True`` skips a finished stage 1 and continues stage 2 from ``checkpoints/stage2/last.ckpt``.
+    """
+    from safetensors.torch import load_file, save_file
+
+    tc = cfg.train
+    n_classes = model.num_classes
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state_file = ckpt_dir / "progress.json"
+    done: dict[str, Any] = json.loads(state_file.read_text()) if (resume and state_file.is_file()) else {}
+    history: list[dict[str, Any]] = list(done.get("history", []))
+    best = BestWeights(run_dir / WEIGHTS_FILE, tc.monitor, tc.monitor_mode, done.get("best"))
+    best.best_epoch = done.get("best_epoch")
+    class_weights = balanced_class_weights(train.labels, n_classes) if tc.class_weights else None
+    t_start = time.perf_counter()
+
+    def data_module() -> SliceDataModule:
+        return SliceDataModule(
+            train.images,
+            train.labels,
+            val.images,
+            val.labels,
+            n_classes,
+            tc.batch_size,
+            tc.num_workers,
+            Augmenter(tc.augment),
+            tc.oversample,
+            tc.seed,
+        )
+
+    def lightning_stage(stage: int, epochs: int, lr: float, frozen: bool, callbacks: list, ckpt: str | None):
+        dm = data_module()
+        module = ClassifierModule(
+            model,
+            build_loss(tc, n_classes, class_weights),
+            tc,
+            lr=lr,
+            frozen=frozen,
+            steps_per_epoch=len(dm.train_dataloader()),
+            epochs=epochs,
+            stage=stage,
+        )
+        trainer = _trainer(cfg, run_dir, stage, epochs, callbacks + list(extra_callbacks or []))
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        return trainer
+
+    # ---- stage 1: frozen backbone
+    stage1_file = ckpt_dir / "stage1.safetensors"
+    if tc.stage1.epochs > 0:
+        if done.get("stage1_done") and stage1_file.is_file():
+            model.load_state_dict(load_file(str(stage1_file)))
+        else:
+            if tc.cache_frozen_features:
+                train_head_on_features(model, cfg, train, val, best, history)
+            else:
+                lightning_stage(1, tc.stage1.epochs, tc.stage1.lr, True, [best, History(history, len(train.ids))], None)
+            with atomic_path(stage1_file) as tmp:
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            done.update(stage1_done=True, history=history, best=best.best, best_epoch=best.best_epoch)
+            atomic_write_json(state_file, done)
+    stage1_seconds = time.perf_counter() - t_start
+
+    # ---- stage 2: everything trains
+    if tc.stage2.epochs > 0:
+        last = ckpt_dir / "stage2" / "last.ckpt"
+        ckpt = str(last) if resume and last.is_file() else None
+        stage2_history: list[dict[str, Any]] = list(done.get("stage2_history", [])) if ckpt else []
+        persist = _PersistProgress(state_file, done, best, stage2_history)
+        checkpoint = ModelCheckpoint(
+            dirpath=str(ckpt_dir / "stage2"),
+            filename="best",
+            monitor=tc.monitor,
+            mode=tc.monitor_mode,
+            save_last=True,
+            save_top_k=1,
+        )
+        stop = EarlyStopping(monitor=tc.monitor, mode=tc.monitor_mode, patience=tc.early_stopping_patience)
+        lightning_stage(
+            2,
+            tc.stage2.epochs,
+            tc.stage2.lr,
+            False,
+            [best, checkpoint, History(stage2_history, len(train.ids)), stop, persist],
+            ckpt,
+        )
+        history.extend(stage2_history)
+    return {
+        "history": history,
+        "best": best.best,
+        "best_epoch": best.best_epoch,
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "stage1_seconds": round(stage1_seconds, 1),
+    }
+
+
+class _PersistProgress(Callback):
+    """Writes stage-2 history and the best score after every epoch, for ``resume``."""
+
+    def __init__(self, path: Path, done: dict[str, Any], best: BestWeights, rows: list[dict[str, Any]]) -> None:
+        self.path, self.done, self.best, self.rows = path, done, best, rows
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.done.update(stage2_history=self.rows, best=self.best.best, best_epoch=self.best.best_epoch)
+            atomic_write_json(self.path, self.done)
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    from brainmri.utils import atomic_write_text
+
+    atomic_write_json(run_dir / "history.json", history)
+    atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+    if history:
+        plot_curves(history, run_dir / "curves.png")
+
+
+def plot_curves(history: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(1, len(history) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, ax, title in (("loss", axes[0], "loss"), ("acc", axes[1], "accuracy / macro-F1")):
+        if key == "loss":
+            ax.plot(x, [h.get("train_loss", np.nan) for h in history], "o-", label="train loss")
+            ax.plot(x, [h.get("val_loss", np.nan) for h in history], "o-", label="val loss")
+        else:
+            ax.plot(x, [h.get("val_acc", np.nan) for h in history], "o-", label="val accuracy")
+            ax.plot(x, [h.get("val_macro_f1", np.nan) for h in history], "o-", label="val macro-F1")
+        boundary = sum(1 for h in history if h["stage"] == 1)
+        if 0 < boundary < len(history):
+            ax.axvline(boundary + 0.5, color="grey", ls="--", lw=1)
+        ax.set_xlabel("epoch (stage 1 | stage 2)")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,166 @@
+"""Training: losses, class weights, MixUp maths, frozen stage, loss decrease, resume == uninterrupted."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file
+from torch.nn import functional as F
+
+from brainmri.config import Config, ModelConfig
+from brainmri.data.phantoms import make_phantom
+from brainmri.models import create_model
+from brainmri.train.losses import FocalLoss, WeightedSoftCrossEntropy, balanced_class_weights, mixup
+from brainmri.train.run import SplitImages
+from brainmri.train.trainer import fit_stages
+
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+
+
+def phantom_split(n_per_class: int, size: int = 32, seed: int = 0) -> SplitImages:
+    images, labels = [], []
+    for ci, label in enumerate(CLASSES):
+        for i in range(n_per_class):
+            ph = make_phantom(label, size=size, seed=seed * 1000 + ci * 100 + i)
+            images.append((ph.image * 255).astype(np.uint8))
+            labels.append(ci)
+    ids = [f"p/{i}" for i in range(len(images))]
+    return SplitImages(ids, ids, np.stack(images), np.array(labels), [CLASSES[i] for i in labels])
+
+
+def tiny_cfg(**train) -> Config:
+    cfg = Config()
+    cfg.model = ModelConfig(backbone="test_efficientnet", weights="none", drop_rate=0.0)
+    cfg.preprocess.size = 32
+    cfg.train.batch_size = 16
+    cfg.train.num_workers = 0
+    cfg.train.loggers = ["csv"]
+    cfg.train.augment.enabled = False
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def test_balanced_class_weights_match_hand_computation():
+    w = balanced_class_weights([0, 0, 0, 1], 2)
+    assert torch.allclose(w, torch.tensor([4 / (2 * 3), 4 / (2 * 1)]))
+    assert balanced_class_weights([0, 0, 1], 3)[2] == 0
+
+
+def test_weighted_loss_is_per_sample_not_batch_rescaled():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = torch.tensor([0, 1, 1])
+    w = torch.tensor([0.5, 2.0])
+    loss = WeightedSoftCrossEntropy(2, w)(logits, y)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    expected = (0.5 * ce[0] + 2.0 * ce[1] + 2.0 * ce[2]) / 3
+    assert torch.isclose(loss, expected)
+    # PyTorch's weight= divides by the weight sum instead; ours must differ from it here
+    assert not torch.isclose(loss, F.cross_entropy(logits, y, weight=w))
+
+
+def test_label_smoothing_matches_torch():
+    logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 1])
+    ours = WeightedSoftCrossEntropy(4, label_smoothing=0.1)(logits, y)
+    assert torch.isclose(ours, F.cross_entropy(logits, y, label_smoothing=0.1), atol=1e-6)
+
+
+def test_focal_loss_reduces_to_ce_and_downweights_easy_samples():
+    logits = torch.tensor([[4.0, 0.0], [0.2, 0.0]])
+    y = torch.tensor([0, 0])
+    assert torch.isclose(FocalLoss(2, gamma=0.0)(logits, y), F.cross_entropy(logits, y))
+    per = FocalLoss(2, gamma=2.0).per_sample(logits, y)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    p = logits.softmax(-1)[:, 0]
+    assert torch.allclose(per, (1 - p) ** 2 * ce)
+
+
+def test_mixup_maths():
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1)
+    y = torch.tensor([0, 1, 1, 0])
+    rng = np.random.default_rng(3)
+    xm, ym, lam = mixup(x, y, 2, alpha=0.4, rng=rng)
+    rng = np.random.default_rng(3)
+    lam2 = rng.beta(0.4, 0.4)
+    perm = rng.permutation(4)
+    assert lam == pytest.approx(lam2)
+    assert torch.allclose(xm.flatten(), lam * x.flatten() + (1 - lam) * x.flatten()[perm])
+    # soft-target CE with class weights = λ w_a CE_a-part mixture, hand-computed for sample 0
+    w = torch.tensor([1.0, 3.0])
+    logits = torch.tensor([[0.3, -0.2]] * 4)
+    loss_fn = WeightedSoftCrossEntropy(2, w)
+    logp = F.log_softmax(logits, -1)
+    a, b = int(y[0]), int(y[perm[0]])
+    expected0 = (lam * w[a] + (1 - lam) * w[b]) * -(lam * logp[0, a] + (1 - lam) * logp[0, b])
+    per = loss_fn.sample_weights(ym) * loss_fn.per_sample(logits, ym)
+    assert torch.isclose(per[0], expected0)
+
+
+def test_frozen_stage_leaves_backbone_and_bn_stats_unchanged(tmp_path):
+    cfg = tiny_cfg()
+    cfg.train.stage1.epochs, cfg.train.stage2.epochs = 2, 0
+    data = phantom_split(6)
+    model = create_model(cfg.model, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit_stages(cfg, model, data, data, tmp_path)
+    after = model.state_dict()
+    head = {"backbone.classifier.weight", "backbone.classifier.bias"}
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "nothing trained"
+    assert set(changed) <= head, f"frozen stage changed {sorted(set(changed) - head)[:5]}"
+    assert any("running_mean" in k for k in before)
+
+
+def test_training_reduces_loss(tmp_path):
+    cfg = tiny_cfg()
+    cfg.train.stage1.epochs, cfg.train.stage2.epochs = 0, 6
+    cfg.train.stage2.lr = 3e-3
+    cfg.train.warmup_epochs = 0
+    data = phantom_split(8)
+    L.seed_everything(0)
+    model = create_model(cfg.model, 4)
+    result = fit_stages(cfg, model, data, data, tmp_path)
+    losses = [h["train_loss"] for h in result["history"]]
+    assert len(losses) == 6
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+class InterruptAfter(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("mixup_alpha", [0.0, 0.4])
+def test_resume_reaches_same_weights_as_uninterrupted(tmp_path, mixup_alpha):
+    cfg = tiny_cfg(mixup_alpha=mixup_alpha)
+    cfg.train.augment.enabled = True
+    cfg.model.drop_rate = 0.2
+    cfg.train.stage1.epochs, cfg.train.stage2.epochs = 1, 3
+    data = phantom_split(5)
+
+    def fresh():
+        L.seed_everything(7)
+        return create_model(cfg.model, 4)
+
+    straight = fresh()
+    fit_stages(cfg, straight, data, data, tmp_path / "a")
+    interrupted = fresh()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_stages(cfg, interrupted, data, data, tmp_path / "b", extra_callbacks=[InterruptAfter(1)])
+    resumed = fresh()  # a new process would start from scratch too
+    fit_stages(cfg, resumed, data, data, tmp_path / "b", resume=True)
+    a, b = straight.state_dict(), resumed.state_dict()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    best_a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    best_b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.allclose(best_a[k].float(), best_b[k].float(), atol=1e-6) for k in best_a)
