@@ -1,0 +1,158 @@
+"""Split-conformal prediction sets (Angelopoulos & Bates, "A Gentle Introduction to Conformal Prediction").
+
+A prediction set is the list of classes the model cannot rule out at error rate alpha. Fitted on
+validation (calibration) data that the model was not trained on; if that data and the new data are
+exchangeable, P(true class in set) >= 1 - alpha, whatever the model.
+
+Scores s(x, y), larger = less conforming:
+
+- ``lac`` (least ambiguous set-valued classifier, Sadinle et al. 2019): s = 1 - p_y. Smallest sets on
+  average; sets can be empty (no class reaches 1 - qhat), which flags an unusual input.
+- ``aps`` (adaptive prediction sets, Romano et al. 2020), **deterministic (non-randomised) variant**:
+  s = total probability of the classes ranked at or above y (p sorted descending, cumulative, inclusive).
+  Set = classes whose inclusive cumulative mass is <= qhat. Sets adapt to how spread the probabilities
+  are. The randomised tie-break of the original is not used, so coverage is >= 1 - alpha (slightly
+  conservative) and results are reproducible; an empty set is possible when p_max > qhat.
+
+qhat is the ceil((n + 1)(1 - alpha))-th smallest of the n calibration scores (the finite-sample
+quantile ceil((n+1)(1-alpha))/n). When that rank exceeds n (too few calibration samples for alpha),
+qhat = +inf: every set holds every class (stored as ``null`` in JSON).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from brainmri.evaluate.base import FittedMixin, as_labels, as_probs
+
+METHODS = ("lac", "aps")
+
+
+def _aps_cumulative(p: np.ndarray) -> np.ndarray:
+    """For every (sample, class): total probability of the classes ranked at or above it (inclusive)."""
+    order = np.argsort(-p, axis=1, kind="stable")
+    cum_sorted = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
+    out = np.empty_like(p)
+    np.put_along_axis(out, order, cum_sorted, axis=1)
+    return out
+
+
+def class_scores(probs: Any, method: str) -> np.ndarray:
+    """Non-conformity score of every class for every sample, (N, C)."""
+    p = as_probs(probs)
+    if method == "lac":
+        return 1.0 - p
+    if method == "aps":
+        return _aps_cumulative(p)
+    raise ValueError(f"unknown conformal method '{method}'; choose from {METHODS}")
+
+
+def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
+    """The ceil((n+1)(1-alpha))-th smallest score; +inf when that rank exceeds n."""
+    n = len(scores)
+    k = math.ceil((n + 1) * (1 - alpha) - 1e-9)
+    if k > n:
+        return math.inf
+    return float(np.sort(scores)[max(k, 1) - 1])
+
+
+class ConformalPredictor(FittedMixin):
+    """Split-conformal sets for one alpha. Attributes after ``fit``: ``qhat_``, ``n_fit_``."""
+
+    _fitted_attrs = ("qhat_",)
+
+    def __init__(self, alpha: float = 0.1, method: str = "aps") -> None:
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if method not in METHODS:
+            raise ValueError(f"unknown conformal method '{method}'; choose from {METHODS}")
+        self.alpha = float(alpha)
+        self.method = method
+        self.qhat_: float | None = None
+        self.n_fit_: int | None = None
+
+    def fit(self, probs: Any, labels: Any) -> ConformalPredictor:
+        """Calibrate on (validation) probabilities (N, C) and true class indices (N,)."""
+        p = as_probs(probs)
+        y = as_labels(labels, len(p), p.shape[1])
+        if len(p) == 0:
+            raise ValueError("conformal calibration needs at least one labelled sample")
+        true_scores = class_scores(p, self.method)[np.arange(len(y)), y]
+        self.qhat_ = conformal_quantile(true_scores, self.alpha)
+        self.n_fit_ = len(p)
+        return self
+
+    def predict_sets(self, probs: Any) -> np.ndarray:
+        """Boolean (N, C): True where the class is in the prediction set."""
+        self.check_fitted()
+        p = as_probs(probs)
+        if math.isinf(self.qhat_):
+            return np.ones(p.shape, dtype=bool)
+        return class_scores(p, self.method) <= self.qhat_ + 1e-12
+
+    def to_dict(self) -> dict[str, Any]:
+        self.check_fitted()
+        return {
+            "method": self.method,
+            "alpha": self.alpha,
+            "qhat": None if math.isinf(self.qhat_) else self.qhat_,
+            "n": self.n_fit_,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConformalPredictor:
+        obj = cls(float(d["alpha"]), str(d["method"]))
+        obj.qhat_ = math.inf if d.get("qhat") is None else float(d["qhat"])
+        obj.n_fit_ = d.get("n")
+        return obj
+
+
+def set_metrics(
+    sets: np.ndarray,
+    labels: Any,
+    classes: Sequence[str],
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Empirical coverage (overall, per class), mean set size, empty-set rate and size histogram,
+    with bootstrap 95% CIs on the overall numbers."""
+    from brainmri.evaluate.metrics import bootstrap_counts, estimate
+
+    s = np.asarray(sets, dtype=bool)
+    y = as_labels(labels, len(s), len(classes))
+    covered = s[np.arange(len(y)), y].astype(np.float64)
+    size = s.sum(1).astype(np.float64)
+    empty = (size == 0).astype(np.float64)
+    w = bootstrap_counts(len(y), n_bootstrap, seed) if n_bootstrap > 0 else None
+    tot = w.sum(1) if w is not None else None
+
+    def est(v: np.ndarray) -> dict[str, float | None]:
+        return estimate(float(v.mean()), (w @ v) / tot if w is not None else None)
+
+    per_class = {}
+    for i, c in enumerate(classes):
+        m = y == i
+        per_class[c] = {
+            "coverage": float(covered[m].mean()) if m.any() else None,
+            "mean_set_size": float(size[m].mean()) if m.any() else None,
+            "n": int(m.sum()),
+        }
+    hist = np.bincount(size.astype(int), minlength=len(classes) + 1)
+    return {
+        "coverage": est(covered),
+        "mean_set_size": est(size),
+        "empty_rate": est(empty),
+        "per_class": per_class,
+        "set_size_counts": {str(k): int(v) for k, v in enumerate(hist)},
+        "n": len(y),
+    }
+
+
+def format_set(row: np.ndarray, classes: Sequence[str]) -> str:
+    """``glioma|meningioma`` (``""`` for an empty set)."""
+    return "|".join(c for c, m in zip(classes, row, strict=True) if m)
