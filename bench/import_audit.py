@@ -20,6 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("BRAINMRI_NO_PROGRESS", "1")
     from brainmri.config import load_config
@@ -42,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = load_config(None, [f"data.workers={args.workers}"])
     result: dict = {"benchmark": "import_audit", "data": str(root), "workers": args.workers}
+    result["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    cpu0 = _cpu_seconds()
 
     with tempfile.TemporaryDirectory(prefix="brainmri-bench-") as tmp:
         work = Path(tmp)
@@ -141,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": round(time.perf_counter() - t0, 2),
             }
 
+    result["cpu_s_all_steps"] = round(_cpu_seconds() - cpu0, 2)
+    result["note"] = (
+        "wall times depend on other load on the machine (load_average_at_start: 1, 5, 15 min); cpu_s_all_steps "
+        "is user+sys CPU of this process and its workers over every step (import, audits, split, navoneel)"
+    )
     result["machine"] = machine_facts()
     atomic_write_json(args.out, result)
     t = result["timing_s"]

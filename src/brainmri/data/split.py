@@ -381,7 +381,8 @@ def data_card_markdown(card: dict[str, Any], classes: list[str]) -> str:
         "",
         f"Manifest: `{card['manifest']}` ({card['files_in_manifest']} files, sha256 `{card['manifest_sha256'][:16]}…`)",
         f"Seed {card['seed']}; near-duplicate threshold: pHash distance <= {p.get('near_threshold')} "
-        f"({p.get('hash_size', 8) ** 2} bits); {p.get('clusters')} duplicate-free groups (clusters) assigned whole.",
+        f"({p.get('hash_size', 8) ** 2} bits); {p.get('clusters')} groups (a duplicate cluster or a single image), "
+        "each assigned whole.",
         f"Fractions: val {p.get('val_fraction')}, test {p.get('test_fraction')}; {p.get('folds')} folds over "
         f"train+val; keep_source_test: {p.get('keep_source_test')}.",
         "",
