@@ -191,3 +191,38 @@ def test_import_cli_without_roots_gives_clear_error(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("error: no data roots given") and len(err.strip().splitlines()) == 1
+
+
+def test_dicom_and_nifti_files_are_imported(tmp_path):
+    import nibabel as nib
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder = tmp_path / "vol" / "glioma"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 1000, size=(40, 32, 5)).astype(np.int16)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), folder / "scan.nii.gz")
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR image storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.Rows, ds.Columns = 24, 20
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = rng.integers(0, 4000, size=(24, 20)).astype(np.uint16).tobytes()
+    ds.save_as(folder / "slice.DCM", enforce_file_format=True)
+
+    df = build_manifest([str(tmp_path / "vol")], _cfg(**{"data.workers": 1}))
+    rows = df.set_index("id")
+    assert rows.loc["vol/glioma/scan.nii.gz", "format"] == "nifti"
+    assert rows.loc["vol/glioma/slice.DCM", "format"] == "dicom"
+    assert rows["readable"].all(), rows["error"].tolist()
+    assert (rows.loc["vol/glioma/slice.DCM", "width"], rows.loc["vol/glioma/slice.DCM", "height"]) == (20, 24)
+    assert rows["phash"].str.fullmatch(r"[0-9a-f]{16}").all()
