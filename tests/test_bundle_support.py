@@ -1,0 +1,172 @@
+"""Shared builders for the bundle and inference tests (no tests here).
+
+``tiny_bundle()`` trains timm's ``test_efficientnet`` for a few steps on 32 px phantoms (so BatchNorm
+running statistics are not the defaults), fits a real ``PostHocCalibration`` on more phantoms, writes a
+run folder with ``write_run`` and exports it once per test session.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIZE = 32
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+
+
+def preprocessor_class():
+    """The project's Preprocessor, or a minimal stand-in with the same contract until it lands."""
+    import brainmri.preprocess as pp
+
+    real = getattr(pp, "Preprocessor", None)
+    if real is not None and not getattr(real, "stand_in", False):
+        return real
+    pp.Preprocessor = StandInPreprocessor
+    return StandInPreprocessor
+
+
+def has_real_preprocessor() -> bool:
+    return not getattr(preprocessor_class(), "stand_in", False)
+
+
+class StandInPreprocessor:
+    """float32 (H, W) -> uint8 (S, S): percentile scaling + area resize. Same to_dict/from_dict/save/load API."""
+
+    stand_in = True
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        import cv2
+
+        a = np.asarray(array, dtype=np.float32)
+        if a.ndim != 2 or a.size == 0:
+            raise ValueError(f"expected a 2D image, got {a.shape}")
+        lo, hi = np.percentile(a, [0.5, 99.5])
+        a = np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a)
+        a = cv2.resize(a, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return np.round(a * 255).astype(np.uint8)
+
+    def to_dict(self) -> dict:
+        return {"kind": "stand-in", "size": self.size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StandInPreprocessor:
+        return cls(int(d["size"]))
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path) -> StandInPreprocessor:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def make_preprocessor(cfg, fit_images):
+    cls = preprocessor_class()
+    if getattr(cls, "stand_in", False):
+        return cls(cfg.preprocess.size)
+    return cls.from_config(cfg.preprocess).fit(fit_images)
+
+
+def phantom_images(n_per_class: int, size: int = 64, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Phantoms in file scale (0..255 float32, as read_image returns 8-bit files) and their labels."""
+    from brainmri.data.phantoms import make_phantom
+
+    images, labels = [], []
+    for ci, label in enumerate(CLASSES):
+        for i in range(n_per_class):
+            ph = make_phantom(label, size=size, seed=seed * 1000 + ci * 100 + i, bias_strength=0.2)
+            images.append(np.round(ph.image * 255).astype(np.float32))
+            labels.append(ci)
+    return images, np.array(labels)
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def build_run(root: Path, *, calibrate: bool = True, reports: bool = True):
+    import torch
+
+    from brainmri.config import load_config
+    from brainmri.models import create_model
+    from brainmri.train.run import write_run
+    from brainmri.utils import setup_torch
+
+    setup_torch()
+    torch.manual_seed(0)
+    cfg = load_config(
+        overrides=[
+            "model.backbone=test_efficientnet",
+            "model.weights=none",
+            "model.drop_rate=0.3",
+            f"preprocess.size={SIZE}",
+            "preprocess.preset=crop",
+            "train.run_name=tiny",
+        ]
+    )
+    train_imgs, train_y = phantom_images(4, seed=1)
+    pre = make_preprocessor(cfg, train_imgs)
+    model = create_model(cfg.model, len(CLASSES))
+    x = torch.from_numpy(np.stack([pre(a) for a in train_imgs])).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(train_y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(6):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+
+    manifest = root / "manifest.csv"
+    manifest.write_text("id,path,label\nphantom/a.png,/x/a.png,glioma\n")
+    split = root / "split.json"
+    split.write_text(json.dumps({"manifest": str(manifest), "train": ["a"], "val": ["b"], "test": [], "excluded": []}))
+    run = write_run(root / "tiny", cfg, model, pre, classes=CLASSES, split_file=split, preprocess_dir=root / "cache")
+    if calibrate:  # the calibration.json schema of brainmri.evaluate.posthoc (version 1)
+        calibration = {
+            "version": 1,
+            "classes": CLASSES,
+            "fitted_on": "val",
+            "n": 40,
+            "temperature": 1.7,
+            "threshold": 0.3,
+            "conformal": {"0.1": {"method": "aps", "qhat": 0.8}, "0.05": {"method": "aps", "qhat": None}},
+            "default_alpha": 0.1,
+        }
+        run.calibration_path.write_text(json.dumps(calibration))
+    if reports:
+        run.reports_dir.mkdir(exist_ok=True)
+        metrics = {"n": 40, "accuracy": {"value": 0.625, "ci_low": 0.475, "ci_high": 0.775}, "confusion": [[1]]}
+        (run.reports_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+_BUILT: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """A calibrated tiny run folder, built once per session (shared: treat as read-only)."""
+    if "run" not in _BUILT:
+        _BUILT["run"] = build_run(tmp_path_factory.mktemp("tiny-run")).dir
+    return _BUILT["run"]
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny_run_dir: Path) -> Path:
+    """The bundle exported from ``tiny_run_dir``, once per session (shared: treat as read-only)."""
+    from brainmri.bundle import export_bundle
+
+    if "bundle" not in _BUILT:
+        _BUILT["bundle"] = export_bundle(tiny_run_dir, tiny_run_dir.parent / "bundles" / "tiny")
+    return _BUILT["bundle"]
