@@ -429,7 +429,11 @@ def binary_metrics(
     point["auc"] = np.array([roc_auc_score(pos, s) if 0 < pos.sum() < len(s) else np.nan])
     counts = bootstrap_counts(len(s), n_bootstrap, seed)
     boot = _in_chunks(lambda w: binary_stats(w, s, pos, threshold), counts) if n_bootstrap > 0 else {}
-    out: dict[str, Any] = {"threshold": float(threshold), "n_tumour": int(pos.sum()), "n_no_tumour": int((~pos).sum())}
+    out: dict[str, Any] = {
+        "threshold": float(np.mean(threshold)),
+        "n_tumour": int(pos.sum()),
+        "n_no_tumour": int((~pos).sum()),
+    }
     for k in ("sensitivity", "specificity", "ppv", "npv", "auc"):
         out[k] = estimate(point[k][0], boot.get(k))
     return out

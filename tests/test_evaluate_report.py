@@ -1,0 +1,175 @@
+"""``brainmri evaluate`` end to end on a tiny run, and the k-fold helpers.
+
+The run folder is real (``write_run`` + timm's ``test_efficientnet``); its images come from phantoms
+through ``Run.load_images`` / ``Run.load_external`` patched to return them, so this test exercises the
+whole evaluation without depending on the data and preprocessing stages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainmri.config import EvaluateConfig, ModelConfig, load_config
+from brainmri.evaluate.kfold import cross_fit, summarise_folds
+from brainmri.evaluate.report import assess
+
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+SIZE = 64
+
+
+class _FakePreprocessor:
+    def save(self, path: Path) -> Path:
+        Path(path).write_text('{"fake": true}')
+        return Path(path)
+
+
+def _images(n: int, seed: int, labels: list[str] | None = None):
+    from brainmri.data.phantoms import make_phantom
+    from brainmri.train.run import SplitImages
+
+    names = labels or [CLASSES[i % 4] for i in range(n)]
+    imgs = np.stack(
+        [np.round(make_phantom(c if c in CLASSES else "glioma", SIZE, seed + i).image * 255).astype(np.uint8)
+         for i, c in enumerate(names)]
+    )  # fmt: skip
+    idx = {c: i for i, c in enumerate(CLASSES)}
+    ids = [f"ph/{seed + i}.png" for i in range(n)]
+    return SplitImages(ids, [f"/data/{i}" for i in ids], imgs, np.array([idx.get(c, -1) for c in names]), names)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    import torch
+
+    from brainmri.models import create_model
+    from brainmri.train.run import write_run
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, ["model.backbone=test_efficientnet", "model.weights=none", f"preprocess.size={SIZE}"])
+    model = create_model(ModelConfig(backbone="test_efficientnet", weights="none"), 4)
+    split = root / "split.json"
+    split.write_text("{}")
+    write_run(root / "tiny", cfg, model, _FakePreprocessor(), classes=CLASSES, split_file=split, preprocess_dir=root)
+    return root / "tiny"
+
+
+@pytest.fixture()
+def patched(monkeypatch):
+    from brainmri.train.run import Run
+
+    parts = {"val": _images(48, 0), "test": _images(40, 1000)}
+    monkeypatch.setattr(Run, "load_images", lambda self, which: parts[which])
+    binary = ["tumor"] * 12 + ["no_tumor"] * 8
+    monkeypatch.setattr(Run, "load_external", lambda self, path: _images(20, 5000, binary))
+
+
+def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
+    from brainmri.cli import main
+
+    rc = main(["evaluate", str(tiny_run), "--set", "evaluate.bootstrap=100", "--set", "evaluate.gallery_max=4"])
+    assert rc == 0
+    out = tiny_run / "reports"
+    for f in ("metrics.json", "predictions.csv", "classification_report.txt", "summary.json", "config.yaml",
+              "confusion_matrix.png", "roc_pr.png", "reliability.png", "confidence_hist.png", "tumour_roc.png",
+              "error_gallery.png"):  # fmt: skip
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+
+    cal = json.loads((tiny_run / "calibration.json").read_text())
+    assert cal["fitted_on"] == "val" and cal["n"] == 48
+    assert cal["temperature"] > 0 and 0 <= cal["threshold"] <= 1
+    assert set(cal["conformal"]) == {"0.1", "0.05"} and cal["conformal"]["0.1"]["method"] == "aps"
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"] == "test" and m["n"] == 40 and not m["optimistic"]
+    for view in ("uncalibrated", "calibrated"):
+        for k in ("accuracy", "f1_macro", "auc_macro_ovr", "nll", "brier", "ece", "mce", "ece_adaptive",
+                  "ece_classwise", "balanced_accuracy", "precision_weighted"):  # fmt: skip
+            assert set(m["multiclass"][view][k]) == {"value", "ci_low", "ci_high"}, (view, k)
+        assert set(m["multiclass"][view]["per_class"]) == set(CLASSES)
+    # temperature never changes the arg-max
+    assert m["multiclass"]["calibrated"]["accuracy"] == m["multiclass"]["uncalibrated"]["accuracy"]
+    assert m["conformal"]["aps"]["0.1"]["coverage"]["value"] is not None
+    assert m["tumour_vs_no_tumour"]["calibrated"]["threshold"] == pytest.approx(cal["threshold"])
+
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert len(pred) == 40
+    assert {"path", "label", "prediction", "p_glioma", "p_no_tumor", "set_alpha_0.1", "set_alpha_0.05"} <= set(pred)
+    np.testing.assert_allclose(pred[[f"p_{c}" for c in CLASSES]].sum(1), 1.0, atol=1e-6)
+
+    s = json.loads((out / "summary.json").read_text())
+    for k in ("accuracy", "f1_macro", "auc_macro_ovr", "ece_before", "ece_after", "temperature", "conformal",
+              "tumour_sensitivity", "tumour_specificity"):  # fmt: skip
+        assert k in s, k
+    assert s["temperature"] == pytest.approx(cal["temperature"])
+    assert "test" in capsys.readouterr().out or True
+
+
+def test_evaluate_val_is_flagged_and_external_binary(tiny_run: Path, patched) -> None:
+    from brainmri.config import Config
+    from brainmri.evaluate.report import evaluate_run
+
+    cfg = Config(evaluate=EvaluateConfig(bootstrap=50, gallery_max=2))
+    out = evaluate_run(tiny_run, cfg, split="val")
+    assert out == tiny_run / "reports" / "val"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["optimistic"] is True and "optimistic" in s["note"]
+    assert "optimistic" in (out / "classification_report.txt").read_text()
+
+    manifest = tiny_run.parent / "navoneel" / "manifest.csv"
+    manifest.parent.mkdir(exist_ok=True)
+    manifest.write_text("id,path,label\n")
+    out = evaluate_run(tiny_run, cfg, split=str(manifest))
+    assert out == tiny_run / "reports" / "navoneel"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["binary_labels_only"] and m["multiclass"] is None
+    tv = m["tumour_vs_no_tumour"]["calibrated"]
+    assert tv["n_tumour"] == 12 and tv["n_no_tumour"] == 8
+    assert (out / "tumour_roc.png").is_file() and (out / "error_gallery.png").is_file()
+    assert not (out / "confusion_matrix.png").exists()
+
+
+def test_evaluate_unknown_split_is_a_clear_error(tiny_run: Path, capsys) -> None:
+    from brainmri.cli import main
+
+    assert main(["evaluate", str(tiny_run), "--split", "nope.csv"]) == 2
+    assert "neither test, val nor an existing manifest CSV" in capsys.readouterr().err
+
+
+def test_cross_fit_is_out_of_sample() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    z = rng.normal(0, 1, (400, 4))
+    z[np.arange(400), y] += 2
+    z *= 3
+    ecfg = EvaluateConfig(bootstrap=50)
+    cf = cross_fit(z, y, CLASSES, ecfg, seed=0)
+    h0, h1 = cf["halves"]
+    assert len(np.intersect1d(h0, h1)) == 0 and len(h0) + len(h1) == 400
+    # half 0 must be calibrated with the temperature fitted on half 1 only
+    from brainmri.evaluate.calibration import TemperatureScaler
+
+    t1 = TemperatureScaler().fit(z[h1], y[h1]).temperature_
+    assert cf["temperatures"][0] == pytest.approx(t1)
+    np.testing.assert_allclose(cf["probs"][h0], TemperatureScaler.from_dict({"temperature": t1}).predict_proba(z[h0]))
+    res = assess(z, cf["probs"], [CLASSES[i] for i in y], CLASSES, ecfg, thresholds=cf["thresholds"], sets=cf["sets"])
+    assert abs(res["conformal"]["aps"]["0.1"]["coverage"]["value"] - 0.9) < 0.06
+
+
+def test_summarise_folds_t_interval() -> None:
+    from scipy import stats
+
+    folds = [{"accuracy": v, "ece_after": None} for v in (0.80, 0.82, 0.85, 0.79, 0.84)]
+    s = summarise_folds(folds)
+    vals = np.array([0.80, 0.82, 0.85, 0.79, 0.84])
+    half = stats.t.ppf(0.975, 4) * vals.std(ddof=1) / np.sqrt(5)
+    assert s["accuracy"]["mean"] == pytest.approx(vals.mean())
+    assert s["accuracy"]["sd"] == pytest.approx(vals.std(ddof=1))
+    assert s["accuracy"]["ci_low"] == pytest.approx(vals.mean() - half)
+    assert s["accuracy"]["ci_high"] == pytest.approx(vals.mean() + half)
+    assert "ece_after" not in s
