@@ -212,14 +212,28 @@ class TrainConfig(Section):
 
 class EvaluateConfig(Section):
     split: str = "test"
-    bootstrap: int = 1000
-    ece_bins: int = 15
-    conformal_alphas: list[float] = Field(default_factory=lambda: [0.1, 0.05])
+    """``test``, ``val`` (optimistic: calibration is fitted there) or a manifest CSV of an external set."""
+    bootstrap: int = Field(1000, ge=0)
+    """Percentile-bootstrap resamples behind every 95% CI (0: no CIs)."""
+    seed: int = 42
+    """Seed of the bootstrap resamples (the same resamples before and after calibration)."""
+    batch_size: int = Field(64, ge=1)
+    ece_bins: int = Field(15, ge=1)
+    conformal_alphas: list[float] = Field(default_factory=lambda: [0.1, 0.05], min_length=1)
+    """Error rates of the conformal prediction sets; the first is the default one (predictions.csv, predict)."""
     conformal_method: Literal["lac", "aps"] = "aps"
     gradcam_method: Literal["gradcam", "gradcam++"] = "gradcam"
-    gallery_max: int = 24
-    threshold_target_sensitivity: float = 0.95
+    gallery_max: int = Field(24, ge=0)
+    threshold_target_sensitivity: float = Field(0.95, gt=0.0, le=1.0)
     """Tumour-vs-no-tumour threshold: the largest threshold reaching this sensitivity on validation."""
+
+    @field_validator("conformal_alphas")
+    @classmethod
+    def _alphas_in_range(cls, v: list[float]) -> list[float]:
+        bad = [a for a in v if not 0.0 < a < 1.0]
+        if bad:
+            raise ValueError(f"conformal alphas must lie in (0, 1), got {bad}")
+        return v
 
 
 class PredictConfig(Section):
