@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for people and CI.
-#   ./run.sh                 the main job: the whole pipeline on real data (import -> ... -> predict)
+#   ./run.sh [--data PATH]   the main job: the whole pipeline on real data (import -> ... -> predict)
 #   ./run.sh test            the test suite (what CI runs)
 #   ./run.sh <command> ...   any brainmri command, e.g. ./run.sh data audit work/data/manifest.csv
 # Creates .venv on first use and (re)installs when pyproject.toml changes.
@@ -26,7 +26,7 @@ if [ ! -f "$STAMP" ]; then
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
 
-case "${1:-pipeline}" in
+case "${1:-}" in
   test)
     shift
     exec "$VENV/bin/python" -m pytest "$@"
@@ -35,8 +35,11 @@ case "${1:-pipeline}" in
     shift
     exec "$VENV/bin/ruff" check src tests bench "$@"
     ;;
+  -*|"")
+    # no command (or only options such as --data PATH): the main job with the CPU recipe
+    exec "$VENV/bin/brainmri" pipeline --config configs/cpu-fast.yaml "$@"
+    ;;
   *)
-    if [ $# -eq 0 ]; then set -- pipeline; fi
     exec "$VENV/bin/brainmri" "$@"
     ;;
 esac

@@ -1,9 +1,140 @@
-"""The main job: import -> audit -> split -> preprocess -> train -> evaluate -> export -> predict."""
+"""The main job: import -> audit -> split -> preprocess -> train -> evaluate -> export -> predict.
+
+Each stage is the same command a user would type (so the pipeline proves the CLI works end to end),
+run with one resolved config saved to ``<work_dir>/pipeline/config.yaml``. Stages whose stable output
+file already exists are skipped, and an interrupted training resumes, so re-running ``./run.sh``
+after a crash continues where it stopped. ``--fresh`` recomputes everything.
+
+Data: ``--data PATH`` (repeatable), else ``$BRAINMRI_DATA``, else ``../shared/data/brain-tumor-mri``
+beside the repository, else the Kaggle set downloaded with ``kagglehub`` (online users).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from brainmri.config import Config, save_config
+from brainmri.errors import BrainMRIError, DataError
+
+SHARED_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "brain-tumor-mri"
+
+
+def resolve_data_roots(cfg: Config, given: list[str] | None) -> list[str]:
+    if given:
+        return list(given)
+    if cfg.data.roots:
+        return list(cfg.data.roots)
+    env = os.environ.get("BRAINMRI_DATA")
+    if env:
+        return [p for p in env.split(os.pathsep) if p]
+    if SHARED_DEFAULT.is_dir():
+        return [str(SHARED_DEFAULT)]
+    from brainmri.data.download import download_dataset
+
+    print("[pipeline] no --data, BRAINMRI_DATA or ../shared/data: downloading the Kaggle set with kagglehub")
+    return [str(download_dataset(cfg.data.kaggle_datasets[0]))]
+
+
+def _stage(name: str, argv: list[str], skip_if: Path | None = None) -> float:
+    from brainmri.cli import main as cli_main
+
+    if skip_if is not None and skip_if.exists():
+        print(f"[pipeline] {name}: done already ({skip_if}); --fresh recomputes")
+        return 0.0
+    print(f"[pipeline] {name}: brainmri {' '.join(argv)}", flush=True)
+    t0 = time.perf_counter()
+    rc = cli_main(argv)
+    if rc != 0:
+        raise BrainMRIError(f"pipeline stopped: stage '{name}' exited with status {rc}")
+    return time.perf_counter() - t0
+
+
+def run_pipeline(cfg: Config, data: list[str] | None, fresh: bool, n_predict: int) -> dict:
+    work = Path(cfg.paths.work_dir)
+    run_dir = Path(cfg.paths.runs_dir) / cfg.train.run_name
+    bundle_dir = Path(cfg.paths.bundles_dir) / cfg.train.run_name
+    if fresh:
+        for p in (work, run_dir, bundle_dir):
+            shutil.rmtree(p, ignore_errors=True)
+    conf = work / "pipeline" / "config.yaml"
+    roots = resolve_data_roots(cfg, data)
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.roots = roots
+    save_config(cfg, conf)
+    common = ["--config", str(conf)]
+    manifest = work / "data" / "manifest.csv"
+    split = work / "data" / "split.json"
+    timings: dict[str, float] = {}
+    timings["import"] = _stage("import", ["data", "import", *roots, "--out", str(manifest), *common], manifest)
+    timings["audit"] = _stage(
+        "audit", ["data", "audit", str(manifest), *common], work / "data" / "audit" / "audit.json"
+    )
+    timings["split"] = _stage("split", ["data", "split", str(manifest), "--out", str(split), *common], split)
+    timings["preprocess"] = _stage(
+        "preprocess", ["preprocess", "--manifest", str(manifest), "--split", str(split), *common]
+    )
+    finished = (run_dir / "run.json").is_file()
+    timings["train"] = _stage(
+        "train",
+        ["train", "--split", str(split), *(["--resume"] if run_dir.exists() else []), *common],
+        run_dir / "run.json" if finished else None,
+    )
+    timings["evaluate"] = _stage(
+        "evaluate", ["evaluate", str(run_dir), "--split", "test", *common], run_dir / "reports" / "summary.json"
+    )
+    timings["export"] = _stage(
+        "export", ["export", str(run_dir), "--out", str(bundle_dir), *common], bundle_dir / "card.json"
+    )
+    examples = held_out_examples(split, n_predict)
+    out = work / "pipeline" / "predictions.json"
+    timings["predict"] = _stage(
+        "predict", ["predict", str(bundle_dir), *examples, "--format", "json", "--out", str(out), *common]
+    )
+    summary = {
+        "run": str(run_dir),
+        "bundle": str(bundle_dir),
+        "predictions": str(out),
+        "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
+    report = run_dir / "reports" / "summary.json"
+    if report.is_file():
+        summary["evaluation"] = json.loads(report.read_text())
+    return summary
+
+
+def held_out_examples(split_file: Path, n: int) -> list[str]:
+    """A few test-split images (one per class first), by path."""
+    from brainmri.data.manifest import read_manifest
+    from brainmri.data.split import read_split, split_frame
+
+    split = read_split(split_file)
+    test = split_frame(read_manifest(split["manifest"]), split, "test")
+    if test.empty:
+        raise DataError(f"{split_file}: the test split is empty; nothing to predict")
+    picked = test.groupby("label", sort=True).head(max(1, n // max(1, test["label"].nunique())))
+    return list(picked["path"].head(n))
+
+
+def _pipeline(cfg: Config, args: argparse.Namespace) -> int:
+    summary = run_pipeline(cfg, args.data, args.fresh, args.n_predict)
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add the ``pipeline`` command (implemented once every stage exists)."""
+    p = sub.add_parser("pipeline", parents=[common], help="the whole chain on real data (the README's main job)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="data root (repeatable); default $BRAINMRI_DATA, ../shared/data/brain-tumor-mri, kagglehub",
+    )
+    p.add_argument("--fresh", action="store_true", help="recompute every stage")
+    p.add_argument("--n-predict", type=int, default=8, help="held-out test images to predict at the end")
+    p.set_defaults(handler=_pipeline)
