@@ -48,9 +48,8 @@ def main() -> int:
         (["data", "split", str(manifest), "--out", str(split)], split),
         (["preprocess", "--manifest", str(manifest), "--split", str(split)], None),
     ):
-        if done is None or not done.exists():
-            if cli_main([*argv, "--config", str(conf)]) != 0:
-                return 1
+        if (done is None or not done.exists()) and cli_main([*argv, "--config", str(conf)]) != 0:
+            return 1
     prep_seconds = time.perf_counter() - t0
 
     t1 = time.perf_counter()
