@@ -36,8 +36,11 @@ def test_lac_and_aps_sets_by_hand() -> None:
     aps = ConformalPredictor(0.1, "aps")
     aps.qhat_ = 0.95  # cumulative masses 0.6, 0.9, 0.98, 1.0
     assert aps.predict_sets(p).tolist() == [[True, True, False, False]]
-    aps.qhat_ = 0.5  # even the top class exceeds it: empty set (deterministic APS)
-    assert format_set(aps.predict_sets(p)[0], CLASSES) == ""
+    aps.qhat_ = 0.5  # even the top class exceeds it: the arg-max is still returned (sets are never empty) ...
+    assert format_set(aps.predict_sets(p)[0], CLASSES) == "glioma"
+    raw = ConformalPredictor(0.1, "aps", allow_empty=True)
+    raw.qhat_ = 0.5  # ... unless empty sets are allowed
+    assert format_set(raw.predict_sets(p)[0], CLASSES) == ""
 
 
 @pytest.mark.parametrize("method", ["lac", "aps"])
@@ -49,6 +52,10 @@ def test_coverage_within_two_points(method: str, alpha: float) -> None:
     cp = ConformalPredictor(alpha, method).fit(cal_p, cal_y)
     res = set_metrics(cp.predict_sets(test_p), test_y, CLASSES, n_bootstrap=100)
     assert abs(res["coverage"]["value"] - (1 - alpha)) <= 0.02
+    assert res["empty_rate"]["value"] == 0.0
+    exact = ConformalPredictor(alpha, method, allow_empty=True).fit(cal_p, cal_y)
+    cov = exact.predict_sets(test_p)[np.arange(len(test_y)), test_y].mean()
+    assert abs(cov - (1 - alpha)) <= 0.02
     assert 1.0 <= res["mean_set_size"]["value"] < 4.0
     assert sum(res["set_size_counts"].values()) == 20000
     assert set(res["per_class"]) == set(CLASSES)

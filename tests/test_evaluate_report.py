@@ -83,7 +83,7 @@ def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
     cal = json.loads((tiny_run / "calibration.json").read_text())
     assert cal["fitted_on"] == "val" and cal["n"] == 48
     assert cal["temperature"] > 0 and 0 <= cal["threshold"] <= 1
-    assert set(cal["conformal"]) == {"0.1", "0.05"} and cal["conformal"]["0.1"]["method"] == "aps"
+    assert set(cal["conformal"]) == {"0.1", "0.05"} and cal["conformal"]["0.1"]["method"] == "lac"
 
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"] == "test" and m["n"] == 40 and not m["optimistic"]
@@ -94,7 +94,7 @@ def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
         assert set(m["multiclass"][view]["per_class"]) == set(CLASSES)
     # temperature never changes the arg-max
     assert m["multiclass"]["calibrated"]["accuracy"] == m["multiclass"]["uncalibrated"]["accuracy"]
-    assert m["conformal"]["aps"]["0.1"]["coverage"]["value"] is not None
+    assert m["conformal"]["lac"]["0.1"]["coverage"]["value"] is not None
     assert m["tumour_vs_no_tumour"]["calibrated"]["threshold"] == pytest.approx(cal["threshold"])
 
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
@@ -158,7 +158,8 @@ def test_cross_fit_is_out_of_sample() -> None:
     assert cf["temperatures"][0] == pytest.approx(t1)
     np.testing.assert_allclose(cf["probs"][h0], TemperatureScaler.from_dict({"temperature": t1}).predict_proba(z[h0]))
     res = assess(z, cf["probs"], [CLASSES[i] for i in y], CLASSES, ecfg, thresholds=cf["thresholds"], sets=cf["sets"])
-    assert abs(res["conformal"]["aps"]["0.1"]["coverage"]["value"] - 0.9) < 0.06
+    for method in ("lac", "aps"):  # valid (>= 1 - alpha up to sampling error); never-empty sets can over-cover
+        assert res["conformal"][method]["0.1"]["coverage"]["value"] > 0.86
 
 
 def test_summarise_folds_t_interval() -> None:

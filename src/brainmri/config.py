@@ -221,7 +221,8 @@ class EvaluateConfig(Section):
     ece_bins: int = Field(15, ge=1)
     conformal_alphas: list[float] = Field(default_factory=lambda: [0.1, 0.05], min_length=1)
     """Error rates of the conformal prediction sets; the first is the default one (predictions.csv, predict)."""
-    conformal_method: Literal["lac", "aps"] = "aps"
+    conformal_method: Literal["lac", "aps"] = "lac"
+    """``lac`` (smallest sets) or deterministic ``aps`` (adaptive; swells for very confident models)."""
     gradcam_method: Literal["gradcam", "gradcam++"] = "gradcam"
     gallery_max: int = Field(24, ge=0)
     threshold_target_sensitivity: float = Field(0.95, gt=0.0, le=1.0)

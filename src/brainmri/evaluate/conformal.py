@@ -6,13 +6,19 @@ exchangeable, P(true class in set) >= 1 - alpha, whatever the model.
 
 Scores s(x, y), larger = less conforming:
 
-- ``lac`` (least ambiguous set-valued classifier, Sadinle et al. 2019): s = 1 - p_y. Smallest sets on
-  average; sets can be empty (no class reaches 1 - qhat), which flags an unusual input.
+- ``lac`` (least ambiguous set-valued classifier, Sadinle et al. 2019): s = 1 - p_y; set = classes with
+  p_c >= 1 - qhat. Smallest sets on average. The default.
 - ``aps`` (adaptive prediction sets, Romano et al. 2020), **deterministic (non-randomised) variant**:
-  s = total probability of the classes ranked at or above y (p sorted descending, cumulative, inclusive).
-  Set = classes whose inclusive cumulative mass is <= qhat. Sets adapt to how spread the probabilities
-  are. The randomised tie-break of the original is not used, so coverage is >= 1 - alpha (slightly
-  conservative) and results are reproducible; an empty set is possible when p_max > qhat.
+  s = total probability of the classes ranked at or above y (p sorted descending, cumulative, inclusive);
+  set = classes whose inclusive cumulative mass is <= qhat. Sets adapt to how spread the probabilities
+  are. Without the randomised tie-break of the original, results are reproducible (the same image always
+  gets the same set), but with a very confident model the true-class scores pile up just below 1, qhat
+  lands there and the sets swell with classes of negligible probability. Prefer ``lac`` for such models.
+
+Sets are never empty: the arg-max class is always added (``allow_empty=False``, as RAPS'
+``disallow_zero_sets``). Adding a class can only raise coverage, so the guarantee holds; an empty set
+would otherwise appear whenever the model is more accurate than 1 - alpha (the procedure "spends" the
+allowed error on empty sets), which reads as nonsense to a clinician.
 
 qhat is the ceil((n + 1)(1 - alpha))-th smallest of the n calibration scores (the finite-sample
 quantile ceil((n+1)(1-alpha))/n). When that rank exceeds n (too few calibration samples for alpha),
@@ -65,13 +71,14 @@ class ConformalPredictor(FittedMixin):
 
     _fitted_attrs = ("qhat_",)
 
-    def __init__(self, alpha: float = 0.1, method: str = "aps") -> None:
+    def __init__(self, alpha: float = 0.1, method: str = "lac", allow_empty: bool = False) -> None:
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if method not in METHODS:
             raise ValueError(f"unknown conformal method '{method}'; choose from {METHODS}")
         self.alpha = float(alpha)
         self.method = method
+        self.allow_empty = bool(allow_empty)
         self.qhat_: float | None = None
         self.n_fit_: int | None = None
 
@@ -92,20 +99,24 @@ class ConformalPredictor(FittedMixin):
         p = as_probs(probs)
         if math.isinf(self.qhat_):
             return np.ones(p.shape, dtype=bool)
-        return class_scores(p, self.method) <= self.qhat_ + 1e-12
+        sets = class_scores(p, self.method) <= self.qhat_ + 1e-12
+        if not self.allow_empty and len(p):
+            sets[np.arange(len(p)), p.argmax(1)] = True
+        return sets
 
     def to_dict(self) -> dict[str, Any]:
         self.check_fitted()
         return {
             "method": self.method,
             "alpha": self.alpha,
+            "allow_empty": self.allow_empty,
             "qhat": None if math.isinf(self.qhat_) else self.qhat_,
             "n": self.n_fit_,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ConformalPredictor:
-        obj = cls(float(d["alpha"]), str(d["method"]))
+        obj = cls(float(d["alpha"]), str(d["method"]), bool(d.get("allow_empty", False)))
         obj.qhat_ = math.inf if d.get("qhat") is None else float(d["qhat"])
         obj.n_fit_ = d.get("n")
         return obj

@@ -44,7 +44,7 @@ def confusion_matrices(labels: Any, preds: Any, classes: Sequence[str], path: st
     cm = confusion_matrix(labels, preds, labels=list(range(len(classes))))
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = cm / cm.sum(1, keepdims=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5), layout="constrained")
     for ax, mat, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
         im = ax.imshow(np.nan_to_num(mat), cmap="Blues", vmin=0, vmax=None if fmt == "d" else 1)
         ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
@@ -70,7 +70,7 @@ def roc_pr_curves(probs: Any, labels: Any, classes: Sequence[str], path: str | P
     plt = _plt()
     p = np.asarray(probs)
     y = np.asarray(labels)
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     for c, name in enumerate(classes):
         pos = y == c
         if not (0 < pos.sum() < len(y)):

@@ -12,7 +12,7 @@ This is what prediction, export and serving load (``PostHocCalibration.load(run.
     {"version": 1, "classes": [...], "fitted_on": "val", "n": 612,
      "temperature": 1.37,
      "threshold": 0.21,                      # on calibrated p_tumour = 1 - p(no_tumor)
-     "conformal": {"0.1": {"method": "aps", "qhat": 0.93}, "0.05": {"method": "aps", "qhat": 0.98}},
+     "conformal": {"0.1": {"method": "lac", "qhat": 0.62, "allow_empty": false}, "0.05": {...}},
      "default_alpha": 0.1,
      "details": {"temperature": {...}, "threshold": {...}, "conformal": {...}, "source": {...}}}
 
@@ -54,7 +54,7 @@ class PostHocCalibration(FittedMixin):
         classes: Sequence[str],
         *,
         alphas: Sequence[float] = (0.1, 0.05),
-        conformal_method: str = "aps",
+        conformal_method: str = "lac",
         target_sensitivity: float = 0.95,
     ) -> None:
         self.classes = list(classes)
@@ -148,7 +148,10 @@ class PostHocCalibration(FittedMixin):
             "n": self.n_fit_,
             "temperature": self.temperature,
             "threshold": self.threshold,
-            "conformal": {k: {"method": v["method"], "qhat": v["qhat"]} for k, v in conformal.items()},
+            "conformal": {
+                k: {"method": v["method"], "qhat": v["qhat"], "allow_empty": v["allow_empty"]}
+                for k, v in conformal.items()
+            },
             "default_alpha": self.default_alpha,
             "details": {
                 "temperature": self.temperature_.to_dict(),
@@ -173,7 +176,7 @@ class PostHocCalibration(FittedMixin):
             alphas = list(conformal)
             default = float(d.get("default_alpha", alphas[0] if alphas else 0.1))
             alphas.sort(key=lambda a: (not math.isclose(a, default), a))
-            methods = {p.method for p in conformal.values()} or {"aps"}
+            methods = {p.method for p in conformal.values()} or {"lac"}
             tdet = details.get("threshold") or {}
             obj = cls(
                 d["classes"],
