@@ -184,13 +184,13 @@ class Predictor:
         out_dir = gradcam_dir if gradcam_dir is not None else self.config.gradcam_dir
         if out_dir:
             cams = self._gradcam(images, probs.argmax(axis=1), Path(out_dir), sources, start_index)
-        preds = self._decide(probs, sources, mc, cams)
+        preds = self.decide(probs, sources, mc, cams)
         share = (time.perf_counter() - start) * 1000.0 / max(1, len(images))
         for p in preds:
             p.time_ms = share
         return preds
 
-    def _decide(
+    def decide(
         self, probs: np.ndarray, sources: list[str], mc: np.ndarray | None, cams: list[str] | None
     ) -> list[Prediction]:
         member = self.conformal.predict_sets(probs) if self.conformal is not None else None

@@ -1,0 +1,221 @@
+"""Benchmark: end-to-end inference latency and folder throughput, ONNX Runtime vs torch eager.
+
+Usage: ``.venv/bin/python bench/latency.py [BUNDLE ...] [--sizes 224,160] [--data DIR]
+[--single 60] [--folder 256] [--out bench/results/latency.json]``
+
+- single image: ``Predictor.predict(path)`` on one real file at a time (decode -> preprocess -> model ->
+  calibrated output and decision), p50/p95 over ``--single`` files, after a warm-up; plus the p50 of
+  each stage (decode, preprocess, model batch 1) measured alone;
+- folder: ``Predictor.predict(folder)`` on ``--folder`` real files (batch 32, decode + preprocess in
+  ``--workers`` processes), images/s over the whole call, worker pool already started.
+
+Images: ``brain-tumor-mri/Training`` under ``$BRAINMRI_SHARED_DATA`` or ``../shared/data``, taken evenly
+across the four class folders (mixed sizes 150-1920 px, JPEG/PNG, gray/RGB). Without a BUNDLE argument
+it exports a bundle of an *untrained* ``efficientnet_lite0`` (weights=offline) with a default-config
+Preprocessor fitted on 20 of the images, once per ``--sizes`` entry: latency does not depend on the
+weights' values. Writes ``brainmri.utils.machine_facts()`` and the load average with the numbers.
+Run it alone: it is a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+AIM_SINGLE_P50_MS = 15.0
+AIM_FOLDER_IMAGES_PER_S = 100.0
+
+
+def real_images(data: Path, n: int) -> list[Path]:
+    """``n`` files spread evenly over the class folders (deterministic)."""
+    root = data / "brain-tumor-mri" / "Training"
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    per_class = [sorted(p for p in c.iterdir() if p.is_file()) for c in classes]
+    out: list[Path] = []
+    k = 0
+    while len(out) < n:
+        files = per_class[k % len(per_class)]
+        out.append(files[(k // len(per_class) * 37) % len(files)])
+        k += 1
+    return out
+
+
+def build_default_bundle(work: Path, size: int, fit_files: list[Path]) -> Path:
+    """Export an untrained efficientnet_lite0 (offline weights) + default Preprocessor fitted on ``fit_files``."""
+    from brainmri.bundle import export_bundle
+    from brainmri.config import load_config
+    from brainmri.io import read_image
+    from brainmri.models import create_model
+    from brainmri.preprocess import Preprocessor
+    from brainmri.train.run import write_run
+
+    cfg = load_config(None, [f"preprocess.size={size}", "model.backbone=efficientnet_lite0", "model.weights=offline"])
+    pre = Preprocessor.from_config(cfg.preprocess).fit([read_image(p).array for p in fit_files])
+    model = create_model(cfg.model, len(cfg.data.classes)).eval()
+    run_dir = work / f"run{size}"
+    run = write_run(
+        run_dir, cfg, model, pre, classes=cfg.data.classes, split_file=run_dir / "none", preprocess_dir=run_dir
+    )
+    return export_bundle(run, work / f"bundle{size}")
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p95_ms": round(float(np.percentile(a, 95)), 2),
+        "mean_ms": round(float(a.mean()), 2),
+        "n": len(a),
+    }
+
+
+def time_single(predictor: Any, files: list[Path], warmup: int = 5) -> dict[str, float]:
+    for p in files[:warmup]:
+        predictor.predict(p)
+    times = []
+    for p in files:
+        t0 = time.perf_counter()
+        predictor.predict(p)
+        times.append((time.perf_counter() - t0) * 1000)
+    return percentiles(times)
+
+
+def time_stages(predictor: Any, files: list[Path]) -> dict[str, float]:
+    """p50 of each stage alone: decode, preprocess, model (batch 1), calibration + decision."""
+    from brainmri.io import read_image
+
+    decode, prep, model, decide = [], [], [], []
+    for p in files:
+        t0 = time.perf_counter()
+        arr = read_image(p).array
+        t1 = time.perf_counter()
+        img = predictor.preprocessor(arr)
+        t2 = time.perf_counter()
+        logits = predictor.runtime.logits(img[None, None].astype(np.float32) / 255)
+        t3 = time.perf_counter()
+        predictor.decide(predictor.probabilities(logits), [str(p)], None, None)
+        t4 = time.perf_counter()
+        decode.append((t1 - t0) * 1000)
+        prep.append((t2 - t1) * 1000)
+        model.append((t3 - t2) * 1000)
+        decide.append((t4 - t3) * 1000)
+    return {
+        "decode": percentiles(decode)["p50_ms"],
+        "preprocess": percentiles(prep)["p50_ms"],
+        f"model_{predictor.runtime.name}": percentiles(model)["p50_ms"],
+        "calibrate_decide": percentiles(decide)["p50_ms"],
+    }
+
+
+def time_folder(predictor: Any, folder: Path, n: int) -> dict[str, Any]:
+    predictor.predict(sorted(folder.iterdir())[: predictor.config.batch_size + 1])  # start the worker pool
+    t0 = time.perf_counter()
+    preds = predictor.predict(folder)
+    seconds = time.perf_counter() - t0
+    assert len(preds) == n
+    return {
+        "images_per_s": round(n / seconds, 1),
+        "seconds": round(seconds, 2),
+        "n": n,
+        "batch_size": predictor.config.batch_size,
+        "workers": predictor.config.workers,
+    }
+
+
+def bench_bundle(bundle: Path, single_files: list[Path], folder: Path, n_folder: int, workers: int) -> dict:
+    from brainmri.bundle import Bundle
+    from brainmri.config import PredictConfig
+    from brainmri.infer import Predictor
+
+    card = Bundle.load(bundle).card
+    out: dict[str, Any] = {
+        "bundle": str(bundle),
+        "size": card["input"]["size"],
+        "backbone": card["model"]["config"]["backbone"],
+        "preprocess_preset": card["preprocessing"]["config"].get("preset"),
+        "single": {},
+        "stages_p50_ms": {},
+        "folder": {},
+    }
+    for runtime in ("onnx", "torch"):
+        print(f"  {runtime}: single image ...", file=sys.stderr)
+        with Predictor.from_bundle(bundle, runtime=runtime, config=PredictConfig(workers=workers)) as predictor:
+            out["single"][runtime] = time_single(predictor, single_files)
+            out["stages_p50_ms"].update(time_stages(predictor, single_files[:20]))
+            print(f"  {runtime}: folder ...", file=sys.stderr)
+            out["folder"][runtime] = time_folder(predictor, folder, n_folder)
+    with Predictor.from_bundle(bundle, config=PredictConfig(workers=0)) as predictor:
+        out["folder"]["onnx_no_workers"] = time_folder(predictor, folder, n_folder)
+    out["aims_met"] = {
+        "single_p50_le_15ms": out["single"]["onnx"]["p50_ms"] <= AIM_SINGLE_P50_MS,
+        "folder_ge_100_images_per_s": max(v["images_per_s"] for v in out["folder"].values()) >= AIM_FOLDER_IMAGES_PER_S,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("BRAINMRI_NO_PROGRESS", "1")
+    from brainmri.utils import atomic_write_json, machine_facts, setup_torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundles", nargs="*", help="bundle folders (default: export untrained efficientnet_lite0)")
+    default_data = os.environ.get("BRAINMRI_SHARED_DATA") or str(REPO.parent / "shared" / "data")
+    ap.add_argument("--data", default=default_data, help="shared data folder (holds brain-tumor-mri/)")
+    ap.add_argument("--sizes", default="224", help="input sizes of the default bundles, comma-separated")
+    ap.add_argument("--single", type=int, default=60, help="files timed one at a time")
+    ap.add_argument("--folder", type=int, default=256, help="files in the folder run")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode/preprocess processes")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "latency.json"))
+    args = ap.parse_args(argv)
+
+    data = Path(args.data)
+    if not (data / "brain-tumor-mri" / "Training").is_dir():
+        print(f"error: {data}/brain-tumor-mri/Training not found (pass --data)", file=sys.stderr)
+        return 2
+    setup_torch()
+    files = real_images(data, max(args.single, args.folder))
+    result: dict[str, Any] = {
+        "benchmark": "latency",
+        "data": str(data / "brain-tumor-mri" / "Training"),
+        "aims": {"single_p50_ms": AIM_SINGLE_P50_MS, "folder_images_per_s": AIM_FOLDER_IMAGES_PER_S},
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine_facts(),
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="brainmri-bench-") as tmp:
+        work = Path(tmp)
+        folder = work / "folder"
+        folder.mkdir()
+        for i, f in enumerate(files[: args.folder]):
+            (folder / f"{i:04d}_{f.name}").symlink_to(f)
+        bundles = [Path(b) for b in args.bundles]
+        if not bundles:
+            for size in (int(s) for s in args.sizes.split(",")):
+                print(f"exporting default bundle at {size} px ...", file=sys.stderr)
+                bundles.append(build_default_bundle(work, size, files[:20]))
+        for bundle in bundles:
+            print(f"bundle {bundle}", file=sys.stderr)
+            entry = bench_bundle(bundle, files[: args.single], folder, args.folder, args.workers)
+            if not args.bundles:
+                entry["bundle"] = f"default: untrained efficientnet_lite0 (weights=offline), {entry['size']} px"
+            result["runs"].append(entry)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    atomic_write_json(args.out, result)
+    for r in result["runs"]:
+        single = ", ".join(f"{k} {v['p50_ms']} ms" for k, v in r["single"].items())
+        folder = ", ".join(f"{k} {v['images_per_s']} img/s" for k, v in r["folder"].items())
+        print(f"{r['size']} px: single p50 {single}; folder {folder}; stages p50 {r['stages_p50_ms']}")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
