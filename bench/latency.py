@@ -101,7 +101,7 @@ def time_stages(predictor: Any, files: list[Path]) -> dict[str, float]:
         t2 = time.perf_counter()
         logits = predictor.runtime.logits(img[None, None].astype(np.float32) / 255)
         t3 = time.perf_counter()
-        predictor.decide(predictor.probabilities(logits), [str(p)], None, None)
+        predictor.decide(predictor.probabilities(logits), [str(p)])
         t4 = time.perf_counter()
         decode.append((t1 - t0) * 1000)
         prep.append((t2 - t1) * 1000)

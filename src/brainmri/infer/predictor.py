@@ -191,8 +191,13 @@ class Predictor:
         return preds
 
     def decide(
-        self, probs: np.ndarray, sources: list[str], mc: np.ndarray | None, cams: list[str] | None
+        self,
+        probs: np.ndarray,
+        sources: list[str],
+        mc: np.ndarray | None = None,
+        cams: list[str] | None = None,
     ) -> list[Prediction]:
+        """Predictions from calibrated probabilities (N, C): label, tumour call, conformal set, entropy, review."""
         member = self.conformal.predict_sets(probs) if self.conformal is not None else None
         entropy = normalised_entropy(probs)
         no_tumor = self.classes.index(NO_TUMOR) if NO_TUMOR in self.classes else None
