@@ -174,3 +174,51 @@ def test_summarise_folds_t_interval() -> None:
     assert s["accuracy"]["ci_low"] == pytest.approx(vals.mean() - half)
     assert s["accuracy"]["ci_high"] == pytest.approx(vals.mean() + half)
     assert "ece_after" not in s
+
+
+def test_kfold_trains_each_fold_and_summarises(tmp_path, monkeypatch, capsys) -> None:
+    """Orchestration of ``brainmri kfold`` with ``train_run`` replaced by a tiny untrained run."""
+    import torch
+
+    import brainmri.data.split as split_mod
+    import brainmri.train.trainer as trainer_mod
+    from brainmri.cli import main
+    from brainmri.models import create_model
+    from brainmri.train.run import Run, write_run
+
+    calls = []
+
+    def fake_train_run(cfg, split_file, run_dir=None, fold=None, resume=False, overwrite=False):
+        calls.append(fold)
+        torch.manual_seed(fold)
+        model = create_model(ModelConfig(backbone="test_efficientnet", weights="none"), 4)
+        run = write_run(run_dir, cfg, model, _FakePreprocessor(), classes=CLASSES, split_file=split_file,
+                        preprocess_dir=tmp_path, extra={"fold": fold})  # fmt: skip
+        return run.dir
+
+    parts = {f"fold{k}:val": _images(24, 100 * k) for k in range(3)}
+    monkeypatch.setattr(trainer_mod, "train_run", fake_train_run)
+    monkeypatch.setattr(split_mod, "read_split", lambda path: {"folds": [{}, {}, {}]})
+    monkeypatch.setattr(Run, "load_images", lambda self, which: parts[which])
+    split = tmp_path / "split.json"
+    split.write_text("{}")
+    overrides = [f"paths.runs_dir={tmp_path / 'runs'}", "model.backbone=test_efficientnet", "model.weights=none",
+                 "evaluate.bootstrap=20"]  # fmt: skip
+    args = ["kfold", "--split", str(split), "--name", "tiny"] + [a for o in overrides for a in ("--set", o)]
+
+    assert main([*args, "--folds", "5"]) == 2  # the split file has 3 folds
+    assert "has 3 folds but split.folds=5" in capsys.readouterr().err
+    assert main([*args, "--folds", "3"]) == 0
+    assert calls == [0, 1, 2]
+    out = tmp_path / "runs" / "tiny-kfold"
+    summary = json.loads((out / "kfold_summary.json").read_text())
+    assert summary["k"] == 3 and len(summary["per_fold"]) == 3
+    acc = summary["metrics"]["accuracy"]
+    assert len(acc["values"]) == 3 and acc["ci_low"] <= acc["mean"] <= acc["ci_high"]
+    assert "optimistic" in summary["note"]
+    assert (out / "kfold_summary.md").read_text().startswith("# k-fold")
+    fold_metrics = json.loads((out / "fold1" / "reports" / "metrics.json").read_text())
+    assert fold_metrics["split"] == "fold1:val" and "cross-fitted" in fold_metrics["calibration"]
+    assert len(fold_metrics["temperatures"]) == 2
+    assert main([*args, "--folds", "3", "--reuse"]) == 0  # finished folds are not retrained
+    assert calls == [0, 1, 2]
