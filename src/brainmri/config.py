@@ -103,49 +103,72 @@ class SplitConfig(Section):
 
 class CropConfig(Section):
     enabled: bool = True
-    threshold: float = 0.05
-    margin: float = 0.02
+    threshold: float = Field(0.05, ge=0.0, lt=1.0)
+    """Intensity (after scaling to [0, 1]) separating background from tissue."""
+    margin: float = Field(0.02, ge=0.0, le=0.5)
+    """Context kept around the head, as a fraction of the box side."""
 
 
 class BiasConfig(Section):
     method: Literal["none", "n4", "n4_fast"] = "n4_fast"
-    shrink: int = 4
-    iterations: list[int] = Field(default_factory=lambda: [50, 50, 30])
-    fitting_levels: int = 3
-    sigma: float = 0.15
+    """``n4``: SimpleITK N4 (Tustison 2010); ``n4_fast``: Gaussian local-plane division in the tissue mask."""
+    shrink: int = Field(4, ge=1)
+    """n4: shrink factor of the image the field is fitted on."""
+    iterations: list[int] = Field(default_factory=lambda: [20, 20, 20])
+    """n4: maximum iterations per fitting level."""
+    fitting_levels: int = Field(3, ge=1)
+    control_points: int = Field(4, ge=4)
+    """n4: initial B-spline control points per axis (spline order 3 needs >= 4)."""
+    convergence: float = Field(0.001, gt=0.0)
+    sigma: float = Field(0.4, gt=0.0)
     """n4_fast: Gaussian sigma as a fraction of the image side."""
+    grid: int = Field(64, ge=16)
+    """n4_fast: longer side (px) of the grid the field is estimated on."""
 
 
 class SkullConfig(Section):
     enabled: bool = True
-    min_fraction: float = 0.05
+    min_fraction: float = Field(0.25, ge=0.0, le=1.0)
     """A mask smaller than this fraction of the foreground is rejected (fallback to the foreground)."""
+    erode: float = Field(0.03, ge=0.0, le=0.25)
+    """Erosion radius (fraction of the shorter side) that cuts brain from scalp before the largest component."""
+    margin: float = Field(0.01, ge=0.0, le=0.25)
+    """Extra dilation (fraction of the shorter side) kept around the brain: cortex, dura, extra-axial lesions."""
+    zero_outside: bool = False
+    """True: set pixels outside the mask to 0. False: the mask only guides Nyúl (image kept whole)."""
 
 
 class NyulConfig(Section):
     enabled: bool = True
     percentiles: list[float] = Field(default_factory=lambda: [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99])
-    scale_min: float = 0.0
-    scale_max: float = 1.0
-    fit_max_images: int = 1000
+    scale_min: float = Field(0.05, ge=0.0, le=1.0)
+    """Standard-scale value of the first landmark (head-room below it for darker pixels)."""
+    scale_max: float = Field(0.95, ge=0.0, le=1.0)
+    """Standard-scale value of the last landmark (head-room above it, e.g. enhancing tumour rims)."""
+    fit_max_images: int = Field(1000, ge=1)
 
 
 class ClaheConfig(Section):
     enabled: bool = True
-    clip_limit: float = 2.5
-    tiles: int = 8
+    clip_limit: float = Field(2.5, gt=0.0)
+    tiles: int = Field(8, ge=1)
 
 
 class PreprocessConfig(Section):
     preset: Literal["raw", "crop", "crop+n4", "crop+n4+nyul", "full", "custom"] = "full"
     """Named chain; ``custom`` uses the step sections below exactly as given."""
-    size: int = 224
+    size: int = Field(224, ge=8)
+    scale_method: Literal["percentile", "minmax"] = "percentile"
+    """How the decoded image is scaled to [0, 1]: robust percentiles (below) or min-max."""
+    scale_percentiles: list[float] = Field(default_factory=lambda: [0.5, 99.5])
+    work_size: int = Field(384, ge=0)
+    """After the crop, images whose longer side exceeds this are shrunk to it (0: never)."""
     crop: CropConfig = Field(default_factory=CropConfig)
     bias: BiasConfig = Field(default_factory=BiasConfig)
     skull: SkullConfig = Field(default_factory=SkullConfig)
     nyul: NyulConfig = Field(default_factory=NyulConfig)
     clahe: ClaheConfig = Field(default_factory=ClaheConfig)
-    workers: int = 2
+    workers: int = Field(2, ge=1)
 
 
 class ModelConfig(Section):

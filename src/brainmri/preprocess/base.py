@@ -1,0 +1,135 @@
+"""The state every preprocessing step reads and writes, the step base class and shared mask helpers.
+
+A step is a small class (MONAI-transform style): constructed from its parameters, called on a
+:class:`Slice`, returning the new :class:`Slice`. Besides the image, a slice carries the masks later
+steps need (the foreground found by the crop, the brain mask found by skull stripping) and a per-step
+``info`` dict (scalars always; with ``trace=True`` also arrays such as the bias field, for the
+``brainmri preprocess show`` figure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+
+
+@dataclass
+class Slice:
+    """One image moving through the pipeline.
+
+    ``image``: float32 (H, W), values in [0, 1] after the first step. ``foreground``: bool (H, W)
+    head/foreground mask or ``None`` until a step computes it. ``brain``: bool (H, W) brain mask from
+    skull stripping, or ``None``. ``info``: ``{step name: {key: value}}``; ``trace`` asks steps to also
+    store arrays (bias field, masks) there.
+    """
+
+    image: np.ndarray
+    foreground: np.ndarray | None = None
+    brain: np.ndarray | None = None
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trace: bool = False
+
+    def region(self) -> np.ndarray:
+        """The best available tissue mask: brain, else foreground, else the whole image."""
+        if self.brain is not None:
+            return self.brain
+        if self.foreground is not None:
+            return self.foreground
+        return np.ones(self.image.shape, dtype=bool)
+
+    def ensure_foreground(self, threshold: float = 0.05) -> np.ndarray:
+        if self.foreground is None:
+            self.foreground = foreground_mask(self.image, threshold)
+        return self.foreground
+
+    def map_masks(self, fn: Any) -> None:
+        """Apply a geometric function (crop, resize) to the masks so they stay aligned with the image."""
+        if self.foreground is not None:
+            self.foreground = fn(self.foreground)
+        if self.brain is not None:
+            self.brain = fn(self.brain)
+
+
+class Step:
+    """Base class: ``name`` keys the step's entry in ``Slice.info``; subclasses implement ``__call__``."""
+
+    name = "step"
+
+    def __call__(self, s: Slice) -> Slice:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def odd(n: float) -> int:
+    """Nearest odd integer >= 1 (kernel sizes)."""
+    k = max(1, round(n))
+    return k if k % 2 == 1 else k + 1
+
+
+def disk(radius: int) -> np.ndarray:
+    r = max(1, int(radius))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest 8-connected component of a bool mask (empty in, empty out)."""
+    m = mask.astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, dtype=bool)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == best
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    return ndi.binary_fill_holes(mask)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu (1979) threshold of a 1D sample of values in [0, 1] (histogram with ``bins`` bins)."""
+    if values.size == 0:
+        return 0.5
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centers)
+    m0 = np.divide(s0, w0, out=np.zeros_like(s0), where=w0 > 0)
+    m1 = np.divide(s0[-1] - s0, w1, out=np.zeros_like(s0), where=w1 > 0)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def foreground_mask(image: np.ndarray, threshold: float = 0.05, open_frac: float = 0.01) -> np.ndarray:
+    """Filled largest blob of ``image > threshold`` after a small opening (drops text, rulers, noise).
+
+    Never empty: if nothing passes the threshold the whole image is returned.
+    """
+    binary = (image > threshold).astype(np.uint8)
+    r = max(1, round(open_frac * min(image.shape)))
+    opened = cv2.morphologyEx(binary, cv2.MORPH_OPEN, disk(r))
+    if not opened.any():
+        opened = binary
+    blob = largest_component(opened.astype(bool))
+    if not blob.any():
+        return np.ones(image.shape, dtype=bool)
+    return fill_holes(blob)
+
+
+def sample_pixels(image: np.ndarray, max_pixels: int = 262_144) -> np.ndarray:
+    """A deterministic strided subsample of the pixels (fast robust statistics on large images)."""
+    if image.ndim == 1:
+        return image[:: max(1, int(np.ceil(image.size / max_pixels)))]
+    step = max(1, int(np.ceil(np.sqrt(image.size / max_pixels))))
+    return image[::step, ::step].ravel()
