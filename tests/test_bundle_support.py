@@ -1,8 +1,9 @@
 """Shared builders for the bundle and inference tests (no tests here).
 
-``tiny_bundle()`` trains timm's ``test_efficientnet`` for a few steps on 32 px phantoms (so BatchNorm
-running statistics are not the defaults), fits a real ``PostHocCalibration`` on more phantoms, writes a
-run folder with ``write_run`` and exports it once per test session.
+``build_run`` trains timm's ``test_efficientnet`` for a few steps on 32 px phantoms (so BatchNorm
+running statistics are not the defaults), with a ``crop`` Preprocessor, writes a ``calibration.json``
+(the ``PostHocCalibration`` schema) and a metrics report; the ``tiny_run_dir`` / ``bundle_dir`` session
+fixtures build it and export it once per test session.
 """
 
 from __future__ import annotations
@@ -17,60 +18,10 @@ SIZE = 32
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 
 
-def preprocessor_class():
-    """The project's Preprocessor, or a minimal stand-in with the same contract until it lands."""
-    import brainmri.preprocess as pp
-
-    real = getattr(pp, "Preprocessor", None)
-    if real is not None and not getattr(real, "stand_in", False):
-        return real
-    pp.Preprocessor = StandInPreprocessor
-    return StandInPreprocessor
-
-
-def has_real_preprocessor() -> bool:
-    return not getattr(preprocessor_class(), "stand_in", False)
-
-
-class StandInPreprocessor:
-    """float32 (H, W) -> uint8 (S, S): percentile scaling + area resize. Same to_dict/from_dict/save/load API."""
-
-    stand_in = True
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, array: np.ndarray) -> np.ndarray:
-        import cv2
-
-        a = np.asarray(array, dtype=np.float32)
-        if a.ndim != 2 or a.size == 0:
-            raise ValueError(f"expected a 2D image, got {a.shape}")
-        lo, hi = np.percentile(a, [0.5, 99.5])
-        a = np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a)
-        a = cv2.resize(a, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return np.round(a * 255).astype(np.uint8)
-
-    def to_dict(self) -> dict:
-        return {"kind": "stand-in", "size": self.size}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StandInPreprocessor:
-        return cls(int(d["size"]))
-
-    def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()))
-
-    @classmethod
-    def load(cls, path) -> StandInPreprocessor:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
 def make_preprocessor(cfg, fit_images):
-    cls = preprocessor_class()
-    if getattr(cls, "stand_in", False):
-        return cls(cfg.preprocess.size)
-    return cls.from_config(cfg.preprocess).fit(fit_images)
+    from brainmri.preprocess import Preprocessor
+
+    return Preprocessor.from_config(cfg.preprocess).fit(fit_images)
 
 
 def phantom_images(n_per_class: int, size: int = 64, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:

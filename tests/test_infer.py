@@ -189,8 +189,6 @@ def test_cli_csv_threshold_dicom_and_nifti(bundle_dir: Path, tmp_path: Path) -> 
 
 
 def test_worker_pool_gives_the_same_results(bundle_dir: Path, tmp_path: Path) -> None:
-    if not support.has_real_preprocessor():
-        pytest.skip("worker processes need brainmri.preprocess.Preprocessor (not landed yet)")
     images, _ = phantom_images(2, seed=11)
     paths = [write_png(tmp_path / f"{i}.png", a) for i, a in enumerate(images)]
     inline = Predictor.from_bundle(bundle_dir, config=PredictConfig(batch_size=3, workers=0)).predict(paths)
