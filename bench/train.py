@@ -27,6 +27,8 @@ def main() -> int:
     ap.add_argument("--tag", default="cpu")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--prep-only", action="store_true", help="import, split and preprocess, then stop")
+    ap.add_argument("--skip-prep", action="store_true", help="use the prepared work folder as it is")
     args = ap.parse_args()
 
     from brainmri.cli import main as cli_main
@@ -43,14 +45,18 @@ def main() -> int:
     data_root = str(Path(args.data) / "brain-tumor-mri")
     manifest, split = work / "data" / "manifest.csv", work / "data" / "split.json"
     t0 = time.perf_counter()
-    for argv, done in (
+    stages = () if args.skip_prep else (
         (["data", "import", data_root, "--out", str(manifest)], manifest),
         (["data", "split", str(manifest), "--out", str(split)], split),
         (["preprocess", "--manifest", str(manifest), "--split", str(split)], None),
-    ):
+    )
+    for argv, done in stages:
         if (done is None or not done.exists()) and cli_main([*argv, "--config", str(conf)]) != 0:
             return 1
     prep_seconds = time.perf_counter() - t0
+    if args.prep_only:
+        print(f"prepared {work} in {prep_seconds:.0f} s")
+        return 0
 
     t1 = time.perf_counter()
     run_dir = train_run(cfg, split, overwrite=True)

@@ -224,6 +224,8 @@ class TrainConfig(Section):
     precision: str = "auto"
     accelerator: str = "auto"
     devices: int | str = "auto"
+    num_nodes: int = 1
+    """Nodes for multi-node DDP (each node runs the same command; see README)."""
     monitor: str = "val_macro_f1"
     monitor_mode: Literal["min", "max"] = "max"
     early_stopping_patience: int = 5
@@ -267,7 +269,7 @@ class PredictConfig(Section):
     threads: int | None = Field(None, ge=1)
     """Intra-op threads of the runtime; None: all available cores."""
     workers: int = Field(2, ge=0)
-    """Processes decoding + preprocessing folders (used when there is more than one batch); 0: in-process."""
+    """Threads decoding + preprocessing inputs ahead of the model; 0: one at a time in the calling thread."""
     tta: bool = False
     """Average logits over horizontal flip x small shifts (10 views; invariant to a horizontal flip)."""
     tta_shift: float = Field(0.03, ge=0.0, le=0.25)

@@ -229,6 +229,7 @@ def _trainer(cfg: Config, run_dir: Path, stage: int, epochs: int, callbacks: lis
         max_epochs=epochs,
         accelerator=tc.accelerator,
         devices=tc.devices,
+        num_nodes=tc.num_nodes,
         precision=precision,
         deterministic=tc.deterministic and not torch.cuda.is_available(),
         gradient_clip_val=tc.grad_clip or None,

@@ -1,0 +1,164 @@
+"""Copy numbers from result files into README.md, so no number there is typed by hand.
+
+    python bench/render_readme.py            # rewrite the generated blocks in README.md
+    python bench/render_readme.py --check    # exit 1 if README.md is out of date
+
+Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` and is rendered
+from one artefact (named in the block), e.g. bench/results/*.json or a run's reports/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+EVAL_SUMMARY = ROOT / "docs" / "results" / "summary.json"
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(m: Any, pct: bool = True) -> str:
+    if not isinstance(m, dict):
+        return "n/a" if m is None else (_pct(m) if pct else f"{m:.3f}")
+    v, lo, hi = m.get("value"), m.get("ci_low"), m.get("ci_high")
+    if v is None:
+        return "n/a"
+    if pct:
+        return f"{100 * v:.1f}% ({100 * lo:.1f}–{100 * hi:.1f})" if lo is not None else _pct(v)
+    return f"{v:.3f} ({lo:.3f}–{hi:.3f})" if lo is not None else f"{v:.3f}"
+
+
+def _machine(r: dict[str, Any]) -> str:
+    m = r.get("machine", {})
+    v = m.get("versions", {})
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    return f"{m.get('cores')} cores{gpu}, Python {m.get('python')}, torch {v.get('torch')}"
+
+
+def block_import_audit() -> str | None:
+    r = _load(RESULTS / "import_audit.json")
+    if r is None:
+        return None
+    c, t = r["counts"], r["timing_s"]
+    return (
+        f"From `bench/results/import_audit.json` ({_machine(r)}): import of {c['files']:,} files "
+        f"{t['import']:.1f} s, audit {t['audit_with_montage']:.1f} s (import + audit {t['import_plus_audit']:.1f} s); "
+        f"{c['exact_clusters']} exact-duplicate groups ({c['exact_redundant_files']} redundant files), "
+        f"{c['near_pairs']:,} near-duplicate pairs at pHash distance ≤ {c['near_threshold']}."
+    )
+
+
+def block_preprocess() -> str | None:
+    r = _load(RESULTS / "preprocess.json")
+    if r is None:
+        return None
+    lines = [f"From `bench/results/preprocess.json` ({_machine(r)}):", ""]
+    for key, value in r.items():
+        if isinstance(value, int | float) and any(s in key for s in ("per_s", "_ms", "images")):
+            lines.append(f"- `{key}`: {value}")
+    return "\n".join(lines)
+
+
+def block_train(tag: str) -> str | None:
+    r = _load(RESULTS / f"train_{tag}.json")
+    if r is None:
+        return None
+    lines = [
+        f"From `bench/results/train_{tag}.json` ({_machine(r)}); recipe `{r['recipe']}` "
+        f"{' '.join(r.get('overrides', []))}, backbone `{r['backbone']}` ({r['weights']} weights), "
+        f"{r['img_size']} px, {r['n_train']} train / {r['n_val']} val images:",
+        "",
+        f"- training wall time: **{r['train_wall_minutes']:.1f} min** (data preparation before it: "
+        f"{r['data_prep_seconds']:.0f} s)",
+        f"- best validation accuracy **{_pct(r['best_val_acc'])}**, macro-F1 {_pct(r['best_val_macro_f1'])} "
+        f"(best by `{r['best']['monitor']}` at {r['best']['epoch']})",
+        "",
+        "| stage | epoch | s | images/s | val acc | val macro-F1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for h in r["epochs"]:
+        lines.append(
+            f"| {h['stage']} | {h['epoch']} | {h['seconds']:.0f} | {h['images_per_s']:.0f} | "
+            f"{_pct(h.get('val_acc'))} | {_pct(h.get('val_macro_f1'))} |"
+        )
+    return "\n".join(lines)
+
+
+def block_latency() -> str | None:
+    r = _load(RESULTS / "latency.json")
+    if r is None:
+        return None
+    lines = [f"From `bench/results/latency.json` ({_machine(r)}):", "", "```json"]
+    compact = {k: v for k, v in r.items() if k not in ("machine",)}
+    lines.append(json.dumps(compact, indent=1)[:3000])
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def block_evaluation() -> str | None:
+    s = _load(EVAL_SUMMARY)
+    if s is None:
+        return None
+    lines = [f"From `{EVAL_SUMMARY.relative_to(ROOT)}` (copied from the CPU-recipe run's `reports/summary.json`):", ""]
+    lines.append("| metric | value (95% bootstrap CI) |")
+    lines.append("|---|---|")
+    for key, value in s.items():
+        if isinstance(value, dict) and "value" in value:
+            pct = not any(w in key for w in ("nll", "brier", "temperature", "set_size", "ece", "mce"))
+            lines.append(f"| {key} | {_ci(value, pct)} |")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            lines.append(f"| {key} | {value:.4g} |")
+    return "\n".join(lines)
+
+
+BLOCKS = {
+    "import_audit": block_import_audit,
+    "preprocess": block_preprocess,
+    "train_cpu": lambda: block_train("cpu"),
+    "train_gpu": lambda: block_train("gpu"),
+    "latency": block_latency,
+    "evaluation": block_evaluation,
+}
+
+
+def render(text: str) -> str:
+    for name, fn in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n)(.*?)(<!-- /generated:{name} -->)", re.S)
+        if not pattern.search(text):
+            continue
+        body = fn()
+        body = "_(not measured yet: run the command above)_" if body is None else body
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(3), text)
+    return text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    readme = ROOT / "README.md"
+    old = readme.read_text()
+    new = render(old)
+    if args.check:
+        if new != old:
+            print("README.md is out of date: run python bench/render_readme.py")
+            return 1
+        return 0
+    readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
