@@ -7,7 +7,7 @@ Usage: ``.venv/bin/python bench/latency.py [BUNDLE ...] [--sizes 224,160] [--dat
   calibrated output and decision), p50/p95 over ``--single`` files, after a warm-up; plus the p50 of
   each stage (decode, preprocess, model batch 1) measured alone;
 - folder: ``Predictor.predict(folder)`` on ``--folder`` real files (batch 32, decode + preprocess in
-  ``--workers`` processes), images/s over the whole call, worker pool already started.
+  ``--workers`` threads), images/s over the whole call, after a warm-up call.
 
 Images: ``brain-tumor-mri/Training`` under ``$BRAINMRI_SHARED_DATA`` or ``../shared/data``, taken evenly
 across the four class folders (mixed sizes 150-1920 px, JPEG/PNG, gray/RGB). Without a BUNDLE argument
@@ -116,7 +116,7 @@ def time_stages(predictor: Any, files: list[Path]) -> dict[str, float]:
 
 
 def time_folder(predictor: Any, folder: Path, n: int) -> dict[str, Any]:
-    predictor.predict(sorted(folder.iterdir())[: predictor.config.batch_size + 1])  # start the worker pool
+    predictor.predict(sorted(folder.iterdir())[: predictor.config.batch_size + 1])  # warm up: worker threads, ORT
     t0 = time.perf_counter()
     preds = predictor.predict(folder)
     seconds = time.perf_counter() - t0
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="224", help="input sizes of the default bundles, comma-separated")
     ap.add_argument("--single", type=int, default=60, help="files timed one at a time")
     ap.add_argument("--folder", type=int, default=256, help="files in the folder run")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode/preprocess processes")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode/preprocess threads")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "latency.json"))
     args = ap.parse_args(argv)
 

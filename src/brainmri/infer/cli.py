@@ -95,5 +95,5 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_config_flag(p, "--gradcam", "predict.gradcam_dir", metavar="DIR", help="write Grad-CAM overlay PNGs here")
     add_config_flag(p, "--runtime", "predict.runtime", choices=["onnx", "torch"], help="inference runtime")
     add_config_flag(p, "--batch-size", "predict.batch_size", type=int, metavar="B", help="images per model call")
-    add_config_flag(p, "--workers", "predict.workers", type=int, metavar="W", help="decode/preprocess processes")
+    add_config_flag(p, "--workers", "predict.workers", type=int, metavar="W", help="decode/preprocess threads")
     p.set_defaults(handler=_predict)

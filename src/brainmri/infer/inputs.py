@@ -1,7 +1,7 @@
 """Inputs of a prediction: expand files/folders/arrays, then decode + preprocess, in order, in parallel.
 
-Decode (``brainmri.io.read_image``) and preprocessing run in a pool of worker processes for
-folders, so the model (in the main process) works on one batch while the next is being prepared.
+Decode (``brainmri.io.read_image``) and preprocessing run in a pool of worker threads, so the model
+(ONNX Runtime releases the GIL) works on one batch while the next is being prepared.
 A bad input becomes a :class:`Failure` (``path: reason``) in its place in the stream; the rest
 still runs.
 """
@@ -128,27 +128,18 @@ def load_item(item: Item, preprocessor: Any, size: int) -> Loaded | Failure:
     return Loaded(item.source, image, (time.perf_counter() - start) * 1000.0, meta)
 
 
-# ---------------------------------------------------------------------------------------- worker pool
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(preprocessor_state: dict[str, Any], size: int) -> None:
-    import cv2
-
-    from brainmri.preprocess import Preprocessor
-
-    cv2.setNumThreads(1)  # one process per core already
-    _WORKER["preprocessor"] = Preprocessor.from_dict(preprocessor_state)
-    _WORKER["size"] = size
-
-
-def _work(item: Item) -> Loaded | Failure:
-    return load_item(item, _WORKER["preprocessor"], _WORKER["size"])
+# ---------------------------------------------------------------------------------------- thread pool
 
 
 class Loader:
-    """Ordered, bounded decode + preprocess: inline, or in ``workers`` processes (spawned once, reused)."""
+    """Ordered, bounded decode + preprocess: inline, or in a pool of ``workers`` threads (created once, reused).
+
+    Threads, not processes: PIL decoding, OpenCV, SimpleITK and the large numpy operations release the GIL,
+    and on 2 shared cores a thread pool measured as fast as or faster than a spawned process pool
+    (45-55 vs 35-42 images/s for full preprocessing at 224 px), without process start-up, pickling, or
+    the ``if __name__ == "__main__"`` guard spawned processes demand of user scripts. The steps keep
+    no per-call state, so one Preprocessor serves all threads.
+    """
 
     def __init__(self, preprocessor: Any, size: int, workers: int = 0) -> None:
         self.preprocessor = preprocessor
@@ -156,38 +147,35 @@ class Loader:
         self.workers = workers
         self._pool = None
 
-    def _get_pool(self):
-        if self._pool is None:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+    def _load(self, item: Item) -> Loaded | Failure:
+        return load_item(item, self.preprocessor, self.size)
 
-            # spawn, not fork: the parent holds ONNX Runtime / OpenMP thread pools that fork cannot copy safely
-            self._pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=mp.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(self.preprocessor.to_dict(), self.size),
-            )
-        return self._pool
-
-    def __call__(self, items: list[Item], parallel: bool, prefetch: int = 64) -> Iterator[Loaded | Failure]:
-        if not parallel or self.workers <= 0:
+    def __call__(self, items: list[Item], prefetch: int = 64) -> Iterator[Loaded | Failure]:
+        """Results in input order; at most ``prefetch`` items decoded ahead of the consumer."""
+        if self.workers <= 0 or len(items) <= 1:
             for item in items:
-                yield load_item(item, self.preprocessor, self.size)
+                yield self._load(item)
             return
-        pool = self._get_pool()
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="brainmri-load")
         pending: deque = deque()
         it = iter(items)
         for item in it:
-            pending.append(pool.submit(_work, item))
+            pending.append(self._pool.submit(self._load, item))
             if len(pending) >= prefetch:
                 break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(_work, nxt))
-            yield result
+        try:
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(self._pool.submit(self._load, nxt))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
 
     def close(self) -> None:
         if self._pool is not None:

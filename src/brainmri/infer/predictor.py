@@ -275,7 +275,7 @@ class Predictor:
         batch: list[Loaded | Failure] = []
         n_loaded = 0
         done = 0
-        for result in self.loader(items, parallel=len(items) > self.config.batch_size):
+        for result in self.loader(items):
             batch.append(result)
             if isinstance(result, Loaded):
                 n_loaded += 1
@@ -314,7 +314,7 @@ class Predictor:
         return results
 
     def close(self) -> None:
-        """Stop the decode/preprocess worker processes (if any were started)."""
+        """Stop the decode/preprocess worker threads (if any were started)."""
         self.loader.close()
 
     def __enter__(self) -> Predictor:
