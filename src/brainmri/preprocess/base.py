@@ -14,7 +14,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 
 
 @dataclass
@@ -92,7 +91,13 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    return ndi.binary_fill_holes(mask)
+    """Fill enclosed background regions (4-connected background flood from the border, as scipy's default)."""
+    m = mask.astype(np.uint8)
+    padded = np.pad(m, 1)
+    flood = padded.copy()
+    ff_mask = np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8)
+    cv2.floodFill(flood, ff_mask, (0, 0), 2, flags=4)
+    return flood[1:-1, 1:-1] != 2
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -111,11 +116,34 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def foreground_mask(image: np.ndarray, threshold: float = 0.05, open_frac: float = 0.01) -> np.ndarray:
+def background_level(image: np.ndarray, frame: float = 0.02) -> float:
+    """Level of a uniform background frame (median of the outer ``frame`` band), 0 if the band is not uniform.
+
+    Some exports put the slice on a dark-grey canvas instead of black; a fixed threshold then takes
+    the whole canvas for the head. A band whose spread is tiny is a canvas, not anatomy.
+    """
+    h, w = image.shape
+    b = max(1, round(frame * min(h, w)))
+    band = np.concatenate([image[:b].ravel(), image[-b:].ravel(), image[:, :b].ravel(), image[:, -b:].ravel()])
+    q10, q50, q90 = np.percentile(band, [10, 50, 90])
+    return float(q50) if q90 - q10 < 0.02 and q50 < 0.25 else 0.0
+
+
+def foreground_mask(image: np.ndarray, threshold: float = 0.05, open_frac: float = 0.01, work: int = 512) -> np.ndarray:
     """Filled largest blob of ``image > threshold`` after a small opening (drops text, rulers, noise).
 
-    Never empty: if nothing passes the threshold the whole image is returned.
+    On a uniform grey canvas (see :func:`background_level`) the threshold is raised above the canvas.
+
+    Never empty: if nothing passes the threshold the whole image is returned. Images larger than
+    ``work`` px are analysed on an INTER_AREA-shrunk copy (speed) and the mask scaled back.
     """
+    h, w = image.shape
+    if max(h, w) > work:
+        scale = work / max(h, w)
+        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        mask = foreground_mask(small, threshold, open_frac, work)
+        return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    threshold = max(threshold, background_level(image) + threshold)
     binary = (image > threshold).astype(np.uint8)
     r = max(1, round(open_frac * min(image.shape)))
     opened = cv2.morphologyEx(binary, cv2.MORPH_OPEN, disk(r))

@@ -27,7 +27,7 @@ def _apply_field(image: np.ndarray, log_field: np.ndarray, mask: np.ndarray) -> 
     log_field = log_field - np.float32(log_field[mask].mean() if mask.any() else log_field.mean())
     field = np.exp(log_field).astype(np.float32)
     out = image / field
-    hi = float(np.percentile(out[mask], 99.9)) if mask.any() else float(out.max())
+    hi = float(np.percentile(sample_pixels(out[mask], 65_536), 99.9)) if mask.any() else float(out.max())
     if hi > 1.0:
         out *= np.float32(1.0 / hi)
     np.clip(out, 0.0, 1.0, out=out)

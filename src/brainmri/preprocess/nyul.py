@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from brainmri.errors import BrainMRIError
-from brainmri.preprocess.base import Slice, Step
+from brainmri.preprocess.base import Slice, Step, sample_pixels
 
 _MIN_PIXELS = 64  # fewer mask pixels than this: landmarks are taken over the whole image
 
@@ -35,8 +35,9 @@ class NyulStandardizer(Step):
     every image onto it with a piecewise-linear function:
 
     - landmarks of an image: the intensity ``percentiles`` (default 1, 10, 20, ..., 90, 99) inside its
-      brain mask (the skull-strip mask, else the foreground); the first and last are the "minimum
-      and maximum percentiles" pc1 / pc2 of the papers;
+      brain mask (the skull-strip mask, else the foreground; a deterministic stride of at most 65,536
+      of its pixels); the first and last are the "minimum and maximum percentiles" pc1 / pc2 of the
+      papers;
     - ``fit``: each training image's landmarks are mapped linearly so that pc1 -> ``scale_min`` and
       pc2 -> ``scale_max``; the *standard landmarks* ``standard_landmarks_`` are their mean;
     - ``transform``: each image's own landmarks are sent to the standard landmarks, linearly between
@@ -79,7 +80,7 @@ class NyulStandardizer(Step):
     def landmarks(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """The image's intensity percentiles inside ``mask`` (whole image if the mask is tiny)."""
         values = image[mask] if mask is not None and int(mask.sum()) >= _MIN_PIXELS else image.ravel()
-        return np.percentile(values, self.percentiles).astype(np.float64)
+        return np.percentile(sample_pixels(values, 65_536), self.percentiles).astype(np.float64)
 
     def fit_landmarks(self, landmarks: Iterable[Sequence[float]]) -> NyulStandardizer:
         """Learn the standard landmarks from per-image landmarks (as returned by :meth:`landmarks`)."""
@@ -120,8 +121,11 @@ class NyulStandardizer(Step):
         """(x, y) knots of the piecewise-linear map for an image with these landmarks."""
         return _strictly_increasing(landmarks), self._check_fitted()
 
-    def transform(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        x, y = self.mapping(self.landmarks(image, mask))
+    def transform(
+        self, image: np.ndarray, mask: np.ndarray | None = None, landmarks: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Map ``image`` onto the standard scale (``landmarks``: the image's own, computed if not given)."""
+        x, y = self.mapping(self.landmarks(image, mask) if landmarks is None else landmarks)
         out = np.interp(image, x, y).astype(np.float32)
         lo_slope = (y[1] - y[0]) / (x[1] - x[0])
         hi_slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
@@ -134,7 +138,7 @@ class NyulStandardizer(Step):
     def __call__(self, s: Slice) -> Slice:
         mask = s.region()
         lm = self.landmarks(s.image, mask)
-        out = self.transform(s.image, mask)
+        out = self.transform(s.image, landmarks=lm)
         if s.brain is not None:  # keep the stripped background at 0
             out[~s.brain & (s.image == 0)] = 0.0
         s.image = out
