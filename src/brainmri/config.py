@@ -112,9 +112,9 @@ class CropConfig(Section):
 class BiasConfig(Section):
     method: Literal["none", "n4", "n4_fast"] = "n4_fast"
     """``n4``: SimpleITK N4 (Tustison 2010); ``n4_fast``: Gaussian local-plane division in the tissue mask."""
-    shrink: int = Field(4, ge=1)
-    """n4: shrink factor of the image the field is fitted on."""
-    iterations: list[int] = Field(default_factory=lambda: [20, 20, 20])
+    shrink: int = Field(8, ge=1)
+    """n4: shrink factor of the image the field is fitted on (the fit keeps >= 16 px per side)."""
+    iterations: list[int] = Field(default_factory=lambda: [10, 10, 10])
     """n4: maximum iterations per fitting level."""
     fitting_levels: int = Field(3, ge=1)
     control_points: int = Field(4, ge=4)
@@ -122,7 +122,7 @@ class BiasConfig(Section):
     convergence: float = Field(0.001, gt=0.0)
     sigma: float = Field(0.4, gt=0.0)
     """n4_fast: Gaussian sigma as a fraction of the image side."""
-    grid: int = Field(64, ge=16)
+    grid: int = Field(32, ge=16)
     """n4_fast: longer side (px) of the grid the field is estimated on."""
 
 
@@ -161,8 +161,8 @@ class PreprocessConfig(Section):
     scale_method: Literal["percentile", "minmax"] = "percentile"
     """How the decoded image is scaled to [0, 1]: robust percentiles (below) or min-max."""
     scale_percentiles: list[float] = Field(default_factory=lambda: [0.5, 99.5])
-    work_size: int = Field(384, ge=0)
-    """After the crop, images whose longer side exceeds this are shrunk to it (0: never)."""
+    work_size: int = Field(256, ge=0)
+    """After the crop, images whose longer side exceeds max(work_size, size) are shrunk to it (0: never)."""
     crop: CropConfig = Field(default_factory=CropConfig)
     bias: BiasConfig = Field(default_factory=BiasConfig)
     skull: SkullConfig = Field(default_factory=SkullConfig)
@@ -209,6 +209,8 @@ class TrainConfig(Section):
     num_workers: int = 2
     stage1: StageConfig = Field(default_factory=lambda: StageConfig(epochs=3, lr=1e-3))
     stage2: StageConfig = Field(default_factory=lambda: StageConfig(epochs=10, lr=2e-4))
+    stage2_trainable: list[str] = Field(default_factory=list)
+    """Backbone module-name prefixes trained in stage 2 (e.g. [blocks.5, blocks.6, conv_head, bn2]); empty: all."""
     cache_frozen_features: bool = False
     """Stage 1 on cached backbone features (fast on CPU; augmentation off in stage 1)."""
     weight_decay: float = 1e-4

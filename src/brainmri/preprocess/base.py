@@ -83,11 +83,13 @@ def disk(radius: int) -> np.ndarray:
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Largest 8-connected component of a bool mask (empty in, empty out)."""
     m = mask.astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    n, labels = cv2.connectedComponents(m, connectivity=8)  # (WithStats is ~10x slower on large blobs)
     if n <= 1:
         return np.zeros(mask.shape, dtype=bool)
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == best
+    if n == 2:
+        return labels == 1
+    areas = np.bincount(labels.ravel(), minlength=n)
+    return labels == 1 + int(np.argmax(areas[1:]))
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

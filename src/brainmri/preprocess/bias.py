@@ -45,8 +45,9 @@ class N4BiasCorrection(Step):
     is rescaled so that its 99.9th percentile in the mask is 1. Single-threaded for bit-identical
     results on any machine.
 
-    Parameters: ``shrink`` (integer shrink factor for the fit, default 4), ``iterations`` (maximum
-    iterations per fitting level, default [20, 20, 20]), ``fitting_levels`` (B-spline fitting levels;
+    Parameters: ``shrink`` (integer shrink factor for the fit, default 8; the fit keeps at least 16 px per
+    side), ``iterations`` (maximum iterations per fitting level, default [10, 10, 10]; N4's cost is
+    mostly per iteration, not per voxel), ``fitting_levels`` (B-spline fitting levels;
     the iteration list is cut or padded with its last value to this length), ``control_points``
     (initial B-spline control points per axis, default 4), ``convergence`` (threshold, default 1e-3),
     ``threshold`` (foreground threshold used when no earlier step found the foreground).
@@ -56,8 +57,8 @@ class N4BiasCorrection(Step):
 
     def __init__(
         self,
-        shrink: int = 4,
-        iterations: list[int] | tuple[int, ...] = (20, 20, 20),
+        shrink: int = 8,
+        iterations: list[int] | tuple[int, ...] = (10, 10, 10),
         fitting_levels: int = 3,
         control_points: int = 4,
         convergence: float = 1e-3,
@@ -121,13 +122,13 @@ class FastBiasCorrection(Step):
     ``sigma`` from bias, which is why ``sigma`` is large by default.
 
     Parameters: ``sigma`` (Gaussian sigma as a fraction of the longer side, default 0.4), ``grid``
-    (longer side of the working grid, default 64), ``threshold`` (foreground threshold used when no
+    (longer side of the working grid, default 32), ``threshold`` (foreground threshold used when no
     earlier step found the foreground).
     """
 
     name = "bias"
 
-    def __init__(self, sigma: float = 0.4, grid: int = 64, threshold: float = 0.05) -> None:
+    def __init__(self, sigma: float = 0.4, grid: int = 32, threshold: float = 0.05) -> None:
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.sigma = float(sigma)

@@ -58,7 +58,7 @@ class Preprocessor:
             steps.append(BrainCrop(c.crop.threshold, c.crop.margin))
         intensity_steps = c.bias.method != "none" or c.skull.enabled or c.nyul.enabled or c.clahe.enabled
         if intensity_steps and c.work_size > 0:
-            steps.append(LimitSize(c.work_size))
+            steps.append(LimitSize(max(c.work_size, c.size)))
         if c.bias.method == "n4":
             b = c.bias
             n4 = N4BiasCorrection(b.shrink, b.iterations, b.fitting_levels, b.control_points, b.convergence)

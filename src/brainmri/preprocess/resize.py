@@ -44,7 +44,7 @@ class LimitSize(Step):
 
     name = "limit_size"
 
-    def __init__(self, max_side: int = 384) -> None:
+    def __init__(self, max_side: int = 256) -> None:
         self.max_side = int(max_side)
 
     def __call__(self, s: Slice) -> Slice:

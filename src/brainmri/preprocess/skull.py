@@ -76,7 +76,7 @@ class SkullStrip(Step):
             return foreground, "foreground too small"
         side = min(image.shape)
         smooth = cv2.GaussianBlur(image, (0, 0), max(0.5, self.smooth * side))
-        t = dark_threshold(sample_pixels(smooth[foreground], 65_536), self.tissue_ratio)
+        t = dark_threshold(sample_pixels(smooth[foreground], 16_384), self.tissue_ratio)
         tissue = (smooth > t) & foreground
         if not tissue.any():
             return foreground, "no tissue above the Otsu threshold"
