@@ -164,3 +164,16 @@ def test_resume_reaches_same_weights_as_uninterrupted(tmp_path, mixup_alpha):
     best_a = load_file(str(tmp_path / "a" / "model.safetensors"))
     best_b = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.allclose(best_a[k].float(), best_b[k].float(), atol=1e-6) for k in best_a)
+
+
+def test_partial_stage2_trains_only_named_blocks(tmp_path):
+    cfg = tiny_cfg(stage2_trainable=["blocks.1"])
+    cfg.train.stage1.epochs, cfg.train.stage2.epochs = 0, 1
+    data = phantom_split(4)
+    model = create_model(cfg.model, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit_stages(cfg, model, data, data, tmp_path)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert any(k.startswith("backbone.blocks.1.") for k in changed)
+    outside = {k for k in changed if not k.startswith(("backbone.blocks.1.", "backbone.classifier."))}
+    assert not outside, sorted(outside)[:5]

@@ -2,7 +2,9 @@
 
 Stage 1 (``frozen=True``): only the classifier head trains; the backbone's parameters are frozen *and*
 its BatchNorm layers stay in eval mode, so running statistics learnt on ImageNet are not dragged
-toward a few batches of MRI. Stage 2: everything trains at a lower learning rate.
+toward a few batches of MRI. Stage 2: everything trains at a lower learning rate, or only the modules
+named in ``train.stage2_trainable`` (e.g. the last blocks: a CPU budget; backward through the early,
+high-resolution layers is most of the cost).
 Optimiser: AdamW with decoupled weight decay (not on biases/norms); schedule: linear warm-up then
 cosine decay, stepped per batch.
 """
@@ -30,15 +32,28 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float =
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def set_backbone_frozen(model: BrainClassifier, frozen: bool) -> None:
+def trainable_prefixes(frozen: bool, trainable: list[str] | None) -> list[str] | None:
+    """Backbone module-name prefixes that train: none but the head when frozen, all when ``trainable`` is empty."""
+    if frozen:
+        return []
+    return list(trainable) if trainable else None
+
+
+def _selected(name: str, prefixes: list[str] | None) -> bool:
+    return prefixes is None or any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def set_trainable(model: BrainClassifier, prefixes: list[str] | None) -> None:
+    """Only the head and the backbone modules under ``prefixes`` (None = everything) get gradients."""
     head = set(map(id, model.classifier_parameters()))
-    for p in model.backbone.parameters():
-        p.requires_grad = (not frozen) or id(p) in head
+    for name, p in model.backbone.named_parameters():
+        p.requires_grad = id(p) in head or _selected(name, prefixes)
 
 
-def freeze_batchnorm(model: BrainClassifier) -> None:
-    for m in model.backbone.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+def freeze_batchnorm(model: BrainClassifier, prefixes: list[str] | None = None) -> None:
+    """BatchNorm layers outside the trainable modules keep their running statistics (eval mode)."""
+    for name, m in model.backbone.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (prefixes and _selected(name, prefixes)):
             m.eval()
 
 
@@ -67,7 +82,8 @@ class ClassifierModule(L.LightningModule):
         n = model.num_classes
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
-        set_backbone_frozen(model, frozen)
+        self.trainable = trainable_prefixes(frozen, cfg.stage2_trainable)
+        set_trainable(model, self.trainable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -75,8 +91,8 @@ class ClassifierModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         # Lightning keeps whatever mode modules were left in (e.g. BN in eval after a frozen stage): set it.
         self.model.train()
-        if self.frozen:
-            freeze_batchnorm(self.model)
+        if self.trainable is not None:
+            freeze_batchnorm(self.model, self.trainable)
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         # Dropout randomness as a function of (seed, stage, step) only: a resumed run draws exactly what an
