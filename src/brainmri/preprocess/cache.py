@@ -112,16 +112,15 @@ class CacheReport:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(state: dict[str, Any], max_pixels: int, max_bytes: int, nifti_slice: Any) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already
-    try:
+def _init_worker(
+    state: dict[str, Any], max_pixels: int, max_bytes: int, nifti_slice: Any, single_thread: bool = True
+) -> None:
+    if single_thread:  # worker processes: one process per core already
+        import cv2
         import SimpleITK as sitk
 
+        cv2.setNumThreads(1)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    except ImportError:  # pragma: no cover - SimpleITK is a dependency
-        pass
     _WORKER["pre"] = Preprocessor.from_dict(state)
     _WORKER["read"] = {"max_pixels": max_pixels, "max_bytes": max_bytes, "nifti_slice": nifti_slice}
 
@@ -154,16 +153,20 @@ def _process(task: tuple[str, str, str]) -> tuple[str, bool, str]:
             if not cv2.imwrite(str(tmp), image, [cv2.IMWRITE_PNG_COMPRESSION, 3]):
                 raise OSError(f"cannot write {out}")
         return md5, True, ""
-    except (BrainMRIError, ValueError, ArithmeticError, OSError, RuntimeError) as exc:
+    except BrainMRIError as exc:
         return md5, False, _one_line(str(exc))
+    except Exception as exc:  # one bad image must not stop the run; it is listed with the reason
+        return md5, False, _one_line(f"preprocessing failed: {type(exc).__name__}: {exc}")
 
 
 def _landmarks(task: tuple[str, str]) -> tuple[str, list[float] | None, str]:
     md5, path = task
     try:
         return md5, _WORKER["pre"].landmarks(_decode(path, md5)).tolist(), ""
-    except (BrainMRIError, ValueError, ArithmeticError, OSError, RuntimeError) as exc:
+    except BrainMRIError as exc:
         return md5, None, _one_line(str(exc))
+    except Exception as exc:
+        return md5, None, _one_line(f"preprocessing failed: {type(exc).__name__}: {exc}")
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
@@ -189,7 +192,7 @@ class _Runner:
         bar = progress(range(len(tasks)), desc=desc, total=len(tasks))
         bar_iter = iter(bar)
         if self.workers <= 1:
-            _init_worker(*self.args)
+            _init_worker(*self.args, single_thread=False)  # inline: leave this process's thread settings alone
             for t in tasks:
                 yield _run_chunk([t])[0]
                 next(bar_iter, None)
