@@ -93,16 +93,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_config_flag(p, "--workers", "preprocess.workers", type=int, metavar="N", help="worker processes")
     p.set_defaults(handler=_run)
 
-    psub = p.add_subparsers(dest="preprocess_command", metavar="ACTION")
+    psub = p.add_subparsers(dest="preprocess_command", metavar="[show]", help="optional sub-action")
     show = psub.add_parser(
         "show",
         parents=[_suppressed_common()],
         help="figure of one image after every step, with the bias field and the brain mask",
     )
     show.add_argument("image", help="image file (JPEG, PNG, DICOM, NIfTI ...)")
-    show.add_argument("--out", dest="show_out", default=None, help="PNG to write (default: <image>_preprocess.png)")
     show.add_argument(
-        "--state", default=None, help="fitted preprocessor JSON to use (e.g. runs/<name>/preprocessor.json)"
+        "--out",
+        dest="show_out",
+        default=None,
+        metavar="FILE.png",
+        help="PNG to write (default: <image>_preprocess.png)",
+    )
+    show.add_argument(
+        "--state", default=None, metavar="JSON", help="fitted preprocessor to use (e.g. runs/<name>/preprocessor.json)"
     )
     add_config_flag(
         show, "--preset", "preprocess.preset", metavar="NAME", default=argparse.SUPPRESS, help="preset to draw"
