@@ -38,6 +38,17 @@ RUNTIMES = ("onnx", "torch")
 FOLDER_ROUNDS = 2
 
 
+def git_state() -> dict[str, Any]:
+    """Commit of the code measured, and which source files differed from it (other work in progress)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+
+    changed = [line[3:] for line in git("status", "--porcelain", "src").splitlines() if line[:2].strip()]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_changes_in": changed}
+
+
 def real_images(data: Path, n: int) -> list[Path]:
     """``n`` files spread evenly over the class folders (deterministic)."""
     root = data / "brain-tumor-mri" / "Training"
@@ -192,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "aims": {"single_p50_ms": AIM_SINGLE_P50_MS, "folder_images_per_s": AIM_FOLDER_IMAGES_PER_S},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "machine": machine_facts(),
+        "git": git_state(),
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="brainmri-bench-") as tmp:
@@ -199,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = work / "folder"
         folder.mkdir()
         for i, f in enumerate(files[: args.folder]):
-            (folder / f"{i:04d}_{f.name}").symlink_to(f)
+            (folder / f"{i:04d}_{f.name}").symlink_to(f.resolve())
         bundles = [Path(b) for b in args.bundles]
         if not bundles:
             for size in (int(s) for s in args.sizes.split(",")):
