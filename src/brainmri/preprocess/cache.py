@@ -117,10 +117,14 @@ def _init_worker(
 ) -> None:
     if single_thread:  # worker processes: one process per core already
         import cv2
-        import SimpleITK as sitk
 
         cv2.setNumThreads(1)
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:  # only the n4 step uses SimpleITK; a bare machine without it can still run n4_fast chains
+            import SimpleITK as sitk
+
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        except ImportError:
+            pass
     _WORKER["pre"] = Preprocessor.from_dict(state)
     _WORKER["read"] = {"max_pixels": max_pixels, "max_bytes": max_bytes, "nifti_slice": nifti_slice}
 
