@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -177,31 +176,29 @@ def _check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
 def _read_raster(data: bytes, label: str, max_pixels: int) -> LoadedImage:
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # PIL's own bomb guard is replaced by ours (checked from the header, before any decoding), so the
+    # error always names the file and its size the same way.
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
         try:
             img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(label, str(exc)) from None
         except Exception as exc:
             raise UnreadableImageError(label, f"cannot open image: {exc}") from None
         width, height = img.size
         _check_pixels(label, width, height, max_pixels)
         mode = img.mode
         try:
-            previous = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None  # our own cap was applied above
-            try:
-                img.load()
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous
+            img.load()
         except OSError as exc:
             msg = str(exc)
-            if "truncated" in msg.lower() or "broken data stream" in msg.lower() or "premature" in msg.lower():
+            if any(s in msg.lower() for s in ("truncated", "broken data stream", "premature")):
                 raise TruncatedImageError(label, f"image data is truncated ({msg})") from None
             raise UnreadableImageError(label, f"cannot decode image: {msg}") from None
         except SyntaxError as exc:
             raise UnreadableImageError(label, f"corrupt image: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(img, dtype=np.float32)
