@@ -10,6 +10,7 @@ its temperature, its conformal quantile and its decision threshold (``threshold`
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -255,7 +256,7 @@ class Predictor:
         cams = compute_cams(model, images, targets=[int(t) for t in targets], method=self.config.gradcam_method)
         paths = []
         for i, (image, cam) in enumerate(zip(images, cams, strict=True)):
-            stem = Path(sources[i]).name.split(".")[0] or "image"
+            stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(sources[i]).name.split(".")[0]) or "image"
             path = out_dir / f"{start_index + i:06d}_{stem}_{self.classes[int(targets[i])]}.png"
             with atomic_path(path) as tmp:
                 Image.fromarray(np.asarray(overlay(image, cam))).save(tmp, format="PNG")
