@@ -9,7 +9,7 @@ Usage: ``.venv/bin/python bench/latency.py [BUNDLE ...] [--sizes 224,160] [--dat
   preprocess, model batch 1, calibration + decision) measured alone;
 - folder: ``Predictor.predict(folder)`` on ``--folder`` real files (batch 32, decode + preprocess in
   ``--workers`` threads, and with none), images/s over the whole call after a warm-up call; the best of
-  2 rounds is reported (all rounds are kept), because the cores are shared with other jobs.
+  3 rounds is reported (all rounds are kept), because the cores are shared with other jobs.
 
 Images: ``brain-tumor-mri/Training`` under ``$BRAINMRI_SHARED_DATA`` or ``../shared/data``, taken evenly
 across the four class folders (mixed sizes 150-1920 px, JPEG/PNG, gray/RGB). Without a BUNDLE argument
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 AIM_SINGLE_P50_MS = 15.0
 AIM_FOLDER_IMAGES_PER_S = 100.0
 RUNTIMES = ("onnx", "torch")
-FOLDER_ROUNDS = 2
+FOLDER_ROUNDS = 3
 
 
 def git_state() -> dict[str, Any]:
