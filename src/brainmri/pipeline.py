@@ -107,6 +107,42 @@ def run_pipeline(cfg: Config, data: list[str] | None, fresh: bool, n_predict: in
     return summary
 
 
+def verify_bundle(bundle_dir: Path, split_file: Path, run_dir: Path, out: Path) -> dict:
+    """Run the exported bundle (ONNX Runtime, the deployed path) on the whole test split and compare its
+    accuracy and per-image predictions with what ``brainmri evaluate`` reported from the run."""
+    import pandas as pd
+
+    from brainmri import load_bundle
+    from brainmri.data.manifest import read_manifest
+    from brainmri.data.split import read_split, split_frame
+    from brainmri.utils import atomic_write_json
+
+    split = read_split(split_file)
+    test = split_frame(read_manifest(split["manifest"]), split, "test")
+    with load_bundle(bundle_dir) as predictor:
+        preds = predictor.predict(list(test["path"]))
+    bundle_labels = [p.label for p in preds]
+    evaluated = pd.read_csv(run_dir / "reports" / "predictions.csv").set_index("path")["prediction"]
+    disagree = [path for path, lab in zip(test["path"], bundle_labels, strict=True) if evaluated.get(path) != lab]
+    summary = json.loads((run_dir / "reports" / "summary.json").read_text())
+    reported = summary.get("accuracy")
+    reported = reported.get("value") if isinstance(reported, dict) else reported
+    check = {
+        "n_test": len(test),
+        "bundle_accuracy": float((test["label"].to_numpy() == pd.Series(bundle_labels).to_numpy()).mean()),
+        "evaluation_accuracy": reported,
+        "predictions_differing_from_evaluation": len(disagree),
+        "examples_differing": disagree[:10],
+        "runtime": "onnxruntime",
+    }
+    atomic_write_json(out, check)
+    print(
+        f"[pipeline] bundle check: accuracy {check['bundle_accuracy']:.4f} on {len(test)} test images "
+        f"(evaluation reported {reported}); {len(disagree)} predictions differ -> {out}"
+    )
+    return check
+
+
 def held_out_examples(split_file: Path, n: int) -> list[str]:
     """A few test-split images (one per class first), by path."""
     from brainmri.data.manifest import read_manifest

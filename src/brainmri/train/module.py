@@ -88,6 +88,13 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def on_fit_start(self) -> None:
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
     def on_train_epoch_start(self) -> None:
         # Lightning keeps whatever mode modules were left in (e.g. BN in eval after a frozen stage): set it.
         self.model.train()
@@ -101,6 +108,7 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        x = self._layout(x)
         if self.cfg.mixup_alpha > 0:
             rng = np.random.default_rng((self.cfg.seed, self.stage, self.global_step))
             x, targets, _ = mixup(x, y, self.model.num_classes, self.cfg.mixup_alpha, rng)
@@ -113,7 +121,7 @@ class ClassifierModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self.model(x)
+        logits = self.model(self._layout(x))
         loss = nn.functional.cross_entropy(logits.float(), y)
         self.val_acc.update(logits, y)
         self.val_f1.update(logits, y)

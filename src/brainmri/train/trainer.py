@@ -149,11 +149,15 @@ def _loggers(cfg: Config, run_dir: Path) -> list:
 
 
 @torch.inference_mode()
-def _features(model: BrainClassifier, images: np.ndarray, batch_size: int) -> torch.Tensor:
+def _features(model: BrainClassifier, images: np.ndarray, batch_size: int, channels_last: bool) -> torch.Tensor:
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     out = []
     for start in progress(range(0, len(images), batch_size), desc="features", total=-(-len(images) // batch_size)):
         x = torch.from_numpy(images[start : start + batch_size]).float().div_(255).unsqueeze(1)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         out.append(model.forward_features(x))
     return torch.cat(out)
 
@@ -171,8 +175,8 @@ def train_head_on_features(
 
     tc = cfg.train
     t0 = time.perf_counter()
-    f_train = _features(model, train.images, tc.batch_size * 2)
-    f_val = _features(model, val.images, tc.batch_size * 2)
+    f_train = _features(model, train.images, tc.batch_size * 2, tc.channels_last)
+    f_val = _features(model, val.images, tc.batch_size * 2, tc.channels_last)
     feat_seconds = time.perf_counter() - t0
     head = model.backbone.get_classifier()
     weights = balanced_class_weights(train.labels, model.num_classes) if tc.class_weights else None
