@@ -29,7 +29,6 @@ STAGE_CLI_MODULES = (
     "brainmri.evaluate.cli",
     "brainmri.bundle.cli",
     "brainmri.infer.cli",
-    "brainmri.serve.cli",
     "brainmri.pipeline",
 )
 
@@ -85,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brainmri",
         description="Brain MRI slice classification: import, audit, split, preprocess, train, "
-        "evaluate, export, predict, serve.",
+        "evaluate, export, predict.",
     )
     parser.add_argument("--version", action="version", version=f"brainmri {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

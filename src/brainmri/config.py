@@ -292,13 +292,6 @@ class PredictConfig(Section):
     format: Literal["json", "csv"] = "json"
 
 
-class ServeConfig(Section):
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-
-
 class Config(Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -309,7 +302,6 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("data")
     @classmethod
