@@ -177,3 +177,13 @@ def test_partial_stage2_trains_only_named_blocks(tmp_path):
     assert any(k.startswith("backbone.blocks.1.") for k in changed)
     outside = {k for k in changed if not k.startswith(("backbone.blocks.1.", "backbone.classifier."))}
     assert not outside, sorted(outside)[:5]
+
+
+def test_cached_feature_stage1_then_partial_stage2(tmp_path):
+    cfg = tiny_cfg(cache_frozen_features=True, stage2_trainable=["blocks.1"], channels_last=True)
+    cfg.train.stage1.epochs, cfg.train.stage2.epochs = 3, 1
+    data = phantom_split(4)
+    model = create_model(cfg.model, 4)
+    result = fit_stages(cfg, model, data, data, tmp_path)
+    assert [h["stage"] for h in result["history"]] == [1, 1, 1, 2]
+    assert all(p.requires_grad for p in model.backbone.blocks[1].parameters())

@@ -148,11 +148,9 @@ def _loggers(cfg: Config, run_dir: Path) -> list:
     return loggers
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the parameters must stay trainable tensors for stage 2
 def _features(model: BrainClassifier, images: np.ndarray, batch_size: int, channels_last: bool) -> torch.Tensor:
     model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     out = []
     for start in progress(range(0, len(images), batch_size), desc="features", total=-(-len(images) // batch_size)):
         x = torch.from_numpy(images[start : start + batch_size]).float().div_(255).unsqueeze(1)
@@ -175,6 +173,8 @@ def train_head_on_features(
 
     tc = cfg.train
     t0 = time.perf_counter()
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
     f_train = _features(model, train.images, tc.batch_size * 2, tc.channels_last)
     f_val = _features(model, val.images, tc.batch_size * 2, tc.channels_last)
     feat_seconds = time.perf_counter() - t0
@@ -200,7 +200,7 @@ def train_head_on_features(
             loss.backward()
             opt.step()
             sched.step()
-            running += float(loss) * len(idx)
+            running += float(loss.detach()) * len(idx)
         model.eval()
         with torch.inference_mode():
             logits = model.forward_classifier(f_val)
