@@ -2,6 +2,7 @@
 
     python bench/render_readme.py            # rewrite the generated blocks in README.md
     python bench/render_readme.py --check    # exit 1 if README.md is out of date
+    python bench/render_readme.py --publish runs/cpu-fast   # first copy a run's reports into docs/results/
 
 Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` and is rendered
 from one artefact (named in the block), e.g. bench/results/*.json or a run's reports/summary.json.
@@ -144,10 +145,39 @@ def render(text: str) -> str:
     return text
 
 
+PUBLISHED = (
+    "summary.json",
+    "confusion_matrix.png",
+    "reliability.png",
+    "roc_pr.png",
+    "error_gallery.png",
+    "confidence_hist.png",
+    "tumour_roc.png",
+)
+
+
+def publish(run_dir: Path) -> None:
+    """Copy the evaluation's headline files of a run into docs/results/ (committed, quoted by README)."""
+    import shutil
+
+    reports = run_dir / "reports"
+    out = EVAL_SUMMARY.parent
+    out.mkdir(parents=True, exist_ok=True)
+    for name in PUBLISHED:
+        if (reports / name).is_file():
+            shutil.copyfile(reports / name, out / name)
+    for name in ("curves.png", "history.json"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--publish", type=Path, default=None, metavar="RUN")
     args = ap.parse_args()
+    if args.publish is not None:
+        publish(args.publish)
     readme = ROOT / "README.md"
     old = readme.read_text()
     new = render(old)

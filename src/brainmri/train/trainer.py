@@ -349,6 +349,7 @@ def fit_stages(
 
     def lightning_stage(stage: int, epochs: int, lr: float, frozen: bool, callbacks: list, ckpt: str | None):
         dm = data_module()
+        model.train()  # a cached-feature stage 1 leaves it in eval mode; BN freezing is set per epoch
         module = ClassifierModule(
             model,
             build_loss(tc, n_classes, class_weights),
