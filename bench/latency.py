@@ -1,6 +1,6 @@
 """Benchmark: end-to-end inference latency and folder throughput, ONNX Runtime vs torch eager.
 
-Usage: ``.venv/bin/python bench/latency.py [BUNDLE ...] [--sizes 224,160] [--data DIR]
+Usage: ``.venv/bin/python bench/latency.py [BUNDLE ...] [--sizes 224,192] [--data DIR]
 [--single 60] [--folder 256] [--out bench/results/latency.json]``
 
 - single image: ``Predictor.predict(path)`` on one real file at a time (decode -> preprocess -> model ->
@@ -14,8 +14,10 @@ Usage: ``.venv/bin/python bench/latency.py [BUNDLE ...] [--sizes 224,160] [--dat
 Images: ``brain-tumor-mri/Training`` under ``$BRAINMRI_SHARED_DATA`` or ``../shared/data``, taken evenly
 across the four class folders (mixed sizes 150-1920 px, JPEG/PNG, gray/RGB). Without a BUNDLE argument
 it exports a bundle of an *untrained* ``efficientnet_lite0`` (weights=offline) with a default-config
-Preprocessor fitted on 20 of the images, once per ``--sizes`` entry: latency does not depend on the
-weights' values. Writes ``brainmri.utils.machine_facts()`` and the load average with the numbers.
+Preprocessor fitted on 20 of the images, once per ``--sizes`` entry (default: the default input size and
+the CPU recipe's, from ``configs/cpu-fast.yaml``): latency does not depend on the weights' values; given
+bundles are measured at their own size (plus the ``--sizes`` defaults only when ``--sizes`` is given).
+Writes ``brainmri.utils.machine_facts()``, the load average and the git commit with the numbers.
 Run it alone: it is a timing.
 """
 
@@ -61,6 +63,17 @@ def real_images(data: Path, n: int) -> list[Path]:
         out.append(files[(k // len(per_class) * 37) % len(files)])
         k += 1
     return out
+
+
+def default_sizes() -> list[int]:
+    """The default input size and the CPU recipe's (``configs/cpu-fast.yaml``)."""
+    from brainmri.config import PreprocessConfig, load_config
+
+    sizes = [PreprocessConfig().size]
+    recipe = REPO / "configs" / "cpu-fast.yaml"
+    if recipe.is_file():
+        sizes.append(load_config(recipe).preprocess.size)
+    return sorted(set(sizes), reverse=True)
 
 
 def build_default_bundle(work: Path, size: int, fit_files: list[Path]) -> Path:
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bundles", nargs="*", help="bundle folders (default: export untrained efficientnet_lite0)")
     default_data = os.environ.get("BRAINMRI_SHARED_DATA") or str(REPO.parent / "shared" / "data")
     ap.add_argument("--data", default=default_data, help="shared data folder (holds brain-tumor-mri/)")
-    ap.add_argument("--sizes", default="224", help="input sizes of the default bundles, comma-separated")
+    ap.add_argument("--sizes", default=None, help="input sizes of default bundles, comma-separated (see above)")
     ap.add_argument("--single", type=int, default=60, help="files timed one at a time")
     ap.add_argument("--folder", type=int, default=256, help="files in the folder run")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode/preprocess threads")
@@ -212,15 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir()
         for i, f in enumerate(files[: args.folder]):
             (folder / f"{i:04d}_{f.name}").symlink_to(f.resolve())
-        bundles = [Path(b) for b in args.bundles]
-        if not bundles:
-            for size in (int(s) for s in args.sizes.split(",")):
-                print(f"exporting default bundle at {size} px ...", file=sys.stderr)
-                bundles.append(build_default_bundle(work, size, files[:20]))
-        for bundle in bundles:
+        sizes = default_sizes() if args.sizes is None and not args.bundles else []
+        sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sizes
+        defaults = []
+        for size in sizes:
+            print(f"exporting default bundle at {size} px ...", file=sys.stderr)
+            defaults.append(build_default_bundle(work, size, files[:20]))
+        for bundle in [*defaults, *map(Path, args.bundles)]:
             print(f"bundle {bundle}", file=sys.stderr)
             entry = bench_bundle(bundle, files[: args.single], folder, args.folder, args.workers)
-            if not args.bundles:
+            if bundle in defaults:
                 entry["bundle"] = f"default: untrained efficientnet_lite0 (weights=offline), {entry['size']} px"
             result["runs"].append(entry)
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
