@@ -81,15 +81,23 @@ def block_train(tag: str) -> str | None:
         f"{' '.join(r.get('overrides', []))}, backbone `{r['backbone']}` ({r['weights']} weights), "
         f"{r['img_size']} px, {r['n_train']} train / {r['n_val']} val images:",
         "",
-        f"- training wall time: **{r['train_wall_minutes']:.1f} min** (data preparation before it: "
-        f"{r['data_prep_seconds']:.0f} s)",
+        f"- training wall time: **{r['train_wall_minutes']:.1f} min** (import, split and preprocessing before it are "
+        f"not included: {r['data_prep_seconds']:.0f} s in this run, cached ones are skipped)",
         f"- best validation accuracy **{_pct(r['best_val_acc'])}**, macro-F1 {_pct(r['best_val_macro_f1'])} "
         f"(best by `{r['best']['monitor']}` at {r['best']['epoch']})",
         "",
         "| stage | epoch | s | images/s | val acc | val macro-F1 |",
         "|---|---|---|---|---|---|",
     ]
-    for h in r["epochs"]:
+    stage1 = [h for h in r["epochs"] if h["stage"] == 1]
+    shown = [h for h in r["epochs"] if h["stage"] != 1 or h is stage1[0] or h is stage1[-1]]
+    if len(stage1) > 2:
+        lines.insert(
+            -3,
+            f"- stage 1 has {len(stage1)} epochs (on cached features: the first includes the "
+            "feature pass); the table shows its first and last",
+        )
+    for h in shown:
         lines.append(
             f"| {h['stage']} | {h['epoch']} | {h['seconds']:.0f} | {h['images_per_s']:.0f} | "
             f"{_pct(h.get('val_acc'))} | {_pct(h.get('val_macro_f1'))} |"
@@ -121,10 +129,29 @@ def block_evaluation() -> str | None:
             lines.append(f"| {key} | {_ci(value, pct)} |")
         elif isinstance(value, int | float) and not isinstance(value, bool):
             lines.append(f"| {key} | {value:.4g} |")
+        elif key == "conformal" and isinstance(value, dict):
+            tag = f"conformal {value.get('method')} α={value.get('alpha')}"
+            lines.append(
+                f"| {tag}: coverage (target {_pct(value.get('target_coverage'))}) | {_ci(value.get('coverage'))} |"
+            )
+            lines.append(f"| {tag}: mean set size | {_ci(value.get('mean_set_size'), pct=False)} |")
     return "\n".join(lines)
 
 
+def block_bundle_check() -> str | None:
+    c = _load(EVAL_SUMMARY.parent / "bundle_check.json")
+    if c is None:
+        return None
+    return (
+        f"From `docs/results/bundle_check.json` (written by the pipeline's last stage): the exported bundle, run "
+        f"through {c['runtime']} on all {c['n_test']} test images, scores accuracy {_pct(c['bundle_accuracy'])} "
+        f"against {_pct(c['evaluation_accuracy'])} reported by `brainmri evaluate`; "
+        f"{c['predictions_differing_from_evaluation']} predictions differ."
+    )
+
+
 BLOCKS = {
+    "bundle_check": block_bundle_check,
     "import_audit": block_import_audit,
     "preprocess": block_preprocess,
     "train_cpu": lambda: block_train("cpu"),
@@ -169,6 +196,9 @@ def publish(run_dir: Path) -> None:
     for name in ("curves.png", "history.json"):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out / name)
+    check = run_dir.parent.parent / "pipeline" / "bundle_check.json"  # <work_dir>/pipeline/ beside <work_dir>/runs/
+    if check.is_file():
+        shutil.copyfile(check, out / "bundle_check.json")
 
 
 def main() -> int:

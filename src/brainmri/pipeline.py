@@ -95,10 +95,14 @@ def run_pipeline(cfg: Config, data: list[str] | None, fresh: bool, n_predict: in
     timings["predict"] = _stage(
         "predict", ["predict", str(bundle_dir), *examples, "--format", "json", "--out", str(out), *common]
     )
+    t0 = time.perf_counter()
+    check = verify_bundle(bundle_dir, split, run_dir, work / "pipeline" / "bundle_check.json")
+    timings["verify"] = time.perf_counter() - t0
     summary = {
         "run": str(run_dir),
         "bundle": str(bundle_dir),
         "predictions": str(out),
+        "bundle_check": check,
         "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     report = run_dir / "reports" / "summary.json"
