@@ -82,7 +82,15 @@ def test_evaluate_real_stages(tmp_path: Path) -> None:
     assert len(pred) == len(json.loads(split_file.read_text())["test"])
 
     ext_dir = _binary_set(tmp_path / "navoneel")
+    train_ids = json.loads(split_file.read_text())["train"]
+    leaked = next(
+        Path(p) for p in pd.read_csv(manifest)["path"] if any(p.endswith(i.split("/", 1)[1]) for i in train_ids)
+    )
+    (ext_dir / "no" / "leaked_copy.png").write_bytes(leaked.read_bytes())  # a training image inside the "external" set
     ext_manifest = write_manifest(build_manifest([str(ext_dir)], cfg, workers=1), tmp_path / "nav/manifest.csv")
     assert main(["evaluate", str(run.dir), "--split", str(ext_manifest), *common]) == 0
     m = json.loads((run.dir / "reports" / "nav" / "metrics.json").read_text())
     assert m["binary_labels_only"] and m["tumour_vs_no_tumour"]["calibrated"]["n_tumour"] == 6
+    removed = m["overlap_removed"]
+    assert removed["n_exact"] == 1 and any(i.endswith("leaked_copy.png") for i in removed["removed_ids"])
+    assert removed["n_evaluated"] == removed["n_readable"] - removed["n_removed"]

@@ -392,6 +392,8 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | No
         "ece_bins": ecfg.ece_bins,
         "optimistic": optimistic,
     }
+    if data.overlap is not None:
+        meta["overlap_removed"] = data.overlap
     if optimistic:
         meta["note"] = OPTIMISTIC_NOTE
     if binary_only:

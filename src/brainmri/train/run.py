@@ -33,6 +33,7 @@ class SplitImages:
     images: np.ndarray  # uint8 (N, S, S): the Preprocessor output, exactly what the model sees / 255
     labels: np.ndarray  # int64 (N,), index into classes; -1 when unknown (e.g. binary 'tumor' rows)
     label_names: list[str]
+    overlap: dict[str, Any] | None = None  # external sets: what was removed because training data holds it
 
 
 @dataclass
@@ -106,12 +107,54 @@ class Run:
         return images_from_cache(frame, self.cache(), self.classes)
 
     def load_external(self, manifest_path: str | Path) -> SplitImages:
-        """Every readable image of another manifest, preprocessed with this run's fitted preprocessor."""
+        """Readable images of another manifest, minus those the model (or its calibration) has seen.
+
+        Public sets share images: an external image whose md5 equals, or whose perceptual hash lies
+        within ``audit.near_threshold`` of, an image of this run's train or val split is removed before
+        evaluation, and ``SplitImages.overlap`` says how many and which.
+        """
         from brainmri.data.manifest import read_manifest
 
         frame = read_manifest(manifest_path)
         frame = frame[frame["readable"].astype(str).str.lower() == "true"]
-        return images_from_files(frame, self.preprocessor(), self.classes)
+        keep, overlap = self.without_training_overlap(frame, str(manifest_path))
+        data = images_from_files(frame[keep], self.preprocessor(), self.classes)
+        data.overlap = overlap
+        return data
+
+    def without_training_overlap(self, frame, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """Boolean mask of ``frame`` rows that are neither exact nor near duplicates of train + val images."""
+        from brainmri.data.duplicates import hash_words, nearest
+        from brainmri.data.manifest import read_manifest
+        from brainmri.data.split import split_frame
+
+        split = self.split()
+        seen = split_frame(read_manifest(split["manifest"]), split, "trainval")
+        threshold = self.cfg.audit.near_threshold
+        exact = frame["md5"].isin(set(seen["md5"])).to_numpy()
+        near = np.zeros(len(frame), bool)
+        if len(frame) and len(seen):
+            try:
+                _, dist = nearest(hash_words(list(frame["phash"])), hash_words(list(seen["phash"])))
+            except ValueError as exc:
+                raise DataError(f"{name}: cannot compare with the training manifest: {exc}") from None
+            near = dist <= threshold
+        drop = exact | near
+        overlap = {
+            "against": f"train + val of {self.info['split_file']}",
+            "near_threshold": threshold,
+            "n_readable": len(frame),
+            "n_removed": int(drop.sum()),
+            "n_exact": int(exact.sum()),
+            "n_near_only": int((near & ~exact).sum()),
+            "n_evaluated": int((~drop).sum()),
+            "removed_ids": [str(i) for i in frame["id"][drop]],
+        }
+        print(
+            f"{name}: removed {overlap['n_removed']} of {len(frame)} images already in the training data "
+            f"({overlap['n_exact']} exact, {overlap['n_near_only']} near); evaluating {overlap['n_evaluated']}"
+        )
+        return ~drop, overlap
 
 
 def _labels(frame, classes: list[str]) -> tuple[np.ndarray, list[str]]:
