@@ -76,6 +76,26 @@ def test_onnx_and_torch_agree(predictor: Predictor, bundle_dir: Path, model_inpu
     np.testing.assert_allclose(one_by_one, predictor.runtime.logits(model_inputs[:3]), atol=1e-5)  # dynamic batch
 
 
+def test_onnx_runtime_keeps_torch_flushing_denormals(bundle_dir: Path) -> None:
+    """ORT's first session in a process must not clear the flush-to-zero flags setup_torch() set (torch would
+    run trained EfficientNets up to ~35x slower next to it, e.g. for Grad-CAM or MC dropout). Fresh process."""
+    import subprocess
+    import sys
+
+    script = f"""
+import torch
+from brainmri.utils import setup_torch
+from brainmri.infer import Predictor
+flushed = lambda: float((torch.tensor([1e-39], dtype=torch.float32) * 1.0)[0]) == 0.0
+setup_torch()
+assert flushed()
+Predictor.from_bundle({str(bundle_dir)!r}, runtime="onnx")
+print("flushed" if flushed() else "denormals")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "flushed", out.stderr[-2000:]
+
+
 def test_unknown_runtime_lists_the_known_ones(bundle_dir: Path) -> None:
     with pytest.raises(ConfigError, match="onnx, torch"):
         Predictor.from_bundle(bundle_dir, runtime="tensorrt")

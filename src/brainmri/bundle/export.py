@@ -62,9 +62,11 @@ def onnx_parity(model, onnx_bytes: bytes, size: int, batch: int = 3, seed: int =
     import torch
 
     from brainmri.evaluate.base import softmax
+    from brainmri.infer.runtime import available_cores, session_options
 
     x = np.random.default_rng(seed).random((batch, 1, size, size), dtype=np.float32)
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    options = session_options(available_cores())
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).float().numpy()
