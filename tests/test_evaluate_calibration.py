@@ -111,3 +111,18 @@ def test_posthoc_fit_save_load(tmp_path) -> None:
     with pytest.raises(DataError, match="no calibration"):
         PostHocCalibration.load(tmp_path / "missing.json")
     assert math.isfinite(back.temperature)
+
+
+def test_threshold_is_capped_so_it_never_costs_sensitivity():
+    from brainmri.evaluate.calibration import ThresholdSelector
+
+    # confident validation: 95% of tumours score >= 0.99, so the uncapped rule would pick ~0.99
+    p = np.r_[np.linspace(0.99, 1.0, 95), np.linspace(0.6, 0.9, 5), np.linspace(0.0, 0.3, 50)]
+    y = np.r_[np.ones(100, int), np.zeros(50, int)]
+    uncapped = ThresholdSelector(0.95, max_threshold=1.0).fit(p, y)
+    capped = ThresholdSelector(0.95).fit(p, y)
+    assert uncapped.threshold_ > 0.98 and not uncapped.capped_
+    assert capped.threshold_ == 0.5 and capped.capped_
+    assert capped.sensitivity_ == 1.0 and capped.specificity_ == 1.0
+    again = ThresholdSelector.from_dict(capped.to_dict())
+    assert again.threshold_ == 0.5 and again.max_threshold == 0.5

@@ -256,6 +256,8 @@ class EvaluateConfig(Section):
     gallery_max: int = Field(24, ge=0)
     threshold_target_sensitivity: float = Field(0.95, gt=0.0, le=1.0)
     """Tumour-vs-no-tumour threshold: the largest threshold reaching this sensitivity on validation."""
+    threshold_max: float = Field(0.5, gt=0.0, le=1.0)
+    """Cap on that threshold: it may only make the tumour call more sensitive than p_tumour >= 0.5."""
 
     @field_validator("conformal_alphas")
     @classmethod

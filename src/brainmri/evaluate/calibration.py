@@ -11,6 +11,11 @@ the confusion matrix and every ranking *within a sample* stay the same; only the
 the sensitivity first. Among all thresholds whose validation sensitivity reaches the target
 (``cfg.evaluate.threshold_target_sensitivity``, default 0.95) we take the *largest*, because a larger
 threshold calls fewer slices 'tumour' and so has the highest specificity compatible with the target.
+That threshold is then capped at ``max_threshold`` (default 0.5, ``cfg.evaluate.threshold_max``): on a
+confident in-distribution validation set the largest such threshold can sit near 1, which *trades away*
+sensitivity the model has (a tumour with p_tumour = 0.9 would be called 'no tumour') and collapses on
+other scanners, where probabilities are less extreme. With the cap, the threshold can only make the
+tumour call more sensitive than the plain majority rule p_tumour >= 0.5, never less.
 The target is met on validation by construction; its test sensitivity is an estimate and is reported
 with a confidence interval. It applies to the *calibrated* p_tumour = 1 - p(no_tumor) (temperature
 scaling changes that number, and not monotonically across samples, so the two must not be mixed).
@@ -115,10 +120,14 @@ class ThresholdSelector(FittedMixin):
 
     _fitted_attrs = ("threshold_",)
 
-    def __init__(self, target_sensitivity: float = 0.95) -> None:
+    def __init__(self, target_sensitivity: float = 0.95, max_threshold: float = 0.5) -> None:
         if not 0.0 < target_sensitivity <= 1.0:
             raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
+        if not 0.0 < max_threshold <= 1.0:
+            raise ValueError(f"max_threshold must be in (0, 1], got {max_threshold}")
         self.target_sensitivity = float(target_sensitivity)
+        self.max_threshold = float(max_threshold)
+        self.capped_: bool | None = None
         self.threshold_: float | None = None
         self.sensitivity_: float | None = None
         self.specificity_: float | None = None
@@ -138,6 +147,8 @@ class ThresholdSelector(FittedMixin):
         # need k positives at or above t: t = the k-th largest positive score
         k = max(1, math.ceil(self.target_sensitivity * len(pos) - 1e-9))
         t = float(pos[k - 1])
+        self.capped_ = t > self.max_threshold
+        t = min(t, self.max_threshold)
         called = s >= t
         neg = y == 0
         self.threshold_ = t
@@ -156,6 +167,8 @@ class ThresholdSelector(FittedMixin):
         return {
             "threshold": self.threshold_,
             "target_sensitivity": self.target_sensitivity,
+            "max_threshold": self.max_threshold,
+            "capped": self.capped_,
             "sensitivity": self.sensitivity_,
             "specificity": self.specificity_,
             "n_tumour": self.n_tumour_,
@@ -164,7 +177,8 @@ class ThresholdSelector(FittedMixin):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ThresholdSelector:
-        obj = cls(float(d.get("target_sensitivity", 0.95)))
+        obj = cls(float(d.get("target_sensitivity", 0.95)), float(d.get("max_threshold", 1.0)))
+        obj.capped_ = d.get("capped")
         t = float(d["threshold"])
         if not (math.isfinite(t) and 0.0 <= t <= 1.0):
             raise ValueError(f"threshold must be in [0, 1], got {d['threshold']!r}")

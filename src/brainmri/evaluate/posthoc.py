@@ -56,11 +56,13 @@ class PostHocCalibration(FittedMixin):
         alphas: Sequence[float] = (0.1, 0.05),
         conformal_method: str = "lac",
         target_sensitivity: float = 0.95,
+        max_threshold: float = 0.5,
     ) -> None:
         self.classes = list(classes)
         self.alphas = [float(a) for a in alphas]
         self.conformal_method = conformal_method
         self.target_sensitivity = float(target_sensitivity)
+        self.max_threshold = float(max_threshold)
         self.temperature_: TemperatureScaler | None = None
         self.threshold_: ThresholdSelector | None = None
         self.conformal_: dict[float, ConformalPredictor] | None = None
@@ -76,6 +78,7 @@ class PostHocCalibration(FittedMixin):
             alphas=ecfg.conformal_alphas,
             conformal_method=ecfg.conformal_method,
             target_sensitivity=ecfg.threshold_target_sensitivity,
+            max_threshold=ecfg.threshold_max,
         )
 
     def fit(self, logits: Any, labels: Any, *, fitted_on: str = "val", source: dict[str, Any] | None = None):
@@ -89,7 +92,7 @@ class PostHocCalibration(FittedMixin):
             yt = tumour_labels([self.classes[i] for i in y], self.classes)
             if yt.any():  # no tumour slice in validation: no threshold can be chosen (stays None)
                 pt = tumour_probability(probs, self.classes)
-                self.threshold_ = ThresholdSelector(self.target_sensitivity).fit(pt, yt)
+                self.threshold_ = ThresholdSelector(self.target_sensitivity, self.max_threshold).fit(pt, yt)
         self.conformal_ = {a: ConformalPredictor(a, self.conformal_method).fit(probs, y) for a in self.alphas}
         self.fitted_on_, self.n_fit_, self.source_ = fitted_on, len(z), dict(source or {})
         return self
@@ -183,6 +186,7 @@ class PostHocCalibration(FittedMixin):
                 alphas=alphas,
                 conformal_method=methods.pop(),
                 target_sensitivity=float(tdet.get("target_sensitivity", 0.95)),
+                max_threshold=float(tdet.get("max_threshold", 1.0)),
             )
             obj.temperature_ = TemperatureScaler.from_dict(
                 details.get("temperature") or {"temperature": d["temperature"]}
