@@ -150,7 +150,23 @@ def block_bundle_check() -> str | None:
     )
 
 
+def block_external() -> str | None:
+    s = _load(EVAL_SUMMARY.parent / "navoneel_summary.json")
+    if s is None:
+        return None
+    o = s.get("overlap_removed", {})
+    return (
+        f"From `docs/results/navoneel_summary.json` (`brainmri evaluate RUN --split <navoneel manifest>`): "
+        f"{o.get('n_removed')} of {o.get('n_readable')} navoneel images were already in the run's train/val data "
+        f"({o.get('n_exact')} exact, {o.get('n_near_only')} near) and were removed; on the remaining "
+        f"{o.get('n_evaluated')} the tumour-vs-no-tumour view gives AUC {_ci(s.get('tumour_auc'))}, sensitivity "
+        f"{_ci(s.get('tumour_sensitivity'))} and specificity {_ci(s.get('tumour_specificity'))} at threshold "
+        f"{s.get('tumour_threshold')}."
+    )
+
+
 BLOCKS = {
+    "external": block_external,
     "bundle_check": block_bundle_check,
     "import_audit": block_import_audit,
     "preprocess": block_preprocess,
@@ -172,6 +188,7 @@ def render(text: str) -> str:
     return text
 
 
+# navoneel_summary.json is copied by hand from RUN/reports/navoneel/summary.json after the external evaluation
 PUBLISHED = (
     "summary.json",
     "confusion_matrix.png",

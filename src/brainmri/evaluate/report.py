@@ -433,6 +433,8 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | No
         summary["note"] = OPTIMISTIC_NOTE
     if binary_only:
         summary["note_binary"] = meta["note_binary"]
+    if "overlap_removed" in meta:
+        summary["overlap_removed"] = {k: v for k, v in meta["overlap_removed"].items() if k != "removed_ids"}
     summary |= headline(metrics, ecfg, cal.temperature) | {"figures": figures}
     atomic_write_json(out / "summary.json", summary)
     resolved = run.cfg.model_copy(update={"evaluate": ecfg})
