@@ -65,11 +65,15 @@ def block_preprocess() -> str | None:
     r = _load(RESULTS / "preprocess.json")
     if r is None:
         return None
-    lines = [f"From `bench/results/preprocess.json` ({_machine(r)}):", ""]
-    for key, value in r.items():
-        if isinstance(value, int | float) and any(s in key for s in ("per_s", "_ms", "images")):
-            lines.append(f"- `{key}`: {value}")
-    return "\n".join(lines)
+    chain, n4, skull = r["default_chain"], r["n4"], r["skull_strip"]
+    return (
+        f"From `bench/results/preprocess.json` ({_machine(r)}): default chain (decode → `full` preset → uint8) "
+        f"**{chain['images_per_s']} images/s** with {chain['workers']} worker processes on {chain['files']} real "
+        f"files; true N4 on {n4['images']} slices of {n4['shape'][0]}×{n4['shape'][1]}: median "
+        f"**{n4['n4']['ms_median']} ms** (p90 {n4['n4']['ms_p90']} ms), `n4_fast` median {n4['n4_fast']['ms_median']} "
+        f"ms; skull-strip fallback on {skull['files']} random real slices: {_pct(skull['fallback_rate'])}, "
+        f"empty masks: {skull['empty_masks']}."
+    )
 
 
 def block_train(tag: str) -> str | None:
@@ -109,10 +113,18 @@ def block_latency() -> str | None:
     r = _load(RESULTS / "latency.json")
     if r is None:
         return None
-    lines = [f"From `bench/results/latency.json` ({_machine(r)}):", "", "```json"]
-    compact = {k: v for k, v in r.items() if k not in ("machine",)}
-    lines.append(json.dumps(compact, indent=1)[:3000])
-    lines.append("```")
+    lines = [
+        f"From `bench/results/latency.json` ({_machine(r)}; load average at start {r.get('load_average_at_start')}):",
+        "",
+        "| bundle | px | single image p50 / p95, ORT | single p50, torch | folder, ORT (images/s) | folder, torch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in r["runs"]:
+        one, folder = run["single"], run["folder"]
+        lines.append(
+            f"| {run['bundle']} | {run['size']} | {one['onnx']['p50_ms']} / {one['onnx']['p95_ms']} ms | "
+            f"{one['torch']['p50_ms']} ms | {folder['onnx']['images_per_s']} | {folder['torch']['images_per_s']} |"
+        )
     return "\n".join(lines)
 
 
