@@ -167,6 +167,8 @@ def bench_bundle(bundle: Path, single_files: list[Path], folder: Path, n_folder:
         "size": card["input"]["size"],
         "backbone": card["model"]["config"]["backbone"],
         "preprocess_preset": card["preprocessing"]["config"].get("preset"),
+        "trained_run": (card.get("training") or {}).get("run", {}).get("name"),
+        "calibrated": card["calibration"]["calibrated"],
     }
     config = PredictConfig(workers=workers)
     predictors = {rt: Predictor.from_bundle(bundle, runtime=rt, config=config) for rt in RUNTIMES}
