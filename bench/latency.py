@@ -4,12 +4,13 @@ Usage: ``.venv/bin/python bench/latency.py [BUNDLE ...] [--sizes 224,192] [--dat
 [--single 60] [--folder 256] [--out bench/results/latency.json]``
 
 - single image: ``Predictor.predict(path)`` on one real file at a time (decode -> preprocess -> model ->
-  calibrated output and decision), p50/p95 over ``--single`` files after a warm-up, ONNX Runtime and
-  torch alternating file by file (both see the same machine load); plus the p50 of each stage (decode,
-  preprocess, model batch 1, calibration + decision) measured alone;
+  calibrated output and decision), ONNX Runtime and torch alternating file by file (both see the same
+  machine load); p50/p95 over 3 rounds of ``--single`` files (each round's p50 is kept too); plus the
+  p50 of each stage (decode, preprocess, model batch 1, calibration + decision) measured alone;
 - folder: ``Predictor.predict(folder)`` on ``--folder`` real files (batch 32, decode + preprocess in
-  ``--workers`` threads, and with none), images/s over the whole call after a warm-up call; the best of
-  3 rounds is reported (all rounds are kept), because the cores are shared with other jobs.
+  ``--workers`` threads, and with none), images/s over the whole call; one folder run per round, after
+  each single-image round; the best of the 3 is reported (all are kept): other jobs on the shared cores
+  can only lower a throughput.
 
 Images: ``brain-tumor-mri/Training`` under ``$BRAINMRI_SHARED_DATA`` or ``../shared/data``, taken evenly
 across the four class folders (mixed sizes 150-1920 px, JPEG/PNG, gray/RGB). Without a BUNDLE argument
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 AIM_SINGLE_P50_MS = 15.0
 AIM_FOLDER_IMAGES_PER_S = 100.0
 RUNTIMES = ("onnx", "torch")
-FOLDER_ROUNDS = 3
+ROUNDS = 3
 
 
 def git_state() -> dict[str, Any]:
@@ -105,8 +106,8 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     }
 
 
-def time_single(predictors: dict[str, Any], files: list[Path], warmup: int = 5) -> dict[str, dict[str, float]]:
-    """End-to-end ``predict(path)`` per file; the runtimes alternate file by file, so both see the same load."""
+def time_single(predictors: dict[str, Any], files: list[Path], warmup: int = 5) -> dict[str, list[float]]:
+    """End-to-end ``predict(path)`` ms per file; the runtimes alternate file by file, so both see the same load."""
     times: dict[str, list[float]] = {name: [] for name in predictors}
     for i, p in enumerate([*files[:warmup], *files]):
         for name, predictor in predictors.items():
@@ -114,7 +115,7 @@ def time_single(predictors: dict[str, Any], files: list[Path], warmup: int = 5) 
             predictor.predict(p)
             if i >= warmup:
                 times[name].append((time.perf_counter() - t0) * 1000)
-    return {name: percentiles(t) for name, t in times.items()}
+    return times
 
 
 def time_stages(predictors: dict[str, Any], files: list[Path]) -> dict[str, float]:
@@ -172,17 +173,28 @@ def bench_bundle(bundle: Path, single_files: list[Path], folder: Path, n_folder:
     }
     config = PredictConfig(workers=workers)
     predictors = {rt: Predictor.from_bundle(bundle, runtime=rt, config=config) for rt in RUNTIMES}
-    print("  single image ...", file=sys.stderr)
-    out["single"] = time_single(predictors, single_files)
+    folder_predictors = {
+        **predictors,
+        "onnx_no_workers": Predictor.from_bundle(bundle, config=PredictConfig(workers=0)),
+    }
     out["stages_p50_ms"] = time_stages(predictors, single_files[:30])
-    print("  folder ...", file=sys.stderr)
-    predictors["onnx_no_workers"] = Predictor.from_bundle(bundle, config=PredictConfig(workers=0))
-    for predictor in predictors.values():  # warm up: threads, first batch
+    for predictor in folder_predictors.values():  # warm up: threads, first batch
         predictor.predict(sorted(folder.iterdir())[: predictor.config.batch_size + 1])
-    rounds = [{name: time_folder(p, folder, n_folder) for name, p in predictors.items()} for _ in range(FOLDER_ROUNDS)]
-    out["folder"] = {name: max((r[name] for r in rounds), key=lambda v: v["images_per_s"]) for name in predictors}
-    out["folder_rounds_images_per_s"] = {name: [r[name]["images_per_s"] for r in rounds] for name in predictors}
-    for predictor in predictors.values():
+    singles, folders = [], []
+    for r in range(ROUNDS):  # rounds spread each measurement over time (other jobs come and go)
+        print(f"  round {r + 1}/{ROUNDS}: single image, folder ...", file=sys.stderr)
+        singles.append(time_single(predictors, single_files, warmup=5 if r == 0 else 0))
+        folders.append({name: time_folder(p, folder, n_folder) for name, p in folder_predictors.items()})
+    out["single"] = {
+        name: percentiles([t for s in singles for t in s[name]])
+        | {"rounds_p50_ms": [percentiles(s[name])["p50_ms"] for s in singles]}
+        for name in predictors
+    }
+    out["folder"] = {
+        name: max((f[name] for f in folders), key=lambda v: v["images_per_s"]) for name in folder_predictors
+    }
+    out["folder_rounds_images_per_s"] = {name: [f[name]["images_per_s"] for f in folders] for name in folder_predictors}
+    for predictor in folder_predictors.values():
         predictor.close()
     out["aims_met"] = {
         "single_p50_le_15ms": out["single"]["onnx"]["p50_ms"] <= AIM_SINGLE_P50_MS,
