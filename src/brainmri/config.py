@@ -285,7 +285,7 @@ class PredictConfig(Section):
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     """Tumour-probability threshold; None: the bundle's (from calibration.json)."""
     conformal_alpha: float | None = None
-    """Conformal miscoverage level; None: the bundle's default (0.1 when calibrated for it)."""
+    """Conformal miscoverage level; None: the bundle's ``default_alpha`` (the first of evaluate.conformal_alphas)."""
     review_entropy: float = 0.5
     """Normalised entropy above which a prediction is flagged for review."""
     gradcam_dir: str | None = None
