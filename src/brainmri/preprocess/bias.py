@@ -34,7 +34,28 @@ def _apply_field(image: np.ndarray, log_field: np.ndarray, mask: np.ndarray) -> 
     return out.astype(np.float32, copy=False), field
 
 
-class N4BiasCorrection(Step):
+class _BiasFieldStep(Step):
+    """Shared application: estimate a log field in the tissue mask, divide it out, record the field."""
+
+    name = "bias"
+    method = "bias"
+    threshold: float
+
+    def estimate_log_field(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def __call__(self, s: Slice) -> Slice:
+        mask = tissue_mask(s, self.threshold)
+        log_field = self.estimate_log_field(s.image, mask)
+        s.image, field = _apply_field(s.image, log_field, mask)
+        info = {"method": self.method, "field_min": float(field.min()), "field_max": float(field.max())}
+        if s.trace:
+            info.update(bias_field=field, mask=mask)
+        s.info[self.name] = info
+        return s
+
+
+class N4BiasCorrection(_BiasFieldStep):
     """N4 bias-field correction (Tustison et al., "N4ITK: Improved N3 Bias Correction", IEEE TMI 2010).
 
     Runs SimpleITK's ``N4BiasFieldCorrectionImageFilter`` on the image shrunk by ``shrink`` with an
@@ -53,7 +74,7 @@ class N4BiasCorrection(Step):
     ``threshold`` (foreground threshold used when no earlier step found the foreground).
     """
 
-    name = "bias"
+    method = "n4"
 
     def __init__(
         self,
@@ -95,18 +116,8 @@ class N4BiasCorrection(Step):
         log_field = n4.GetLogBiasFieldAsImage(full)
         return sitk.GetArrayFromImage(log_field).astype(np.float32)
 
-    def __call__(self, s: Slice) -> Slice:
-        mask = tissue_mask(s, self.threshold)
-        log_field = self.estimate_log_field(s.image, mask)
-        s.image, field = _apply_field(s.image, log_field, mask)
-        info = {"method": "n4", "field_min": float(field.min()), "field_max": float(field.max())}
-        if s.trace:
-            info.update(bias_field=field, mask=mask)
-        s.info[self.name] = info
-        return s
 
-
-class FastBiasCorrection(Step):
+class FastBiasCorrection(_BiasFieldStep):
     """Fast bias correction by Gaussian division inside the tissue mask (``n4_fast``).
 
     The log bias field is the Gaussian-weighted local estimate of the log image over the Otsu tissue
@@ -126,7 +137,7 @@ class FastBiasCorrection(Step):
     earlier step found the foreground).
     """
 
-    name = "bias"
+    method = "n4_fast"
 
     def __init__(self, sigma: float = 0.4, grid: int = 32, threshold: float = 0.05) -> None:
         if sigma <= 0:
@@ -164,13 +175,3 @@ class FastBiasCorrection(Step):
         log_field -= np.float32(log_field[inside].mean())
         np.clip(log_field, -np.log(4.0), np.log(4.0), out=log_field)
         return cv2.resize(log_field, (w, h), interpolation=cv2.INTER_LINEAR)
-
-    def __call__(self, s: Slice) -> Slice:
-        mask = tissue_mask(s, self.threshold)
-        log_field = self.estimate_log_field(s.image, mask)
-        s.image, field = _apply_field(s.image, log_field, mask)
-        info = {"method": "n4_fast", "field_min": float(field.min()), "field_max": float(field.max())}
-        if s.trace:
-            info.update(bias_field=field, mask=mask)
-        s.info[self.name] = info
-        return s
