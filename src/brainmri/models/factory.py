@@ -19,8 +19,6 @@ from brainmri.errors import ConfigError
 from brainmri.models.classifier import BrainClassifier
 from brainmri.models.weights import OFFLINE_MEAN_STD, load_file_state_dict, load_offline_state_dict
 
-DOCUMENTED_FAMILIES = ("efficientnet_b*", "tf_efficientnetv2_*", "efficientnet_lite*", "resnet*", "convnext_*")
-
 
 def list_backbones(pattern: str = "*") -> list[str]:
     return timm.list_models(pattern)

@@ -362,8 +362,6 @@ def fit_stages(
         )
         trainer = _trainer(cfg, run_dir, stage, epochs, callbacks + list(extra_callbacks or []))
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
         return trainer
 
     # ---- stage 1: frozen backbone
