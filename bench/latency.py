@@ -84,7 +84,7 @@ def build_default_bundle(work: Path, size: int, fit_files: list[Path]) -> Path:
     from brainmri.io import read_image
     from brainmri.models import create_model
     from brainmri.preprocess import Preprocessor
-    from brainmri.train.run import write_run
+    from brainmri.runs import write_run
 
     cfg = load_config(None, [f"preprocess.size={size}", "model.backbone=efficientnet_lite0", "model.weights=offline"])
     pre = Preprocessor.from_config(cfg.preprocess).fit([read_image(p).array for p in fit_files])

@@ -33,7 +33,7 @@ def main() -> int:
 
     from brainmri.cli import main as cli_main
     from brainmri.config import load_config, save_config
-    from brainmri.train.run import Run
+    from brainmri.runs import Run
     from brainmri.train.trainer import train_run
     from brainmri.utils import atomic_write_json, machine_facts
 

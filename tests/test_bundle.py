@@ -117,7 +117,7 @@ def test_uncalibrated_run_exports_defaults_and_says_so(
     import brainmri
     import brainmri.bundle.export as export_module
     from brainmri.cli import main
-    from brainmri.train.run import Run
+    from brainmri.runs import Run
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run_dir, ignore=shutil.ignore_patterns("calibration.json", "reports"))

@@ -50,7 +50,7 @@ def build_run(root: Path, *, calibrate: bool = True, reports: bool = True):
 
     from brainmri.config import load_config
     from brainmri.models import create_model
-    from brainmri.train.run import write_run
+    from brainmri.runs import write_run
     from brainmri.utils import setup_torch
 
     setup_torch()
@@ -83,7 +83,7 @@ def build_run(root: Path, *, calibrate: bool = True, reports: bool = True):
     split = root / "split.json"
     split.write_text(json.dumps({"manifest": str(manifest), "train": ["a"], "val": ["b"], "test": [], "excluded": []}))
     run = write_run(root / "tiny", cfg, model, pre, classes=CLASSES, split_file=split, preprocess_dir=root / "cache")
-    if calibrate:  # the calibration.json schema of brainmri.evaluate.posthoc (version 1)
+    if calibrate:  # the calibration.json schema of brainmri.calibrate.posthoc (version 1)
         calibration = {
             "version": 1,
             "classes": CLASSES,

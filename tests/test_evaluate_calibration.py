@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 
+from brainmri.calibrate.posthoc import PostHocCalibration
+from brainmri.calibrate.probabilities import softmax
+from brainmri.calibrate.temperature import TemperatureScaler
+from brainmri.calibrate.threshold import ThresholdSelector
 from brainmri.config import EvaluateConfig
-from brainmri.errors import DataError
-from brainmri.evaluate.base import NotFittedError, softmax
-from brainmri.evaluate.calibration import TemperatureScaler, ThresholdSelector
+from brainmri.errors import DataError, NotFittedError
 from brainmri.evaluate.metrics import expected_calibration_error, negative_log_likelihood
-from brainmri.evaluate.posthoc import PostHocCalibration
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 
@@ -114,7 +115,6 @@ def test_posthoc_fit_save_load(tmp_path) -> None:
 
 
 def test_threshold_is_capped_so_it_never_costs_sensitivity():
-    from brainmri.evaluate.calibration import ThresholdSelector
 
     # confident validation: 95% of tumours score >= 0.99, so the uncapped rule would pick ~0.99
     p = np.r_[np.linspace(0.99, 1.0, 95), np.linspace(0.6, 0.9, 5), np.linspace(0.0, 0.3, 50)]

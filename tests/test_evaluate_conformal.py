@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from brainmri.evaluate.base import NotFittedError, softmax
-from brainmri.evaluate.conformal import ConformalPredictor, conformal_quantile, format_set, set_metrics
+from brainmri.calibrate.conformal import ConformalPredictor, conformal_quantile, format_set
+from brainmri.calibrate.probabilities import softmax
+from brainmri.errors import NotFittedError
+from brainmri.evaluate.coverage import set_metrics
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from brainmri.data.phantoms import make_phantom  # noqa: E402
-from brainmri.evaluate.gradcam import compute_cams, overlay, peak_location  # noqa: E402
+from brainmri.models.cam import compute_cams, overlay, peak_location  # noqa: E402
 from brainmri.models.classifier import BrainClassifier  # noqa: E402
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from brainmri.evaluate.base import softmax
+from brainmri.calibrate.probabilities import softmax, tumour_labels, tumour_probability
 from brainmri.evaluate.metrics import (
     adaptive_calibration_error,
     binary_metrics,
@@ -20,8 +20,6 @@ from brainmri.evaluate.metrics import (
     most_confused_pairs,
     multiclass_stats,
     negative_log_likelihood,
-    tumour_labels,
-    tumour_probability,
     weighted_auc,
 )
 

@@ -43,7 +43,7 @@ def test_evaluate_real_stages(tmp_path: Path) -> None:
     from brainmri.data.split import run_split
     from brainmri.models import create_model
     from brainmri.preprocess.cache import PreprocessedCache, build_cache
-    from brainmri.train.run import write_run
+    from brainmri.runs import write_run
 
     overrides = [
         f"paths.work_dir={tmp_path / 'work'}",

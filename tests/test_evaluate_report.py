@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from brainmri.config import EvaluateConfig, ModelConfig, load_config
+from brainmri.evaluate.evaluation import assess
 from brainmri.evaluate.kfold import cross_fit, summarise_folds
-from brainmri.evaluate.report import assess
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 64
@@ -30,7 +30,7 @@ class _FakePreprocessor:
 
 def _images(n: int, seed: int, labels: list[str] | None = None):
     from brainmri.data.phantoms import make_phantom
-    from brainmri.train.run import SplitImages
+    from brainmri.runs import SplitImages
 
     names = labels or [CLASSES[i % 4] for i in range(n)]
     imgs = np.stack(
@@ -47,7 +47,7 @@ def tiny_run(tmp_path_factory) -> Path:
     import torch
 
     from brainmri.models import create_model
-    from brainmri.train.run import write_run
+    from brainmri.runs import write_run
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("run")
@@ -61,7 +61,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def patched(monkeypatch):
-    from brainmri.train.run import Run
+    from brainmri.runs import Run
 
     parts = {"val": _images(48, 0), "test": _images(40, 1000)}
     monkeypatch.setattr(Run, "load_images", lambda self, which: parts[which])
@@ -112,7 +112,7 @@ def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
 
 def test_evaluate_val_is_flagged_and_external_binary(tiny_run: Path, patched) -> None:
     from brainmri.config import Config
-    from brainmri.evaluate.report import evaluate_run
+    from brainmri.evaluate.evaluation import evaluate_run
 
     cfg = Config(evaluate=EvaluateConfig(bootstrap=50, gallery_max=2))
     out = evaluate_run(tiny_run, cfg, split="val")
@@ -152,7 +152,7 @@ def test_cross_fit_is_out_of_sample() -> None:
     h0, h1 = cf["halves"]
     assert len(np.intersect1d(h0, h1)) == 0 and len(h0) + len(h1) == 400
     # half 0 must be calibrated with the temperature fitted on half 1 only
-    from brainmri.evaluate.calibration import TemperatureScaler
+    from brainmri.calibrate.temperature import TemperatureScaler
 
     t1 = TemperatureScaler().fit(z[h1], y[h1]).temperature_
     assert cf["temperatures"][0] == pytest.approx(t1)
@@ -184,7 +184,7 @@ def test_kfold_trains_each_fold_and_summarises(tmp_path, monkeypatch, capsys) ->
     import brainmri.train.trainer as trainer_mod
     from brainmri.cli import main
     from brainmri.models import create_model
-    from brainmri.train.run import Run, write_run
+    from brainmri.runs import Run, write_run
 
     calls = []
 

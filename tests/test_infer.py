@@ -34,9 +34,9 @@ def test_round_trip_matches_the_run_step_by_step(predictor: Predictor, tiny_run_
     """decode -> the run's preprocessor -> the run's torch model -> temperature -> decision, done by hand."""
     import torch
 
-    from brainmri.evaluate.conformal import ConformalPredictor
+    from brainmri.calibrate.conformal import ConformalPredictor
     from brainmri.io import read_image
-    from brainmri.train.run import Run
+    from brainmri.runs import Run
 
     images, _ = phantom_images(2, seed=3)
     paths = [write_png(tmp_path / f"img{i}.png", a) for i, a in enumerate(images)]
@@ -219,7 +219,7 @@ def test_worker_pool_gives_the_same_results(bundle_dir: Path, tmp_path: Path) ->
 
 
 def test_gradcam_overlays(predictor: Predictor, tmp_path: Path) -> None:
-    pytest.importorskip("brainmri.evaluate.gradcam")
+    pytest.importorskip("brainmri.models.cam")
     from PIL import Image
 
     preds = predictor.predict(phantom_images(1)[0][:2], gradcam_dir=tmp_path / "cams")

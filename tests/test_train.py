@@ -13,8 +13,8 @@ from torch.nn import functional as F
 from brainmri.config import Config, ModelConfig
 from brainmri.data.phantoms import make_phantom
 from brainmri.models import create_model
+from brainmri.runs import SplitImages
 from brainmri.train.losses import FocalLoss, WeightedSoftCrossEntropy, balanced_class_weights, mixup
-from brainmri.train.run import SplitImages
 from brainmri.train.trainer import fit_stages
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]

@@ -29,7 +29,7 @@ STAGE_CLI_MODULES = (
     "brainmri.evaluate.cli",
     "brainmri.bundle.cli",
     "brainmri.infer.cli",
-    "brainmri.pipeline",
+    "brainmri.workflow",
 )
 
 _FLAG_PREFIX = "cfgflag__"

@@ -19,10 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from brainmri.errors import ConfigError
+from brainmri.labels import CANONICAL_CLASSES, TUMOR
 from brainmri.utils import atomic_write_text
-
-CANONICAL_CLASSES: tuple[str, ...] = ("glioma", "meningioma", "no_tumor", "pituitary")
-NO_TUMOR = "no_tumor"
 
 DEFAULT_CLASS_MAP: dict[str, str] = {
     "glioma": "glioma",
@@ -308,7 +306,7 @@ class Config(Section):
     @field_validator("data")
     @classmethod
     def _classes_known(cls, v: DataConfig) -> DataConfig:
-        unknown = {c for c in v.class_map.values() if c not in v.classes and c != "tumor"}
+        unknown = {c for c in v.class_map.values() if c not in v.classes and c != TUMOR}
         if unknown:
             raise ValueError(f"class_map maps to unknown classes {sorted(unknown)}; known: {v.classes}")
         return v

@@ -12,6 +12,10 @@ class BrainMRIError(Exception):
     """Base class of errors caused by user input; the message is shown as is."""
 
 
+class NotFittedError(BrainMRIError, ValueError):
+    """A fitted object (Nyúl landmarks, temperature, threshold, conformal quantiles) was used before ``fit``."""
+
+
 class ConfigError(BrainMRIError):
     """Invalid config file, unknown key, wrong type or bad ``--set`` override."""
 

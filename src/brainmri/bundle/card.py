@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from brainmri.config import NO_TUMOR
 from brainmri.errors import BundleError
+from brainmri.labels import NO_TUMOR
 from brainmri.utils import file_digest
 
 UNCALIBRATED_NOTE = (
@@ -29,7 +29,7 @@ def read_calibration(path: Path, classes: list[str]) -> dict[str, Any]:
     threshold, conformal quantiles, default_alpha, fitted_on, details). Missing: temperature 1, threshold 0.5,
     no conformal sets, and a note saying so.
     """
-    from brainmri.evaluate.posthoc import PostHocCalibration
+    from brainmri.calibrate.posthoc import PostHocCalibration
 
     if not path.is_file():
         return {

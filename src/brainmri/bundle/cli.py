@@ -10,7 +10,7 @@ from brainmri.config import Config
 
 def _export(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.bundle import Bundle, export_bundle
-    from brainmri.train.run import Run
+    from brainmri.runs import Run
 
     run = Run.load(args.run)
     out = Path(args.out) if args.out else Path(cfg.paths.bundles_dir) / run.name

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.bundle.bundle import (
+from brainmri.bundle.card import data_fingerprint, package_versions, read_calibration, read_reports, render_readme
+from brainmri.bundle.sealed import (
     BUNDLE_FILES,
     CARD_FILE,
     FORMAT,
@@ -28,7 +29,6 @@ from brainmri.bundle.bundle import (
     seal_card,
     sha256_bytes,
 )
-from brainmri.bundle.card import data_fingerprint, package_versions, read_calibration, read_reports, render_readme
 from brainmri.errors import BundleError
 
 INPUT_NAME = "image"
@@ -61,8 +61,8 @@ def onnx_parity(model, onnx_bytes: bytes, size: int, batch: int = 3, seed: int =
     import onnxruntime as ort
     import torch
 
-    from brainmri.evaluate.base import softmax
-    from brainmri.infer.runtime import available_cores, session_options
+    from brainmri.bundle.onnx import available_cores, session_options
+    from brainmri.calibrate.probabilities import softmax
 
     x = np.random.default_rng(seed).random((batch, 1, size, size), dtype=np.float32)
     options = session_options(available_cores())
@@ -97,7 +97,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path:
-    """Export the run at ``run`` (a folder or a loaded :class:`brainmri.train.run.Run`) to the folder ``out``.
+    """Export the run at ``run`` (a folder or a loaded :class:`brainmri.runs.Run`) to the folder ``out``.
 
     Writes ``model.onnx``, ``model.safetensors``, ``README.md`` and ``card.json`` into a temporary sibling
     folder and renames it into place only when everything succeeded.
@@ -106,7 +106,7 @@ def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path
     import torch
     from safetensors.torch import save as save_safetensors
 
-    from brainmri.train.run import Run
+    from brainmri.runs import Run
     from brainmri.utils import setup_torch
 
     setup_torch()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-TUMOR = "tumor"
+from brainmri.labels import NO_TUMOR, TUMOR
 
 
 def hash_words(hexes: Sequence[str]) -> np.ndarray:
@@ -118,7 +118,7 @@ def labels_conflict(labels: Sequence[str]) -> bool:
     specific = present - {TUMOR}
     if len(specific) > 1:
         return True
-    return TUMOR in present and "no_tumor" in specific
+    return TUMOR in present and NO_TUMOR in specific
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainmri.config import CANONICAL_CLASSES
+from brainmri.labels import CANONICAL_CLASSES
 
 KAGGLE_FOLDER = {"glioma": "glioma", "meningioma": "meningioma", "pituitary": "pituitary", "no_tumor": "notumor"}
 

@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from brainmri.config import Config
-from brainmri.data.duplicates import TUMOR, duplicate_graph, labels_conflict
+from brainmri.data.duplicates import duplicate_graph, labels_conflict
 from brainmri.errors import DataError
+from brainmri.labels import TUMOR
 
 SPLIT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")

@@ -19,7 +19,7 @@ def _fmt(e: dict | None) -> str:
 
 
 def _evaluate(cfg: Config, args: argparse.Namespace) -> int:
-    from brainmri.evaluate.report import evaluate_run
+    from brainmri.evaluate.evaluation import evaluate_run
 
     out = evaluate_run(args.run, cfg)
     s = json.loads((out / "summary.json").read_text())

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.evaluate.gradcam import overlay
 from brainmri.evaluate.plots import _plt, save_figure
+from brainmri.models.cam import overlay
 
 
 def select_errors(labels: Any, preds: Any, confidences: Any, max_items: int) -> np.ndarray:

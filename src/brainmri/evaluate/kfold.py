@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from brainmri.calibrate.conformal import METHODS, ConformalPredictor
+from brainmri.calibrate.posthoc import PostHocCalibration
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
-from brainmri.evaluate.conformal import METHODS, ConformalPredictor
-from brainmri.evaluate.posthoc import PostHocCalibration
-from brainmri.evaluate.report import _alpha_key, assess, headline
+from brainmri.evaluate.evaluation import _alpha_key, assess, headline
 from brainmri.utils import atomic_write_json, atomic_write_text
 
 HEADLINE_KEYS = (
@@ -171,7 +171,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 def evaluate_fold(run_dir: Path, fold: int, ecfg: EvaluateConfig) -> dict[str, Any]:
     """Cross-fitted evaluation of one fold run on its validation part; writes ``reports/`` there."""
-    from brainmri.train.run import Run, predict_logits
+    from brainmri.runs import Run, predict_logits
 
     run = Run.load(run_dir)
     model = run.build_model()
@@ -207,7 +207,7 @@ def run_kfold(
 ) -> Path:
     """Train (``train_run(..., fold=k)``) and evaluate every fold; returns ``runs/<name>-kfold``."""
     from brainmri.data.split import read_split
-    from brainmri.train.run import RUN_JSON, WEIGHTS_FILE
+    from brainmri.runs import RUN_JSON, WEIGHTS_FILE
     from brainmri.train.trainer import train_run
     from brainmri.utils import setup_torch
 

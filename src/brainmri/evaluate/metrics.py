@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.evaluate.base import as_labels, as_probs
+from brainmri.calibrate.base import as_labels, as_probs
 
 CI_LEVEL = 0.95
-NO_TUMOR = "no_tumor"
 _CHUNK = 250  # resamples evaluated at once (bounds memory for large N)
 
 
@@ -362,20 +361,6 @@ def compute_metrics(
 
 # --------------------------------------------------------------------------------------------------
 # tumour vs no tumour
-
-
-def tumour_probability(probs: Any, classes: Sequence[str]) -> np.ndarray:
-    """p_tumour = 1 - p(no_tumor)."""
-    if NO_TUMOR not in classes:
-        raise ValueError(f"class '{NO_TUMOR}' is needed for the tumour-vs-no-tumour view; classes: {list(classes)}")
-    p = as_probs(probs, len(classes))
-    return 1.0 - p[:, list(classes).index(NO_TUMOR)]
-
-
-def tumour_labels(label_names: Sequence[str], classes: Sequence[str]) -> np.ndarray:
-    """1 for a tumour class or the binary label ``tumor``, 0 for ``no_tumor``, -1 when unknown."""
-    known = set(classes) | {"tumor"}
-    return np.array([-1 if n not in known else (0 if n == NO_TUMOR else 1) for n in label_names], dtype=np.int64)
 
 
 def binary_stats(w: np.ndarray, score: np.ndarray, positive: np.ndarray, threshold: float) -> dict[str, np.ndarray]:

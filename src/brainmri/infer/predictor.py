@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from brainmri.bundle.bundle import Bundle
-from brainmri.config import NO_TUMOR, PredictConfig
+from brainmri.bundle.sealed import Bundle
+from brainmri.calibrate.probabilities import normalised_entropy, softmax, tumour_call, tumour_probability
+from brainmri.config import PredictConfig
 from brainmri.errors import (
     BrainMRIError,
     ConfigError,
@@ -32,16 +33,11 @@ from brainmri.errors import (
 )
 from brainmri.infer.inputs import Failure, Item, Loaded, Loader, expand_inputs
 from brainmri.infer.runtime import Runtime, create_runtime
+from brainmri.labels import NO_TUMOR
 
 _ERRORS: dict[str, type[ImageReadError]] = {
     e.kind: e for e in (UnreadableImageError, TruncatedImageError, EmptyImageError, ImageTooLargeError)
 }
-
-
-def normalised_entropy(probs: np.ndarray) -> np.ndarray:
-    """Shannon entropy / log(C): 0 for a one-hot distribution, 1 for the uniform one."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=-1) / np.log(p.shape[-1])
 
 
 @dataclass
@@ -119,8 +115,6 @@ class Predictor:
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax(logits / T) with the bundle's temperature (T = 1 if uncalibrated)."""
-        from brainmri.evaluate.base import softmax
-
         return self.posthoc.probabilities(logits) if self.posthoc is not None else softmax(logits)
 
     def settings(self) -> dict[str, Any]:
@@ -201,11 +195,11 @@ class Predictor:
         """Predictions from calibrated probabilities (N, C): label, tumour call, conformal set, entropy, review."""
         member = self.conformal.predict_sets(probs) if self.conformal is not None else None
         entropy = normalised_entropy(probs)
-        no_tumor = self.classes.index(NO_TUMOR) if NO_TUMOR in self.classes else None
         threshold = self.threshold
+        p_tumour = tumour_probability(probs, self.classes) if NO_TUMOR in self.classes else None
+        calls = tumour_call(p_tumour, threshold) if p_tumour is not None and threshold is not None else None
         out = []
         for i, p in enumerate(probs):
-            tumor = None if no_tumor is None else float(1.0 - p[no_tumor])
             cset = [c for c, m in zip(self.classes, member[i], strict=True) if m] if member is not None else None
             reasons = []
             if cset is not None and len(cset) > 1:
@@ -226,8 +220,8 @@ class Predictor:
                     source=sources[i],
                     label=self.classes[int(p.argmax())],
                     probabilities=dict(zip(self.classes, map(float, p), strict=True)),
-                    tumor_probability=tumor,
-                    is_tumor=None if tumor is None or threshold is None else bool(tumor >= threshold),
+                    tumor_probability=None if p_tumour is None else float(p_tumour[i]),
+                    is_tumor=None if calls is None else bool(calls[i]),
                     threshold=threshold,
                     conformal_set=cset,
                     conformal_alpha=self.conformal.alpha if self.conformal is not None else None,
@@ -245,9 +239,9 @@ class Predictor:
         self, images: np.ndarray, targets: np.ndarray, out_dir: Path, sources: list[str], start_index: int
     ) -> list[str]:
         try:
-            from brainmri.evaluate.gradcam import compute_cams, overlay
+            from brainmri.models.cam import compute_cams, overlay
         except ImportError:
-            raise BrainMRIError("Grad-CAM is not available in this installation (brainmri.evaluate.gradcam)") from None
+            raise BrainMRIError("Grad-CAM is not available in this installation (brainmri.models.cam)") from None
         from PIL import Image
 
         from brainmri.utils import atomic_path

@@ -7,14 +7,15 @@ Steps (one module each): :mod:`.intensity` (grayscale float in [0, 1]), :mod:`.c
 config hash. See docs/preprocessing.md.
 """
 
+from brainmri.errors import NotFittedError
 from brainmri.preprocess.base import Slice, Step
 from brainmri.preprocess.bias import FastBiasCorrection, N4BiasCorrection
 from brainmri.preprocess.cache import PreprocessedCache, preprocess_dir_for
 from brainmri.preprocess.clahe import Clahe
 from brainmri.preprocess.crop import BrainCrop
 from brainmri.preprocess.intensity import ToUnitRange
-from brainmri.preprocess.nyul import NotFittedError, NyulStandardizer
-from brainmri.preprocess.pipeline import PIPELINE_VERSION, Preprocessor, config_hash
+from brainmri.preprocess.nyul import NyulStandardizer
+from brainmri.preprocess.preprocessor import PIPELINE_VERSION, Preprocessor, config_hash
 from brainmri.preprocess.presets import PRESETS, resolve_preset
 from brainmri.preprocess.resize import LimitSize, ResizePad
 from brainmri.preprocess.skull import SkullStrip

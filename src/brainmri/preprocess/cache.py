@@ -25,7 +25,7 @@ import numpy as np
 
 from brainmri.config import Config, PreprocessConfig, save_config
 from brainmri.errors import BrainMRIError, DataError
-from brainmri.preprocess.pipeline import Preprocessor, config_hash
+from brainmri.preprocess.preprocessor import Preprocessor, config_hash
 from brainmri.utils import atomic_path, atomic_write_json, atomic_write_text, progress
 
 STATE_FILE = "state.json"

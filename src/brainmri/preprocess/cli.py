@@ -35,7 +35,7 @@ def _show(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.errors import BrainMRIError
     from brainmri.io.reader import read_image
     from brainmri.preprocess.cache import STATE_FILE, preprocess_dir_for
-    from brainmri.preprocess.pipeline import Preprocessor
+    from brainmri.preprocess.preprocessor import Preprocessor
     from brainmri.preprocess.show import save_steps_figure
 
     image = Path(args.image)

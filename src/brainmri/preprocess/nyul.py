@@ -8,14 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.errors import BrainMRIError
+from brainmri.errors import NotFittedError
 from brainmri.preprocess.base import Slice, Step, sample_pixels
 
 _MIN_PIXELS = 64  # fewer mask pixels than this: landmarks are taken over the whole image
-
-
-class NotFittedError(BrainMRIError):
-    """A preprocessing step that must learn from the training split was used before ``fit``."""
 
 
 def _strictly_increasing(values: np.ndarray, eps: float = 1e-6) -> np.ndarray:

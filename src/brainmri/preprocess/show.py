@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.preprocess.pipeline import Preprocessor
+from brainmri.preprocess.preprocessor import Preprocessor
 from brainmri.utils import atomic_path
 
 _TITLES = {

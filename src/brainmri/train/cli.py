@@ -10,7 +10,7 @@ from brainmri.config import Config
 
 
 def _train(cfg: Config, args: argparse.Namespace) -> int:
-    from brainmri.train.run import Run
+    from brainmri.runs import Run
     from brainmri.train.trainer import train_run
 
     split = args.split or str(Path(cfg.paths.work_dir) / "data" / "split.json")

@@ -23,11 +23,11 @@ from torch import nn
 from brainmri.config import Config, save_config
 from brainmri.errors import DataError
 from brainmri.models import BrainClassifier, create_model
+from brainmri.runs import RUN_JSON, WEIGHTS_FILE, SplitImages, images_from_cache, write_run
 from brainmri.train.augment import Augmenter
 from brainmri.train.data import SliceDataModule
 from brainmri.train.losses import balanced_class_weights, build_loss
 from brainmri.train.module import ClassifierModule, warmup_cosine
-from brainmri.train.run import RUN_JSON, WEIGHTS_FILE, SplitImages, images_from_cache, write_run
 from brainmri.utils import atomic_path, atomic_write_json, progress, setup_torch
 
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the fitted objects (temperature, threshold, conformal quantiles).
+"""Shared pieces of the fitted objects (temperature, threshold, conformal quantiles, out-of-domain score).
 
 They follow scikit-learn's conventions: ``fit(...)`` stores everything it learns in attributes whose
 names end in ``_`` and returns ``self``; ``to_dict()/from_dict()`` round-trip through JSON; using an
@@ -11,11 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.errors import BrainMRIError
-
-
-class NotFittedError(BrainMRIError, ValueError):
-    """A calibration object was used before ``fit`` (or ``from_dict``)."""
+from brainmri.errors import NotFittedError
 
 
 class FittedMixin:
@@ -58,13 +54,3 @@ def as_labels(labels: Any, n: int, n_classes: int) -> np.ndarray:
     if n and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes}); drop unknown (-1) labels first")
     return y
-
-
-def softmax(logits: Any) -> np.ndarray:
-    """Row-wise softmax in float64 (stable)."""
-    from scipy.special import softmax as _softmax
-
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim != 2:
-        raise ValueError(f"expected logits of shape (N, C), got {z.shape}")
-    return _softmax(z, axis=1)

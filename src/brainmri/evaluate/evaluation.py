@@ -4,7 +4,7 @@ Order of work (nothing is ever fitted on the split being reported, except when t
 
 1. logits of the validation split (``val``, or ``fold<k>:val`` for a k-fold run);
 2. temperature, tumour threshold and conformal quantiles fitted on those logits only, saved to
-   ``RUN/calibration.json`` (:class:`~brainmri.evaluate.posthoc.PostHocCalibration`);
+   ``RUN/calibration.json`` (:class:`~brainmri.calibrate.posthoc.PostHocCalibration`);
 3. logits of the evaluated split (``test``, ``val`` or an external manifest CSV);
 4. every metric before and after temperature scaling with bootstrap CIs, conformal coverage, the
    tumour-vs-no-tumour view, figures and the error gallery, written into ``RUN/reports/`` (``test``) or
@@ -24,19 +24,18 @@ from typing import Any
 
 import numpy as np
 
+from brainmri.calibrate.conformal import METHODS, ConformalPredictor, format_set
+from brainmri.calibrate.posthoc import PostHocCalibration
+from brainmri.calibrate.probabilities import softmax, tumour_labels, tumour_probability
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
-from brainmri.evaluate.base import softmax
-from brainmri.evaluate.conformal import METHODS, ConformalPredictor, format_set, set_metrics
+from brainmri.evaluate.coverage import set_metrics
 from brainmri.evaluate.metrics import (
-    NO_TUMOR,
     binary_metrics,
     compute_metrics,
     most_confused_pairs,
-    tumour_labels,
-    tumour_probability,
 )
-from brainmri.evaluate.posthoc import PostHocCalibration
+from brainmri.labels import NO_TUMOR, TUMOR
 from brainmri.utils import atomic_write_json, atomic_write_text
 
 SPLIT_NAMES = ("test", "val")
@@ -87,7 +86,7 @@ def assess(
     probs_raw = softmax(logits)
     idx = {c: i for i, c in enumerate(classes)}
     y = np.array([idx.get(n, -1) for n in label_names], dtype=np.int64)
-    binary_only = any(n == "tumor" for n in label_names)
+    binary_only = any(n == TUMOR for n in label_names)
     known = (y >= 0) & (not binary_only)
     boot = {"n_bootstrap": ecfg.bootstrap, "seed": ecfg.seed}
     out: dict[str, Any] = {
@@ -198,7 +197,7 @@ def val_part(run: Any) -> str:
 
 def fit_on_val(run: Any, model: Any, ecfg: EvaluateConfig) -> tuple[PostHocCalibration, Any, np.ndarray]:
     """Fit the post-hoc calibration on the run's validation logits; returns (calibration, images, logits)."""
-    from brainmri.train.run import predict_logits
+    from brainmri.runs import predict_logits
 
     part = val_part(run)
     val = run.load_images(part)
@@ -259,7 +258,7 @@ def _gallery(
     cal: PostHocCalibration,
 ) -> list[dict[str, Any]]:
     from brainmri.evaluate.gallery import error_gallery, select_errors
-    from brainmri.evaluate.gradcam import compute_cams
+    from brainmri.models.cam import compute_cams
 
     pred = probs.argmax(1)
     conf = probs.max(1)
@@ -335,7 +334,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | No
     """Evaluate a run; returns the reports folder. ``cfg`` supplies the evaluate section (default: the run's)."""
     from sklearn.metrics import classification_report
 
-    from brainmri.train.run import Run, predict_logits
+    from brainmri.runs import Run, predict_logits
     from brainmri.utils import setup_torch
 
     setup_torch()

@@ -178,11 +178,11 @@ class Bundle:
         t = self.calibration.get("threshold")
         return None if t is None else float(t)
 
-    def posthoc(self):  # -> brainmri.evaluate.posthoc.PostHocCalibration | None
+    def posthoc(self):  # -> brainmri.calibrate.posthoc.PostHocCalibration | None
         """The fitted calibration (temperature, threshold, conformal), or None for an uncalibrated bundle."""
         if not self.calibration.get("calibrated"):
             return None
-        from brainmri.evaluate.posthoc import PostHocCalibration
+        from brainmri.calibrate.posthoc import PostHocCalibration
 
         return PostHocCalibration.from_dict(self.calibration)
 

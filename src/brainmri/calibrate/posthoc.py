@@ -31,11 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from brainmri.calibrate.base import FittedMixin
+from brainmri.calibrate.conformal import ConformalPredictor
+from brainmri.calibrate.probabilities import tumour_labels, tumour_probability
+from brainmri.calibrate.temperature import TemperatureScaler
+from brainmri.calibrate.threshold import ThresholdSelector
 from brainmri.errors import DataError
-from brainmri.evaluate.base import FittedMixin
-from brainmri.evaluate.calibration import TemperatureScaler, ThresholdSelector
-from brainmri.evaluate.conformal import ConformalPredictor
-from brainmri.evaluate.metrics import NO_TUMOR, tumour_labels, tumour_probability
+from brainmri.labels import NO_TUMOR
 
 VERSION = 1
 

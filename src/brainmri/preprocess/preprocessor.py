@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from brainmri.config import Config, PreprocessConfig
-from brainmri.errors import BrainMRIError
+from brainmri.errors import BrainMRIError, NotFittedError
 from brainmri.preprocess.base import Slice, Step
 from brainmri.preprocess.bias import FastBiasCorrection, N4BiasCorrection
 from brainmri.preprocess.clahe import Clahe
 from brainmri.preprocess.crop import BrainCrop
 from brainmri.preprocess.intensity import ToUnitRange
-from brainmri.preprocess.nyul import NotFittedError, NyulStandardizer
+from brainmri.preprocess.nyul import NyulStandardizer
 from brainmri.preprocess.presets import resolve_preset
 from brainmri.preprocess.resize import LimitSize, ResizePad
 from brainmri.preprocess.skull import SkullStrip
