@@ -203,7 +203,7 @@ def test_cli_csv_threshold_dicom_and_nifti(bundle_dir: Path, tmp_path: Path) -> 
     rows = list(csv.DictReader(out.open()))
     assert [r["source"] for r in rows] == [str(tmp_path / "slice.dcm"), str(tmp_path / "vol.nii.gz")]
     assert all(r["is_tumor"] == "True" and r["threshold"] == "0.0" for r in rows)
-    assert rows[0]["p_glioma"] == pytest.approx(rows[1]["p_glioma"], abs=1e-3)  # same pixels, two formats
+    assert float(rows[0]["p_glioma"]) == pytest.approx(float(rows[1]["p_glioma"]), abs=1e-3)  # same pixels, two formats
     assert main([*args, "--format", "csv", "--threshold", "1"]) == 0
     assert all(r["is_tumor"] == "False" for r in csv.DictReader(out.open()))
 

@@ -16,9 +16,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from brainmri import __version__
+from brainmri.cliargs import common_parser, flag_overrides
 from brainmri.config import Config, config_to_yaml, load_config
 from brainmri.errors import BrainMRIError
 
@@ -32,46 +32,43 @@ STAGE_CLI_MODULES = (
     "brainmri.workflow",
 )
 
-_FLAG_PREFIX = "cfgflag__"
+# One usage example block per command, shown at the end of its --help (kept here, beside the wiring, so
+# every command has one and they read alike).
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "config show": ("brainmri config show --config configs/cpu-fast.yaml > resolved.yaml",),
+    "data import": (
+        "brainmri data import ../shared/data/brain-tumor-mri",
+        "brainmri data import navoneel=../shared/data/navoneel --out work/external/navoneel/manifest.csv",
+    ),
+    "data download": ("brainmri data download --dataset masoudnickparvar/brain-tumor-mri-dataset",),
+    "data audit": (
+        "brainmri data audit work/data/manifest.csv",
+        "brainmri data audit work/external/navoneel/manifest.csv --against work/data/manifest.csv",
+    ),
+    "data split": ("brainmri data split --folds 5 --seed 42",),
+    "preprocess": (
+        "brainmri preprocess --config configs/cpu-fast.yaml",
+        "brainmri preprocess show scan.jpg --out steps.png",
+    ),
+    "train": (
+        "brainmri train --config configs/cpu-fast.yaml",
+        "brainmri train --config configs/gpu-full.yaml --devices 4 --name gpu-run",
+        "brainmri train --config configs/cpu-fast.yaml --resume",
+    ),
+    "evaluate": (
+        "brainmri evaluate runs/cpu-fast",
+        "brainmri evaluate runs/cpu-fast --split work/external/navoneel/manifest.csv",
+    ),
+    "kfold": ("brainmri kfold --folds 5 --config configs/cpu-fast.yaml",),
+    "export": ("brainmri export runs/cpu-fast --out bundles/cpu-fast",),
+    "predict": (
+        "brainmri predict bundles/cpu-fast scan.jpg",
+        "brainmri predict bundles/cpu-fast scans/ --format csv --out predictions.csv --tta --gradcam overlays/",
+    ),
+    "pipeline": ("brainmri pipeline --config configs/cpu-fast.yaml --data ../shared/data/brain-tumor-mri",),
+}
 
 Handler = Callable[[Config, argparse.Namespace], int | None]
-
-
-def common_parser() -> argparse.ArgumentParser:
-    """Options every command takes."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--config", "-c", default=None, help="YAML config file (default: built-in defaults)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.stage2.epochs=3 (repeatable)",
-    )
-    return p
-
-
-def add_config_flag(parser: argparse.ArgumentParser, flag: str, key: str, **kwargs: Any) -> None:
-    """Add ``flag`` as a shortcut for ``--set key=VALUE`` (the value is validated by the config schema)."""
-    dest = _FLAG_PREFIX + key.replace(".", "__")
-    help_text = kwargs.pop("help", "")
-    kwargs.setdefault("default", None)
-    parser.add_argument(flag, dest=dest, help=f"{help_text} [config: {key}]".strip(), **kwargs)
-
-
-def flag_overrides(args: argparse.Namespace) -> list[str]:
-    import json
-
-    out = []
-    for name, value in vars(args).items():
-        if name.startswith(_FLAG_PREFIX) and value is not None:
-            key = name[len(_FLAG_PREFIX) :].replace("__", ".")
-            if isinstance(value, bool | int | float | list):
-                out.append(f"{key}={json.dumps(value)}")
-            else:
-                out.append(f"{key}={value}")
-    return out
 
 
 def _config_show(cfg: Config, args: argparse.Namespace) -> int:
@@ -97,7 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in STAGE_CLI_MODULES:
         module = importlib.import_module(module_name)
         module.register(sub, common)
+    _add_examples(sub, "")
     return parser
+
+
+def _add_examples(sub: argparse._SubParsersAction, prefix: str) -> None:
+    """Append the ``EXAMPLES`` of every (nested) command to its help text."""
+    for name, parser in sub.choices.items():
+        path = f"{prefix}{name}"
+        lines = EXAMPLES.get(path)
+        if lines:
+            parser.formatter_class = argparse.RawDescriptionHelpFormatter
+            parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_examples(action, f"{path} ")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from brainmri.config import Config, save_config
 from brainmri.errors import BrainMRIError, DataError
+from brainmri.layout import Layout
 
 SHARED_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "brain-tumor-mri"
 
@@ -55,24 +56,24 @@ def _stage(name: str, argv: list[str], skip_if: Path | None = None) -> float:
 
 
 def run_pipeline(cfg: Config, data: list[str] | None, fresh: bool, n_predict: int) -> dict:
-    work = Path(cfg.paths.work_dir)
-    run_dir = Path(cfg.paths.runs_dir) / cfg.train.run_name
-    bundle_dir = Path(cfg.paths.bundles_dir) / cfg.train.run_name
+    layout = Layout.from_config(cfg.paths)
+    work = layout.work_dir
+    run_dir = layout.run_dir(cfg.train.run_name)
+    bundle_dir = layout.bundle_dir(cfg.train.run_name)
     if fresh:
         for p in (work, run_dir, bundle_dir):
             shutil.rmtree(p, ignore_errors=True)
-    conf = work / "pipeline" / "config.yaml"
+    conf = layout.workflow_dir / "config.yaml"
     roots = resolve_data_roots(cfg, data)
-    cfg = cfg.model_copy(deep=True)
-    cfg.data.roots = roots
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"roots": roots})})
     save_config(cfg, conf)
     common = ["--config", str(conf)]
-    manifest = work / "data" / "manifest.csv"
-    split = work / "data" / "split.json"
+    manifest = layout.manifest_file
+    split = layout.split_file
     timings: dict[str, float] = {}
     timings["import"] = _stage("import", ["data", "import", *roots, "--out", str(manifest), *common], manifest)
     timings["audit"] = _stage(
-        "audit", ["data", "audit", str(manifest), *common], work / "data" / "audit" / "audit.json"
+        "audit", ["data", "audit", str(manifest), *common], layout.audit_dir / "audit.json"
     )
     timings["split"] = _stage("split", ["data", "split", str(manifest), "--out", str(split), *common], split)
     timings["preprocess"] = _stage(
@@ -91,12 +92,12 @@ def run_pipeline(cfg: Config, data: list[str] | None, fresh: bool, n_predict: in
         "export", ["export", str(run_dir), "--out", str(bundle_dir), *common], bundle_dir / "card.json"
     )
     examples = held_out_examples(split, n_predict)
-    out = work / "pipeline" / "predictions.json"
+    out = layout.workflow_dir / "predictions.json"
     timings["predict"] = _stage(
         "predict", ["predict", str(bundle_dir), *examples, "--format", "json", "--out", str(out), *common]
     )
     t0 = time.perf_counter()
-    check = verify_bundle(bundle_dir, split, run_dir, work / "pipeline" / "bundle_check.json")
+    check = verify_bundle(bundle_dir, split, run_dir, layout.workflow_dir / "bundle_check.json")
     timings["verify"] = time.perf_counter() - t0
     summary = {
         "run": str(run_dir),

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from brainmri.config import Config
+from brainmri.layout import Layout
 
 
 def _export(cfg: Config, args: argparse.Namespace) -> int:
@@ -13,7 +14,7 @@ def _export(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.runs import Run
 
     run = Run.load(args.run)
-    out = Path(args.out) if args.out else Path(cfg.paths.bundles_dir) / run.name
+    out = Path(args.out) if args.out else Layout.from_config(cfg.paths).bundle_dir(run.name)
     export_bundle(run, out)
     bundle = Bundle.load(out)
     cal = bundle.calibration

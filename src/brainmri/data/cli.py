@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from brainmri.cli import add_config_flag
+from brainmri.cliargs import add_config_flag
 from brainmri.config import Config, save_config
+from brainmri.layout import Layout
 
 
-def _work(cfg: Config, *parts: str) -> Path:
-    return Path(cfg.paths.work_dir, *parts)
+def _layout(cfg: Config) -> Layout:
+    return Layout.from_config(cfg.paths)
 
 
 def _import(cfg: Config, args: argparse.Namespace) -> int:
@@ -21,7 +22,7 @@ def _import(cfg: Config, args: argparse.Namespace) -> int:
         cfg.data.roots = list(args.roots)
     roots = default_roots(cfg)
     cfg.data.roots = list(roots)
-    out = Path(args.out) if args.out else _work(cfg, "data", "manifest.csv")
+    out = Path(args.out) if args.out else _layout(cfg).manifest_file
     df = build_manifest(roots, cfg)
     write_manifest(df, out)
     save_config(cfg, out.parent / f"{out.stem}.config.yaml")
@@ -60,8 +61,8 @@ def _audit(cfg: Config, args: argparse.Namespace) -> int:
 def _split(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.data.split import run_split
 
-    manifest = Path(args.manifest) if args.manifest else _work(cfg, "data", "manifest.csv")
-    out = Path(args.out) if args.out else _work(cfg, "data", "split.json")
+    manifest = Path(args.manifest) if args.manifest else _layout(cfg).manifest_file
+    out = Path(args.out) if args.out else _layout(cfg).split_file
     split = run_split(manifest, cfg, out)
     counts = ", ".join(f"{k} {len(split[k])}" for k in ("train", "val", "test"))
     print(f"split: {counts}; {len(split['folds'])} folds; {len(split['excluded'])} excluded (see data_card.md)")
@@ -95,8 +96,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "audit",
         parents=[common],
         help="exact and near duplicates, label conflicts, unreadable files (and overlap with another manifest)",
+        description="Audit a manifest: clusters of exact (md5) and near (perceptual hash within --threshold bits) "
+        "duplicates, clusters whose copies carry different labels, unreadable files; with --against, how many "
+        "images of MANIFEST already occur in OTHER_MANIFEST (run this before using a set for external "
+        "validation). Writes audit.json, audit.txt and near_duplicates.png.",
     )
-    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("manifest", metavar="MANIFEST", help="manifest CSV written by brainmri data import")
     p.add_argument("--against", default=None, metavar="OTHER_MANIFEST", help="count images already in OTHER")
     p.add_argument("--out", default=None, help="output folder (default: MANIFEST's folder/audit)")
     add_config_flag(

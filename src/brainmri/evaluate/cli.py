@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from brainmri.cli import add_config_flag
+from brainmri.cliargs import add_config_flag
 from brainmri.config import Config
+from brainmri.layout import Layout
 
 
 def _fmt(e: dict | None) -> str:
@@ -44,7 +44,7 @@ def _evaluate(cfg: Config, args: argparse.Namespace) -> int:
 def _kfold(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.evaluate.kfold import run_kfold
 
-    split = args.split or str(Path(cfg.paths.work_dir) / "data" / "split.json")
+    split = args.split or str(Layout.from_config(cfg.paths).split_file)
     out = run_kfold(cfg, split, reuse=args.reuse, overwrite=args.overwrite)
     print(f"k-fold summary: {out / 'kfold_summary.md'}")
     print((out / "kfold_summary.md").read_text())

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from brainmri.cli import add_config_flag
+from brainmri.cliargs import add_config_flag
 from brainmri.config import Config
 
 
@@ -82,10 +82,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "predict",
         parents=[common],
         help="classify images (files, folders, DICOM, NIfTI) with a bundle",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Classify image files and folders (searched recursively; JPEG, PNG, DICOM, NIfTI) with a "
+        "verified bundle and print JSON or CSV. Each bad input prints one 'error: PATH: reason' line on stderr "
+        "and the others still complete. Exit status 1 if any input failed, 0 otherwise, 2 for a usage error "
+        "such as a modified bundle.",
     )
-    p.add_argument("bundle", help="bundle folder (from `brainmri export`)")
+    p.add_argument("bundle", help="bundle folder (written by brainmri export)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("--out", default=None, help="write results to this file (default: stdout)")
     add_config_flag(p, "--format", "predict.format", choices=["json", "csv"], help="output format")

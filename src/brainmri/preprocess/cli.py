@@ -6,20 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from brainmri.cli import add_config_flag
+from brainmri.cliargs import add_config_flag
 from brainmri.config import Config
+from brainmri.layout import Layout
 
 
-def _work(cfg: Config, *parts: str) -> Path:
-    return Path(cfg.paths.work_dir, *parts)
+def _layout(cfg: Config) -> Layout:
+    return Layout.from_config(cfg.paths)
 
 
 def _run(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.preprocess.cache import build_cache
 
-    manifest = Path(args.manifest) if args.manifest else _work(cfg, "data", "manifest.csv")
-    split = Path(args.split) if args.split else _work(cfg, "data", "split.json")
-    out_root = Path(args.out) if args.out else _work(cfg, "preprocess")
+    manifest = Path(args.manifest) if args.manifest else _layout(cfg).manifest_file
+    split = Path(args.split) if args.split else _layout(cfg).split_file
+    out_root = Path(args.out) if args.out else _layout(cfg).preprocess_root
     report = build_cache(cfg, manifest, split, out_root)
     print(
         f"preprocess (preset {cfg.preprocess.preset}): {report.total} images: {report.skipped} already cached, "
@@ -46,7 +47,7 @@ def _show(cfg: Config, args: argparse.Namespace) -> int:
         note = f"state {args.state}"
     else:
         pre = Preprocessor.from_config(cfg.preprocess)
-        state = preprocess_dir_for(cfg) / STATE_FILE
+        state = preprocess_dir_for(cfg.preprocess, _layout(cfg).preprocess_root) / STATE_FILE
         if pre.needs_fit and state.is_file():
             pre = Preprocessor.load(state)
             note = f"Nyúl from {state}"

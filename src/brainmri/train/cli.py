@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from brainmri.cli import add_config_flag
+from brainmri.cliargs import add_config_flag
 from brainmri.config import Config
+from brainmri.layout import Layout
 
 
 def _train(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.runs import Run
     from brainmri.train.trainer import train_run
 
-    split = args.split or str(Path(cfg.paths.work_dir) / "data" / "split.json")
+    split = args.split or str(Layout.from_config(cfg.paths).split_file)
     run_dir = train_run(cfg, split, fold=args.fold, resume=args.resume, overwrite=args.overwrite)
     run = Run.load(run_dir)
     info = run.info
