@@ -62,6 +62,15 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` on one line (runs of whitespace, newlines included, become one space), cut to ``limit`` chars.
+
+    Why: error reasons go into CSV cells, JSON fields and one-line CLI messages.
+    """
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def file_digest(path: str | os.PathLike[str], algorithm: str = "md5", chunk: int = 1 << 20) -> str:
     h = hashlib.new(algorithm)
     with open(path, "rb") as fh:

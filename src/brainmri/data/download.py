@@ -10,11 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from brainmri.errors import DataError
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+from brainmri.utils import one_line
 
 
 def download_dataset(handle: str, out_dir: str | None = None) -> Path:
@@ -38,7 +34,7 @@ def download_dataset(handle: str, out_dir: str | None = None) -> Path:
         raise
     except Exception as exc:  # network, authentication, not found: all become one line
         raise DataError(
-            f"cannot download '{handle}' from Kaggle ({type(exc).__name__}: {_one_line(exc)}); offline or not "
+            f"cannot download '{handle}' from Kaggle ({type(exc).__name__}: {one_line(exc)}); offline or not "
             "signed in? Set KAGGLE_USERNAME/KAGGLE_KEY, or download the archive by hand, unpack it and run "
             "`brainmri data import FOLDER`"
         ) from None

@@ -30,7 +30,7 @@ import pandas as pd
 
 from brainmri.config import Config, DataConfig
 from brainmri.errors import DataError, ImageReadError
-from brainmri.utils import atomic_path, progress
+from brainmri.utils import atomic_path, one_line, progress
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "id",
@@ -233,10 +233,6 @@ def phash_hex(array: np.ndarray, hash_size: int = 8) -> str:
     return str(imagehash.phash(Image.fromarray(to_uint8(array)), hash_size=hash_size))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def process_file(item: ImportItem, hash_size: int, max_pixels: int, max_bytes: int, nifti_slice: Any) -> dict:
     """Hash and decode one file; never raises (errors become ``readable=False`` rows)."""
     from brainmri.io.reader import read_image, sniff_format
@@ -280,9 +276,9 @@ def process_file(item: ImportItem, hash_size: int, max_pixels: int, max_bytes: i
         row["format"] = str(loaded.meta.get("format", row["format"]))
         row["readable"] = True
     except ImageReadError as exc:
-        row["error"] = _one_line(f"{exc.kind}: {exc.reason}")
+        row["error"] = one_line(f"{exc.kind}: {exc.reason}")
     except Exception as exc:  # any other failure of one file must not stop the import
-        row["error"] = _one_line(f"unreadable: {type(exc).__name__}: {exc}")
+        row["error"] = one_line(f"unreadable: {type(exc).__name__}: {exc}")
     return row
 
 
@@ -381,7 +377,7 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     try:
         df = pd.read_csv(p, dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: not a valid manifest CSV ({_one_line(str(exc))})") from None
+        raise DataError(f"{p}: not a valid manifest CSV ({one_line(str(exc))})") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{p}: manifest lacks columns {', '.join(missing)} (expected {', '.join(MANIFEST_COLUMNS)})")

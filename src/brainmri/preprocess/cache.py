@@ -26,7 +26,7 @@ import numpy as np
 from brainmri.config import Config, PreprocessConfig, save_config
 from brainmri.errors import BrainMRIError, DataError
 from brainmri.preprocess.preprocessor import Preprocessor, config_hash
-from brainmri.utils import atomic_path, atomic_write_json, atomic_write_text, progress
+from brainmri.utils import atomic_path, atomic_write_json, atomic_write_text, one_line, progress
 
 STATE_FILE = "state.json"
 INDEX_FILE = "index.csv"
@@ -129,10 +129,6 @@ def _init_worker(
     _WORKER["read"] = {"max_pixels": max_pixels, "max_bytes": max_bytes, "nifti_slice": nifti_slice}
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:300]
-
-
 def _decode(path: str, md5: str) -> np.ndarray:
     """Read the file, check it still has the manifest's md5, decode it."""
     from brainmri.io.reader import read_image
@@ -158,9 +154,9 @@ def _process(task: tuple[str, str, str]) -> tuple[str, bool, str]:
                 raise OSError(f"cannot write {out}")
         return md5, True, ""
     except BrainMRIError as exc:
-        return md5, False, _one_line(str(exc))
+        return md5, False, one_line(str(exc))
     except Exception as exc:  # one bad image must not stop the run; it is listed with the reason
-        return md5, False, _one_line(f"preprocessing failed: {type(exc).__name__}: {exc}")
+        return md5, False, one_line(f"preprocessing failed: {type(exc).__name__}: {exc}")
 
 
 def _landmarks(task: tuple[str, str]) -> tuple[str, list[float] | None, str]:
@@ -168,9 +164,9 @@ def _landmarks(task: tuple[str, str]) -> tuple[str, list[float] | None, str]:
     try:
         return md5, _WORKER["pre"].landmarks(_decode(path, md5)).tolist(), ""
     except BrainMRIError as exc:
-        return md5, None, _one_line(str(exc))
+        return md5, None, one_line(str(exc))
     except Exception as exc:
-        return md5, None, _one_line(f"preprocessing failed: {type(exc).__name__}: {exc}")
+        return md5, None, one_line(f"preprocessing failed: {type(exc).__name__}: {exc}")
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
