@@ -1,4 +1,4 @@
-"""Metrics: standard definitions checked against independent references, bootstrap CIs."""
+"""Metrics: standard definitions checked against independent references, bootstrap and exact CIs."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from brainmri.evaluate.metrics import (
     most_confused_pairs,
     multiclass_stats,
     negative_log_likelihood,
+    proportion_estimate,
     weighted_auc,
 )
 
@@ -204,6 +205,34 @@ def test_binary_view_and_confused_pairs() -> None:
     pairs = most_confused_pairs(y, p.argmax(1), CLASSES, top=3)
     assert len(pairs) == 3 and pairs[0]["count"] >= pairs[1]["count"] >= pairs[2]["count"]
     assert all(d["true"] != d["predicted"] for d in pairs)
+
+
+def test_proportions_get_exact_clopper_pearson_intervals() -> None:
+    e = proportion_estimate(10, 11)
+    assert e["value"] == pytest.approx(10 / 11)
+    assert (e["ci_low"], e["ci_high"]) == pytest.approx((0.5872, 0.9977), abs=1e-3)
+    assert e["ci_method"] == "clopper-pearson"
+    # edges: 0/n and n/n give a one-sided interval of width 1 - 0.025 ** (1 / n), never a degenerate one
+    none, every = proportion_estimate(0, 20), proportion_estimate(20, 20)
+    assert none["ci_low"] == 0.0 and none["ci_high"] == pytest.approx(1 - 0.025 ** (1 / 20))
+    assert every["ci_high"] == 1.0 and every["ci_low"] == pytest.approx(0.025 ** (1 / 20))
+    assert proportion_estimate(0, 0) == {"value": None, "ci_low": None, "ci_high": None, "ci_method": None}
+
+
+def test_binary_view_uses_exact_intervals_for_proportions_and_bootstrap_for_auc() -> None:
+    # 11 tumours, 10 called; 9 no-tumour slices, 9 cleared
+    p_tumour = np.r_[np.linspace(0.6, 0.99, 10), 0.1, np.linspace(0.0, 0.4, 9)]
+    y = np.r_[np.ones(11, int), np.zeros(9, int)]
+    res = binary_metrics(p_tumour, y, 0.5, n_bootstrap=200)
+    sens = res["sensitivity"]
+    assert sens["value"] == pytest.approx(10 / 11) and sens["ci_method"] == "clopper-pearson"
+    assert (sens["ci_low"], sens["ci_high"]) == pytest.approx((0.5872, 0.9977), abs=1e-3)
+    assert res["specificity"]["ci_high"] == 1.0 and res["specificity"]["ci_low"] < 1.0
+    assert res["ppv"]["value"] == pytest.approx(1.0) and res["npv"]["value"] == pytest.approx(0.9)
+    assert res["auc"]["ci_method"] == "bootstrap"
+    per_class = compute_metrics(*_data(200, seed=9), CLASSES, n_bootstrap=50)["per_class"]["glioma"]
+    assert per_class["sensitivity"]["ci_method"] == per_class["specificity"]["ci_method"] == "clopper-pearson"
+    assert per_class["auc"]["ci_method"] == "bootstrap"
 
 
 def test_invalid_inputs_are_rejected() -> None:

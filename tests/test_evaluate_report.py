@@ -90,11 +90,14 @@ def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
     for view in ("uncalibrated", "calibrated"):
         for k in ("accuracy", "f1_macro", "auc_macro_ovr", "nll", "brier", "ece", "mce", "ece_adaptive",
                   "ece_classwise", "balanced_accuracy", "precision_weighted"):  # fmt: skip
-            assert set(m["multiclass"][view][k]) == {"value", "ci_low", "ci_high"}, (view, k)
+            assert set(m["multiclass"][view][k]) == {"value", "ci_low", "ci_high", "ci_method"}, (view, k)
+            assert m["multiclass"][view][k]["ci_method"] == "bootstrap", (view, k)
         assert set(m["multiclass"][view]["per_class"]) == set(CLASSES)
     # temperature never changes the arg-max
     assert m["multiclass"]["calibrated"]["accuracy"] == m["multiclass"]["uncalibrated"]["accuracy"]
     assert m["conformal"]["lac"]["0.1"]["coverage"]["value"] is not None
+    assert m["conformal"]["lac"]["0.1"]["coverage"]["ci_method"] == "clopper-pearson"
+    assert m["tumour_vs_no_tumour"]["calibrated"]["sensitivity"]["ci_method"] == "clopper-pearson"
     assert m["tumour_vs_no_tumour"]["calibrated"]["threshold"] == pytest.approx(cal["threshold"])
 
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)

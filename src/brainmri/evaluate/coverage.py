@@ -18,9 +18,10 @@ def set_metrics(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Empirical coverage (overall, per class), mean set size, empty-set rate and size histogram,
-    with bootstrap 95% CIs on the overall numbers."""
-    from brainmri.evaluate.metrics import bootstrap_counts, estimate
+    """Empirical coverage (overall, per class), mean set size, empty-set rate and size histogram, with 95%
+    CIs on the overall numbers: exact Clopper–Pearson for coverage and empty-set rate (proportions of
+    counts), percentile bootstrap for the mean set size."""
+    from brainmri.evaluate.metrics import bootstrap_counts, estimate, proportion_estimate
 
     s = np.asarray(sets, dtype=bool)
     y = as_labels(labels, len(s), len(classes))
@@ -43,9 +44,9 @@ def set_metrics(
         }
     hist = np.bincount(size.astype(int), minlength=len(classes) + 1)
     return {
-        "coverage": est(covered),
+        "coverage": proportion_estimate(covered.sum(), len(y)),
         "mean_set_size": est(size),
-        "empty_rate": est(empty),
+        "empty_rate": proportion_estimate(empty.sum(), len(y)),
         "per_class": per_class,
         "set_size_counts": {str(k): int(v) for k, v in enumerate(hist)},
         "n": len(y),

@@ -17,6 +17,12 @@ a (B, N) matrix of multiplicities, so every metric is a weighted statistic evalu
 at once with matrix products (about a second for N = 1000, B = 1000, every metric). The CI is the
 2.5/97.5 percentile of the resampled values. The same seed gives the same resamples, so metrics before
 and after calibration are paired.
+
+Proportions of a count (sensitivity, specificity, PPV, NPV; conformal coverage and empty-set rate) get the
+exact Clopper–Pearson 95% interval instead (``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``):
+the percentile bootstrap collapses at 0/n and n/n and is too narrow for small n (10/11 gave 70–100%, the
+exact interval is 58.7–99.8%). Every estimate says which interval it carries in ``ci_method``
+(``"bootstrap"``, ``"clopper-pearson"``, or ``None`` when there is none).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import numpy as np
 from brainmri.calibrate.base import as_labels, as_probs
 
 CI_LEVEL = 0.95
+BOOTSTRAP = "bootstrap"
+CLOPPER_PEARSON = "clopper-pearson"
 _CHUNK = 250  # resamples evaluated at once (bounds memory for large N)
 
 
@@ -52,8 +60,9 @@ def _clean(x: Any) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def estimate(value: float, resampled: np.ndarray | None) -> dict[str, float | None]:
-    """``{value, ci_low, ci_high}``; non-finite numbers become ``None`` (JSON null)."""
+def estimate(value: float, resampled: np.ndarray | None) -> dict[str, float | str | None]:
+    """``{value, ci_low, ci_high, ci_method}`` with a percentile-bootstrap CI from the resampled values;
+    non-finite numbers become ``None`` (JSON null)."""
     lo = hi = None
     if resampled is not None:
         r = np.asarray(resampled, dtype=np.float64)
@@ -61,11 +70,26 @@ def estimate(value: float, resampled: np.ndarray | None) -> dict[str, float | No
         if r.size:
             q = 100 * (1 - CI_LEVEL) / 2
             lo, hi = np.percentile(r, [q, 100 - q])
+    low = _clean(lo) if lo is not None else None
+    high = _clean(hi) if hi is not None else None
     return {
         "value": _clean(value),
-        "ci_low": _clean(lo) if lo is not None else None,
-        "ci_high": _clean(hi) if hi is not None else None,
+        "ci_low": low,
+        "ci_high": high,
+        "ci_method": BOOTSTRAP if low is not None and high is not None else None,
     }
+
+
+def proportion_estimate(k: float, n: float) -> dict[str, float | str | None]:
+    """``k / n`` with the exact Clopper–Pearson CI (``{value, ci_low, ci_high, ci_method}``); all ``None``
+    when ``n == 0``. ``k`` and ``n`` are counts (integers, or floats holding integers)."""
+    from scipy.stats import binomtest
+
+    k, n = round(float(k)), round(float(n))
+    if n <= 0:
+        return {"value": None, "ci_low": None, "ci_high": None, "ci_method": None}
+    ci = binomtest(k, n).proportion_ci(confidence_level=CI_LEVEL, method="exact")
+    return {"value": k / n, "ci_low": float(ci.low), "ci_high": float(ci.high), "ci_method": CLOPPER_PEARSON}
 
 
 def _in_chunks(fn: Callable[[np.ndarray], dict[str, np.ndarray]], counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -322,7 +346,6 @@ SCALAR_METRICS = (
     "ece_adaptive",
     "ece_classwise",
 )
-PER_CLASS_METRICS = ("sensitivity", "specificity", "auc")
 
 
 def compute_metrics(
@@ -334,10 +357,12 @@ def compute_metrics(
     seed: int = 0,
     n_bins: int = 15,
 ) -> dict[str, Any]:
-    """All multi-class metrics with bootstrap 95% CIs.
+    """All multi-class metrics with 95% CIs: bootstrap, except the per-class sensitivity and specificity
+    (proportions of counts: exact Clopper–Pearson).
 
-    Returns ``{"n", metric: {value, ci_low, ci_high} for SCALAR_METRICS, "per_class": {class: {sensitivity,
-    specificity, auc}}}``. ``labels`` must be class indices in [0, C) (drop unknown ones first).
+    Returns ``{"n", metric: {value, ci_low, ci_high, ci_method} for SCALAR_METRICS, "per_class": {class:
+    {sensitivity, specificity, auc, support}}}``. ``labels`` must be class indices in [0, C) (drop unknown
+    ones first).
     """
     p = as_probs(probs, len(classes))
     y = as_labels(labels, len(p), len(classes))
@@ -351,39 +376,33 @@ def compute_metrics(
     for name in SCALAR_METRICS:
         v = point[name]
         out[name] = estimate(float(np.ravel(v)[0]), boot.get(name))
-    out["per_class"] = {
-        c: {m: estimate(point[m][i], boot[m][:, i] if m in boot else None) for m in PER_CLASS_METRICS}
-        | {"support": int((y == i).sum())}
+    out["per_class"] = _per_class(p, y, classes, point, boot)
+    return out
+
+
+def _per_class(
+    p: np.ndarray, y: np.ndarray, classes: Sequence[str], point: dict[str, Any], boot: dict[str, np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    """Per class: sensitivity tp/(tp+fn) and specificity tn/(tn+fp) with exact CIs, AUC with the bootstrap."""
+    n_classes = len(classes)
+    cm = np.bincount(y * n_classes + p.argmax(1), minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(cm)
+    support, predicted = cm.sum(1), cm.sum(0)
+    tn = len(y) - support - predicted + tp
+    fp = predicted - tp
+    return {
+        c: {
+            "sensitivity": proportion_estimate(tp[i], support[i]),
+            "specificity": proportion_estimate(tn[i], tn[i] + fp[i]),
+            "auc": estimate(point["auc"][i], boot["auc"][:, i] if "auc" in boot else None),
+            "support": int(support[i]),
+        }
         for i, c in enumerate(classes)
     }
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # tumour vs no tumour
-
-
-def binary_stats(w: np.ndarray, score: np.ndarray, positive: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    pos = positive.astype(np.float64)
-    called = (score >= threshold).astype(np.float64)
-    tp = w @ (pos * called)
-    fn = w @ (pos * (1 - called))
-    tn = w @ ((1 - pos) * (1 - called))
-    fp = w @ ((1 - pos) * called)
-    nan = np.full(len(w), np.nan)
-
-    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        out = nan.copy()
-        np.divide(a, b, out=out, where=b > 0)
-        return out
-
-    return {
-        "sensitivity": ratio(tp, tp + fn),
-        "specificity": ratio(tn, tn + fp),
-        "ppv": ratio(tp, tp + fp),
-        "npv": ratio(tn, tn + fn),
-        "auc": weighted_auc(w, score, positive.astype(bool)),
-    }
 
 
 def binary_metrics(
@@ -397,7 +416,8 @@ def binary_metrics(
     """Tumour-vs-no-tumour view: a slice is called 'tumour' when ``p_tumour >= threshold``.
 
     Sensitivity and specificity use that call; AUC is threshold-free (scikit-learn for the value).
-    PPV/NPV depend on the prevalence of the evaluated set.
+    PPV/NPV depend on the prevalence of the evaluated set. Sensitivity, specificity, PPV and NPV are
+    proportions of counts: exact Clopper–Pearson CIs; AUC: percentile bootstrap.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -410,18 +430,22 @@ def binary_metrics(
     if len(s) == 0:
         raise ValueError("no labelled samples for the tumour-vs-no-tumour view")
     pos = y == 1
-    point = binary_stats(np.ones((1, len(s))), s, pos, threshold)
-    point["auc"] = np.array([roc_auc_score(pos, s) if 0 < pos.sum() < len(s) else np.nan])
+    auc = roc_auc_score(pos, s) if 0 < pos.sum() < len(s) else np.nan
     counts = bootstrap_counts(len(s), n_bootstrap, seed)
-    boot = _in_chunks(lambda w: binary_stats(w, s, pos, threshold), counts) if n_bootstrap > 0 else {}
-    out: dict[str, Any] = {
+    boot = _in_chunks(lambda w: {"auc": weighted_auc(w, s, pos)}, counts) if n_bootstrap > 0 else {}
+    called = s >= np.asarray(threshold, dtype=np.float64)
+    tp, fn = int((pos & called).sum()), int((pos & ~called).sum())
+    tn, fp = int((~pos & ~called).sum()), int((~pos & called).sum())
+    return {
         "threshold": float(np.mean(threshold)),
         "n_tumour": int(pos.sum()),
         "n_no_tumour": int((~pos).sum()),
+        "sensitivity": proportion_estimate(tp, tp + fn),
+        "specificity": proportion_estimate(tn, tn + fp),
+        "ppv": proportion_estimate(tp, tp + fp),
+        "npv": proportion_estimate(tn, tn + fn),
+        "auc": estimate(auc, boot.get("auc")),
     }
-    for k in ("sensitivity", "specificity", "ppv", "npv", "auc"):
-        out[k] = estimate(point[k][0], boot.get(k))
-    return out
 
 
 def most_confused_pairs(labels: Any, preds: Any, classes: Sequence[str], top: int = 5) -> list[dict[str, Any]]:
