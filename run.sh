@@ -20,7 +20,7 @@ if [ ! -f "$STAMP" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
   # torch first, pinned: these releases are on this project's machines' disk
   "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  "$VENV/bin/python" -m pip install -q -e ".[dev,download]"
+  "$VENV/bin/python" -m pip install -q -e ".[train,serve,dev,download]"
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi
