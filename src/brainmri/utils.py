@@ -79,13 +79,16 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "md5", chunk: int
     return h.hexdigest()
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, disable: bool | None = None) -> Iterable[T]:
-    """tqdm progress bar on stderr; quiet when BRAINMRI_NO_PROGRESS=1 (tests)."""
+def progress(
+    iterable: Iterable[T], desc: str, total: int | None = None, disable: bool | None = None, leave: bool = False
+) -> Iterable[T]:
+    """tqdm progress bar on stderr; quiet when BRAINMRI_NO_PROGRESS=1 (tests). ``leave=True`` keeps the
+    finished bar on screen (long steps: its rate and duration stay readable)."""
     from tqdm.auto import tqdm
 
     if disable is None:
         disable = os.environ.get("BRAINMRI_NO_PROGRESS") == "1"
-    return tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False)
+    return tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=leave)
 
 
 def setup_torch(threads: int | None = None) -> None:
