@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from brainmri.config import EvaluateConfig, ModelConfig, load_config
-from brainmri.evaluate.evaluation import assess
+from brainmri.evaluate.assess import assess
 from brainmri.evaluate.kfold import cross_fit, summarise_folds
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]

@@ -188,13 +188,21 @@ def images_from_files(frame, preprocessor, classes: list[str]) -> SplitImages:
     return SplitImages(list(frame["id"]), list(frame["path"]), stacked, labels, names)
 
 
-def predict_logits(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits (N, C) of a torch model for uint8 (N, S, S) images; no gradients, eval mode kept as is."""
+def predict_logits(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+    """Logits (N, C) of a torch model for uint8 (N, S, S) images; no gradients, eval mode kept as is.
+
+    ``desc``: show a progress bar over the batches under that name (it stays on screen when done).
+    """
     import torch
 
+    from brainmri.utils import progress
+
+    starts = range(0, len(images), batch_size)
+    if desc is not None:
+        starts = progress(starts, desc=desc, total=len(starts), leave=True)
     out = []
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
+        for start in starts:
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
             x = batch.float().div_(255.0).unsqueeze(1)
             out.append(model(x).float().cpu().numpy())

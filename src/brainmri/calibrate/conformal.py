@@ -38,6 +38,12 @@ from brainmri.calibrate.base import FittedMixin, as_labels, as_probs
 METHODS = ("lac", "aps")
 
 
+def alpha_key(alpha: float) -> str:
+    """The JSON key of a miscoverage level: ``repr(float(alpha))`` (``0.1`` -> ``"0.1"``), used by
+    ``calibration.json`` and by every report that lists results per alpha."""
+    return repr(float(alpha))
+
+
 def _aps_cumulative(p: np.ndarray) -> np.ndarray:
     """For every (sample, class): total probability of the classes ranked at or above it (inclusive)."""
     order = np.argsort(-p, axis=1, kind="stable")

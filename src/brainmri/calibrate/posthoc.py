@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from brainmri.calibrate.base import FittedMixin
-from brainmri.calibrate.conformal import ConformalPredictor
+from brainmri.calibrate.conformal import ConformalPredictor, alpha_key
 from brainmri.calibrate.probabilities import tumour_labels, tumour_probability
 from brainmri.calibrate.temperature import TemperatureScaler
 from brainmri.calibrate.threshold import ThresholdSelector
@@ -40,10 +40,6 @@ from brainmri.errors import DataError
 from brainmri.labels import NO_TUMOR
 
 VERSION = 1
-
-
-def _alpha_key(alpha: float) -> str:
-    return repr(float(alpha))
 
 
 class PostHocCalibration(FittedMixin):
@@ -145,7 +141,7 @@ class PostHocCalibration(FittedMixin):
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         self.check_fitted()
-        conformal = {_alpha_key(a): p.to_dict() for a, p in self.conformal_.items()}
+        conformal = {alpha_key(a): p.to_dict() for a, p in self.conformal_.items()}
         return {
             "version": VERSION,
             "classes": self.classes,

@@ -6,9 +6,10 @@ Order of work (nothing is ever fitted on the split being reported, except when t
 2. temperature, tumour threshold and conformal quantiles fitted on those logits only, saved to
    ``RUN/calibration.json`` (:class:`~brainmri.calibrate.posthoc.PostHocCalibration`);
 3. logits of the evaluated split (``test``, ``val`` or an external manifest CSV);
-4. every metric before and after temperature scaling with bootstrap CIs, conformal coverage, the
-   tumour-vs-no-tumour view, figures and the error gallery, written into ``RUN/reports/`` (``test``) or
-   ``RUN/reports/<name>/`` (anything else).
+4. every metric before and after temperature scaling with 95% CIs (exact Clopper–Pearson for
+   proportions, percentile bootstrap otherwise; :mod:`brainmri.evaluate.assess`), conformal coverage of
+   the fitted predictors' sets, the tumour-vs-no-tumour view, figures and the error gallery, written
+   into ``RUN/reports/`` (``test``) or ``RUN/reports/<name>/`` (anything else).
 
 External sets with binary labels (``tumor`` / ``no_tumor``, e.g. Navoneel's yes/no set) are evaluated in
 the tumour-vs-no-tumour view only: they carry no tumour type, so the 4-class metrics do not apply.
@@ -18,24 +19,19 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainmri.calibrate.conformal import METHODS, ConformalPredictor, format_set
+from brainmri.calibrate.conformal import format_set
 from brainmri.calibrate.posthoc import PostHocCalibration
-from brainmri.calibrate.probabilities import softmax, tumour_labels, tumour_probability
+from brainmri.calibrate.probabilities import softmax, tumour_labels
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
-from brainmri.evaluate.coverage import set_metrics
-from brainmri.evaluate.metrics import (
-    binary_metrics,
-    compute_metrics,
-    most_confused_pairs,
-)
-from brainmri.labels import NO_TUMOR, TUMOR
+from brainmri.evaluate.assess import assess, conformal_sets, headline
+from brainmri.labels import NO_TUMOR
 from brainmri.utils import atomic_write_json, atomic_write_text
 
 SPLIT_NAMES = ("test", "val")
@@ -43,137 +39,6 @@ OPTIMISTIC_NOTE = (
     "evaluated on the validation split: the temperature, the tumour threshold and the conformal quantiles were "
     "fitted on it and the checkpoint was selected on it, so these numbers are optimistic; quote the test split"
 )
-UNCALIBRATED_THRESHOLD = 0.5
-
-
-# ------------------------------------------------------------------------------------------ core (arrays)
-
-
-def _alpha_key(a: float) -> str:
-    return repr(float(a))
-
-
-def conformal_sets_for(
-    val_probs: np.ndarray, val_labels: np.ndarray, probs: np.ndarray, alphas: Sequence[float]
-) -> dict[str, dict[str, np.ndarray]]:
-    """Both methods' prediction sets on ``probs``, each fitted on the (calibrated) validation probabilities."""
-    return {
-        m: {_alpha_key(a): ConformalPredictor(a, m).fit(val_probs, val_labels).predict_sets(probs) for a in alphas}
-        for m in METHODS
-    }
-
-
-def assess(
-    logits: np.ndarray,
-    probs_cal: np.ndarray,
-    label_names: Sequence[str],
-    classes: Sequence[str],
-    ecfg: EvaluateConfig,
-    *,
-    thresholds: float | np.ndarray | None,
-    sets: dict[str, dict[str, np.ndarray]] | None,
-    qhat: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """All metrics of one evaluated set, from arrays (used by ``evaluate`` and ``kfold``).
-
-    Args:
-        logits: (N, C) raw logits; ``probs_cal``: (N, C) calibrated probabilities.
-        label_names: the manifest label per row (a class, ``tumor`` for binary sets, or anything else = unknown).
-        thresholds: the tumour threshold (scalar, or per sample when calibration was cross-fitted).
-        sets: ``{method: {alpha: bool (N, C)}}`` prediction sets of ``probs_cal``.
-    """
-    classes = list(classes)
-    probs_raw = softmax(logits)
-    idx = {c: i for i, c in enumerate(classes)}
-    y = np.array([idx.get(n, -1) for n in label_names], dtype=np.int64)
-    binary_only = any(n == TUMOR for n in label_names)
-    known = (y >= 0) & (not binary_only)
-    boot = {"n_bootstrap": ecfg.bootstrap, "seed": ecfg.seed}
-    out: dict[str, Any] = {
-        "n": len(label_names),
-        "n_labelled_4class": int(known.sum()),
-        "binary_labels_only": binary_only,
-    }
-    if known.any():
-        yk = y[known]
-        out["multiclass"] = {
-            "uncalibrated": compute_metrics(probs_raw[known], yk, classes, n_bins=ecfg.ece_bins, **boot),
-            "calibrated": compute_metrics(probs_cal[known], yk, classes, n_bins=ecfg.ece_bins, **boot),
-        }
-        out["confused_pairs"] = most_confused_pairs(yk, probs_cal[known].argmax(1), classes, top=6)
-        if sets is not None:
-            out["conformal"] = {
-                m: {
-                    a: set_metrics(s[known], yk, classes, **boot) | ({"qhat": qhat[m][a]} if qhat else {})
-                    for a, s in per_alpha.items()
-                }
-                for m, per_alpha in sets.items()
-            }
-            out["conformal"]["primary_method"] = ecfg.conformal_method
-    else:
-        out["multiclass"] = None
-    if NO_TUMOR in classes:
-        yt = tumour_labels(label_names, classes)
-        kt = yt >= 0
-        if kt.any():
-            thr = thresholds if np.ndim(thresholds) == 0 else np.asarray(thresholds)[kt]
-            views: dict[str, Any] = {
-                "uncalibrated": binary_metrics(
-                    tumour_probability(probs_raw[kt], classes), yt[kt], UNCALIBRATED_THRESHOLD, **boot
-                )
-                | {"threshold_note": "fixed 0.5 on uncalibrated probabilities (reference only)"},
-            }
-            if thresholds is not None:
-                views["calibrated"] = binary_metrics(tumour_probability(probs_cal[kt], classes), yt[kt], thr, **boot)
-                if np.ndim(thresholds) > 0:
-                    views["calibrated"]["threshold"] = float(np.mean(thr))
-                    views["calibrated"]["threshold_note"] = "cross-fitted: mean of the per-half thresholds"
-                else:
-                    views["calibrated"]["threshold_note"] = (
-                        f"chosen on validation for sensitivity >= {ecfg.threshold_target_sensitivity}"
-                    )
-            out["tumour_vs_no_tumour"] = views
-    return out
-
-
-def headline(metrics: dict[str, Any], ecfg: EvaluateConfig, temperature: float | None) -> dict[str, Any]:
-    """The numbers the README quotes (calibrated where calibration changes them)."""
-    h: dict[str, Any] = {"n": metrics["n"], "temperature": temperature}
-    mc = metrics.get("multiclass")
-    if mc:
-        cal, raw = mc["calibrated"], mc["uncalibrated"]
-        h |= {
-            "accuracy": cal["accuracy"],
-            "balanced_accuracy": cal["balanced_accuracy"],
-            "f1_macro": cal["f1_macro"],
-            "auc_macro_ovr": cal["auc_macro_ovr"],
-            "ece_before": raw["ece"],
-            "ece_after": cal["ece"],
-            "nll_before": raw["nll"],
-            "nll_after": cal["nll"],
-            "brier_after": cal["brier"],
-        }
-        conf = metrics.get("conformal")
-        if conf:
-            a = _alpha_key(ecfg.conformal_alphas[0])
-            c = conf[ecfg.conformal_method][a]
-            h["conformal"] = {
-                "method": ecfg.conformal_method,
-                "alpha": float(a),
-                "target_coverage": 1 - float(a),
-                "coverage": c["coverage"],
-                "mean_set_size": c["mean_set_size"],
-            }
-    tv = (metrics.get("tumour_vs_no_tumour") or {}).get("calibrated")
-    if tv:
-        h |= {
-            "tumour_threshold": tv["threshold"],
-            "tumour_sensitivity": tv["sensitivity"],
-            "tumour_specificity": tv["specificity"],
-            "tumour_auc": tv["auc"],
-        }
-    return h
-
 
 # ------------------------------------------------------------------------------------------ run level
 
@@ -204,7 +69,7 @@ def fit_on_val(run: Any, model: Any, ecfg: EvaluateConfig) -> tuple[PostHocCalib
     keep = val.labels >= 0
     if keep.sum() == 0:
         raise DataError(f"{run.dir}: the validation split '{part}' has no labelled images to calibrate on")
-    logits = predict_logits(model, val.images, ecfg.batch_size)
+    logits = predict_logits(model, val.images, ecfg.batch_size, desc=f"predict {part}")
     cal = PostHocCalibration.from_config(run.classes, ecfg).fit(
         logits[keep],
         val.labels[keep],
@@ -330,11 +195,22 @@ def _figures(
     return written
 
 
+@dataclass
+class _Evaluated:
+    """The reported split: its images, raw logits, calibrated probabilities and conformal sets."""
+
+    name: str
+    manifest: Path | None
+    data: Any  # brainmri.runs.SplitImages
+    logits: np.ndarray
+    probs: np.ndarray
+    sets: dict[str, dict[str, np.ndarray]]  # {method: {alpha_key: bool (N, C)}}
+    qhat: dict[str, dict[str, float | None]]
+
+
 def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | None = None) -> Path:
     """Evaluate a run; returns the reports folder. ``cfg`` supplies the evaluate section (default: the run's)."""
-    from sklearn.metrics import classification_report
-
-    from brainmri.runs import Run, predict_logits
+    from brainmri.runs import Run
     from brainmri.utils import setup_torch
 
     setup_torch()
@@ -345,13 +221,39 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | No
     name, manifest = resolve_split(ecfg.split)
     out = run.reports_dir if name == "test" else run.reports_dir / name
     out.mkdir(parents=True, exist_ok=True)
-    classes = run.classes
     model = run.build_model()
 
     cal, val, val_logits = fit_on_val(run, model, ecfg)
     cal.save(run.calibration_path)
-    val_keep = val.labels >= 0
-    val_probs = cal.probabilities(val_logits[val_keep])
+    ev = _evaluated_split(run, model, ecfg, cal, name, manifest, val, val_logits)
+    metrics = assess(ev.logits, ev.probs, ev.data.label_names, run.classes, ecfg, thresholds=cal.threshold,
+                     sets=ev.sets, qhat=ev.qhat)  # fmt: skip
+    binary_only = metrics["binary_labels_only"]
+    meta = _meta(run, ev, cal, ecfg, binary_only)
+    metrics = meta | metrics
+
+    title = f"{run.name} / {name}"
+    figures = _figures(ev.data, softmax(ev.logits), ev.probs, run.classes, cal, ecfg, out, title, binary_only)
+    metrics["error_gallery"] = _gallery(model, ev.data, ev.probs, run.classes, ecfg, out, title, binary_only, cal)
+    figures.append("error_gallery.png")
+    _write_reports(out, run, ecfg, cal, ev, metrics, figures, title)
+    if meta["optimistic"]:
+        print(f"warning: {OPTIMISTIC_NOTE}", file=sys.stderr)
+    return out
+
+
+def _evaluated_split(
+    run: Any,
+    model: Any,
+    ecfg: EvaluateConfig,
+    cal: PostHocCalibration,
+    name: str,
+    manifest: Path | None,
+    val: Any,
+    val_logits: np.ndarray,
+) -> _Evaluated:
+    """Predict the reported split (``val`` reuses the validation logits) and apply the fitted calibration."""
+    from brainmri.runs import predict_logits
 
     if name == "val":
         data, logits = val, val_logits
@@ -363,57 +265,73 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | No
                 if name == "test"
                 else f"{manifest}: no readable images to evaluate"
             )
-        logits = predict_logits(model, data.images, ecfg.batch_size)
-
-    probs_raw = softmax(logits)
+        logits = predict_logits(model, data.images, ecfg.batch_size, desc=f"predict {name}")
     probs = cal.probabilities(logits)
-    sets = conformal_sets_for(val_probs, val.labels[val_keep], probs, ecfg.conformal_alphas)
-    qhat = {
-        m: {
-            _alpha_key(a): ConformalPredictor(a, m).fit(val_probs, val.labels[val_keep]).to_dict()["qhat"]
-            for a in ecfg.conformal_alphas
-        }
-        for m in METHODS
-    }
-    metrics = assess(logits, probs, data.label_names, classes, ecfg, thresholds=cal.threshold, sets=sets, qhat=qhat)
-    binary_only = metrics["binary_labels_only"]
-    optimistic = name == "val"
-    title = f"{run.name} / {name}"
+    keep = val.labels >= 0
+    sets, qhat = conformal_sets(cal, cal.probabilities(val_logits[keep]), val.labels[keep], probs)
+    return _Evaluated(name, manifest, data, logits, probs, sets, qhat)
 
+
+def _meta(run: Any, ev: _Evaluated, cal: PostHocCalibration, ecfg: EvaluateConfig, binary_only: bool) -> dict:
+    """What was evaluated, against what calibration, with which settings (the head of ``metrics.json``)."""
+    optimistic = ev.name == "val"
     meta = {
         "run": run.name,
-        "split": name,
-        "source": str(manifest) if manifest else val_part(run) if name == "val" else "test",
-        "classes": classes,
+        "split": ev.name,
+        "source": str(ev.manifest) if ev.manifest else val_part(run) if optimistic else "test",
+        "classes": run.classes,
         "fitted_on": {"split": cal.fitted_on_, "n": cal.n_fit_},
         "temperature": cal.temperature,
         "bootstrap": {"resamples": ecfg.bootstrap, "seed": ecfg.seed, "level": 0.95, "method": "percentile"},
         "ece_bins": ecfg.ece_bins,
         "optimistic": optimistic,
     }
-    if data.overlap is not None:
-        meta["overlap_removed"] = data.overlap
+    if ev.data.overlap is not None:
+        meta["overlap_removed"] = ev.data.overlap
     if optimistic:
         meta["note"] = OPTIMISTIC_NOTE
     if binary_only:
         meta["note_binary"] = "binary tumor/no_tumor labels: evaluated in the tumour-vs-no-tumour view only"
-    metrics = meta | metrics
+    return meta
 
-    figures = _figures(data, probs_raw, probs, classes, cal, ecfg, out, title, binary_only)
-    gallery = _gallery(model, data, probs, classes, ecfg, out, title, binary_only, cal)
-    figures.append("error_gallery.png")
-    metrics["error_gallery"] = gallery
 
+def _write_reports(
+    out: Path,
+    run: Any,
+    ecfg: EvaluateConfig,
+    cal: PostHocCalibration,
+    ev: _Evaluated,
+    metrics: dict[str, Any],
+    figures: list[str],
+    title: str,
+) -> None:
+    """``metrics.json``, ``predictions.csv``, ``classification_report.txt``, ``summary.json``, ``config.yaml``."""
     atomic_write_json(out / "metrics.json", metrics)
-    primary = sets[ecfg.conformal_method]
-    _predictions_frame(data, logits, probs, cal, primary, classes).pipe(
-        lambda f: atomic_write_text(out / "predictions.csv", f.to_csv(index=False))
-    )
-    known = (data.labels >= 0) & (not binary_only)
+    frame = _predictions_frame(ev.data, ev.logits, ev.probs, cal, ev.sets[ecfg.conformal_method], run.classes)
+    atomic_write_text(out / "predictions.csv", frame.to_csv(index=False))
+    report = _classification_report(ev, run.classes, title, metrics["optimistic"], metrics["binary_labels_only"])
+    atomic_write_text(out / "classification_report.txt", report)
+    summary = {k: metrics[k] for k in ("run", "split", "source", "fitted_on", "optimistic")}
+    if metrics["optimistic"]:
+        summary["note"] = OPTIMISTIC_NOTE
+    if metrics["binary_labels_only"]:
+        summary["note_binary"] = metrics["note_binary"]
+    if "overlap_removed" in metrics:
+        summary["overlap_removed"] = {k: v for k, v in metrics["overlap_removed"].items() if k != "removed_ids"}
+    summary |= headline(metrics, ecfg, cal.temperature) | {"figures": figures}
+    atomic_write_json(out / "summary.json", summary)
+    save_config(run.cfg.model_copy(update={"evaluate": ecfg}), out / "config.yaml")
+
+
+def _classification_report(ev: _Evaluated, classes: list[str], title: str, optimistic: bool, binary_only: bool) -> str:
+    """scikit-learn's per-class report of the calibrated arg-max, with a header saying what it covers."""
+    from sklearn.metrics import classification_report
+
+    known = (ev.data.labels >= 0) & (not binary_only)
     report = (
         classification_report(
-            data.labels[known],
-            probs[known].argmax(1),
+            ev.data.labels[known],
+            ev.probs[known].argmax(1),
             labels=list(range(len(classes))),
             target_names=classes,
             digits=4,
@@ -423,21 +341,4 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | No
         else "no 4-class labels in this set (binary tumour/no-tumour labels only)\n"
     )
     header = f"{title} (n = {int(known.sum())}); calibrated probabilities (argmax unchanged by temperature)\n"
-    atomic_write_text(
-        out / "classification_report.txt",
-        header + ("NOTE: " + OPTIMISTIC_NOTE + "\n" if optimistic else "") + "\n" + report,
-    )
-    summary = {k: meta[k] for k in ("run", "split", "source", "fitted_on", "optimistic")}
-    if optimistic:
-        summary["note"] = OPTIMISTIC_NOTE
-    if binary_only:
-        summary["note_binary"] = meta["note_binary"]
-    if "overlap_removed" in meta:
-        summary["overlap_removed"] = {k: v for k, v in meta["overlap_removed"].items() if k != "removed_ids"}
-    summary |= headline(metrics, ecfg, cal.temperature) | {"figures": figures}
-    atomic_write_json(out / "summary.json", summary)
-    resolved = run.cfg.model_copy(update={"evaluate": ecfg})
-    save_config(resolved, out / "config.yaml")
-    if optimistic:
-        print(f"warning: {OPTIMISTIC_NOTE}", file=sys.stderr)
-    return out
+    return header + ("NOTE: " + OPTIMISTIC_NOTE + "\n" if optimistic else "") + "\n" + report

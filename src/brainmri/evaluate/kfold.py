@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.calibrate.conformal import METHODS, ConformalPredictor
+from brainmri.calibrate.conformal import METHODS, alpha_key
 from brainmri.calibrate.posthoc import PostHocCalibration
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
-from brainmri.evaluate.evaluation import _alpha_key, assess, headline
+from brainmri.evaluate.assess import assess, conformal_sets, headline
 from brainmri.utils import atomic_write_json, atomic_write_text
 
 HEADLINE_KEYS = (
@@ -85,9 +85,9 @@ def cross_fit(
     halves = _halves(y, seed)
     probs = np.zeros_like(z)
     thresholds = np.full(len(z), np.nan)
-    sets = {m: {_alpha_key(a): np.zeros(z.shape, bool) for a in ecfg.conformal_alphas} for m in METHODS}
-    qhat: dict[str, dict[str, list[float | None]]] = {m: {_alpha_key(a): [] for a in ecfg.conformal_alphas}
-                                                      for m in METHODS}  # fmt: skip
+    keys = [alpha_key(a) for a in ecfg.conformal_alphas]
+    sets = {m: {a: np.zeros(z.shape, bool) for a in keys} for m in METHODS}
+    qhat: dict[str, dict[str, list[float | None]]] = {m: {a: [] for a in keys} for m in METHODS}
     temperatures = []
     for h, rows in enumerate(halves):
         other = halves[1 - h]
@@ -97,12 +97,11 @@ def cross_fit(
         probs[rows] = cal.probabilities(z[rows])
         if cal.threshold is not None:
             thresholds[rows] = cal.threshold
-        other_probs = cal.probabilities(z[other])
+        half_sets, half_qhat = conformal_sets(cal, cal.probabilities(z[other]), y[other], probs[rows])
         for m in METHODS:
-            for a in ecfg.conformal_alphas:
-                cp = ConformalPredictor(a, m).fit(other_probs, y[other])
-                sets[m][_alpha_key(a)][rows] = cp.predict_sets(probs[rows])
-                qhat[m][_alpha_key(a)].append(cp.to_dict()["qhat"])
+            for a in keys:
+                sets[m][a][rows] = half_sets[m][a]
+                qhat[m][a].append(half_qhat[m][a])
     return {
         "probs": probs,
         "thresholds": None if np.isnan(thresholds).any() else thresholds,
@@ -176,7 +175,7 @@ def evaluate_fold(run_dir: Path, fold: int, ecfg: EvaluateConfig) -> dict[str, A
     run = Run.load(run_dir)
     model = run.build_model()
     data = run.load_images(f"fold{fold}:val")
-    logits = predict_logits(model, data.images, ecfg.batch_size)
+    logits = predict_logits(model, data.images, ecfg.batch_size, desc=f"predict fold{fold}:val")
     cf = cross_fit(logits, data.labels, run.classes, ecfg, seed=ecfg.seed)
     metrics = assess(logits, cf["probs"], data.label_names, run.classes, ecfg, thresholds=cf["thresholds"],
                      sets=cf["sets"], qhat=cf["qhat"])  # fmt: skip

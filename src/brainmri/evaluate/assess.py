@@ -1,0 +1,191 @@
+"""Every metric of one evaluated set, from arrays: the pure half of ``brainmri evaluate`` (and ``kfold``).
+
+Nothing here reads or writes files or runs a model: :func:`assess` takes logits, calibrated probabilities,
+labels and prediction sets and returns the ``metrics.json`` body; :func:`headline` picks the numbers the
+README quotes; :func:`conformal_sets` turns fitted conformal predictors into prediction sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from brainmri.calibrate.conformal import METHODS, ConformalPredictor, alpha_key
+from brainmri.calibrate.posthoc import PostHocCalibration
+from brainmri.calibrate.probabilities import softmax, tumour_labels, tumour_probability
+from brainmri.config import EvaluateConfig
+from brainmri.evaluate.coverage import set_metrics
+from brainmri.evaluate.metrics import binary_metrics, compute_metrics, most_confused_pairs
+from brainmri.labels import NO_TUMOR, TUMOR
+
+UNCALIBRATED_THRESHOLD = 0.5
+
+Sets = dict[str, dict[str, np.ndarray]]  # {method: {alpha_key: bool (N, C)}}
+
+
+def conformal_sets(
+    cal: PostHocCalibration, val_probs: np.ndarray, val_labels: np.ndarray, probs: np.ndarray
+) -> tuple[Sets, dict[str, dict[str, float | None]]]:
+    """Prediction sets of ``probs`` for both conformal methods and every alpha of ``cal``, and their qhat.
+
+    The configured method's sets come from the predictors already fitted in ``cal`` (what
+    ``calibration.json`` holds and deployment uses). The other method, reported for comparison only, is
+    fitted here on the same calibrated validation probabilities ``val_probs`` and labels ``val_labels``.
+    qhat ``None`` means +inf (every class in every set).
+    """
+    sets: Sets = {m: {} for m in METHODS}
+    qhat: dict[str, dict[str, float | None]] = {m: {} for m in METHODS}
+    for m in METHODS:
+        for a in cal.alphas:
+            fitted = m == cal.conformal_method
+            predictor = cal.predictor(a) if fitted else ConformalPredictor(a, m).fit(val_probs, val_labels)
+            sets[m][alpha_key(a)] = predictor.predict_sets(probs)
+            qhat[m][alpha_key(a)] = predictor.to_dict()["qhat"]
+    return sets, qhat
+
+
+def assess(
+    logits: np.ndarray,
+    probs_cal: np.ndarray,
+    label_names: Sequence[str],
+    classes: Sequence[str],
+    ecfg: EvaluateConfig,
+    *,
+    thresholds: float | np.ndarray | None,
+    sets: Sets | None,
+    qhat: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """All metrics of one evaluated set, from arrays (used by ``evaluate`` and ``kfold``).
+
+    Args:
+        logits: (N, C) raw logits; ``probs_cal``: (N, C) calibrated probabilities.
+        label_names: the manifest label per row (a class, ``tumor`` for binary sets, or anything else = unknown).
+        thresholds: the tumour threshold (scalar, or per sample when calibration was cross-fitted).
+        sets: ``{method: {alpha: bool (N, C)}}`` prediction sets of ``probs_cal``; ``qhat`` the matching quantiles.
+    """
+    classes = list(classes)
+    probs_raw = softmax(logits)
+    idx = {c: i for i, c in enumerate(classes)}
+    y = np.array([idx.get(n, -1) for n in label_names], dtype=np.int64)
+    binary_only = any(n == TUMOR for n in label_names)
+    known = (y >= 0) & (not binary_only)
+    boot = {"n_bootstrap": ecfg.bootstrap, "seed": ecfg.seed}
+    out: dict[str, Any] = {
+        "n": len(label_names),
+        "n_labelled_4class": int(known.sum()),
+        "binary_labels_only": binary_only,
+        "multiclass": None,
+    }
+    if known.any():
+        out |= _multiclass_view(probs_raw[known], probs_cal[known], y[known], classes, ecfg, boot)
+        if sets is not None:
+            out["conformal"] = _conformal_view(sets, known, y[known], classes, qhat, boot)
+            out["conformal"]["primary_method"] = ecfg.conformal_method
+    if NO_TUMOR in classes:
+        view = _tumour_view(probs_raw, probs_cal, label_names, classes, ecfg, thresholds, boot)
+        if view is not None:
+            out["tumour_vs_no_tumour"] = view
+    return out
+
+
+def _multiclass_view(
+    probs_raw: np.ndarray,
+    probs_cal: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    ecfg: EvaluateConfig,
+    boot: dict[str, int],
+) -> dict[str, Any]:
+    """4-class metrics before and after temperature scaling, and the most confused class pairs."""
+    return {
+        "multiclass": {
+            "uncalibrated": compute_metrics(probs_raw, y, classes, n_bins=ecfg.ece_bins, **boot),
+            "calibrated": compute_metrics(probs_cal, y, classes, n_bins=ecfg.ece_bins, **boot),
+        },
+        "confused_pairs": most_confused_pairs(y, probs_cal.argmax(1), classes, top=6),
+    }
+
+
+def _conformal_view(
+    sets: Sets,
+    known: np.ndarray,
+    y_known: np.ndarray,
+    classes: list[str],
+    qhat: dict[str, dict[str, Any]] | None,
+    boot: dict[str, int],
+) -> dict[str, Any]:
+    """Coverage and set sizes of every method and alpha on the rows with a 4-class label."""
+    return {
+        m: {
+            a: set_metrics(s[known], y_known, classes, **boot) | ({"qhat": qhat[m][a]} if qhat else {})
+            for a, s in per_alpha.items()
+        }
+        for m, per_alpha in sets.items()
+    }
+
+
+def _tumour_view(
+    probs_raw: np.ndarray,
+    probs_cal: np.ndarray,
+    label_names: Sequence[str],
+    classes: list[str],
+    ecfg: EvaluateConfig,
+    thresholds: float | np.ndarray | None,
+    boot: dict[str, int],
+) -> dict[str, Any] | None:
+    """Tumour vs no tumour: a fixed 0.5 on uncalibrated probabilities (reference) and the validation-chosen
+    threshold on calibrated ones; ``None`` when no row has a tumour / no-tumour label."""
+    yt = tumour_labels(label_names, classes)
+    kt = yt >= 0
+    if not kt.any():
+        return None
+    views: dict[str, Any] = {
+        "uncalibrated": binary_metrics(
+            tumour_probability(probs_raw[kt], classes), yt[kt], UNCALIBRATED_THRESHOLD, **boot
+        )
+        | {"threshold_note": "fixed 0.5 on uncalibrated probabilities (reference only)"},
+    }
+    if thresholds is None:
+        return views
+    thr = thresholds if np.ndim(thresholds) == 0 else np.asarray(thresholds)[kt]
+    cal = binary_metrics(tumour_probability(probs_cal[kt], classes), yt[kt], thr, **boot)
+    if np.ndim(thresholds) > 0:
+        cal["threshold"] = float(np.mean(thr))
+        cal["threshold_note"] = "cross-fitted: mean of the per-half thresholds"
+    else:
+        cal["threshold_note"] = f"chosen on validation for sensitivity >= {ecfg.threshold_target_sensitivity}"
+    views["calibrated"] = cal
+    return views
+
+
+def headline(metrics: dict[str, Any], ecfg: EvaluateConfig, temperature: float | None) -> dict[str, Any]:
+    """The numbers the README quotes (calibrated where calibration changes them)."""
+    h: dict[str, Any] = {"n": metrics["n"], "temperature": temperature}
+    mc = metrics.get("multiclass")
+    if mc:
+        cal, raw = mc["calibrated"], mc["uncalibrated"]
+        h |= {k: cal[k] for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc_macro_ovr")}
+        h |= {"ece_before": raw["ece"], "ece_after": cal["ece"], "nll_before": raw["nll"], "nll_after": cal["nll"]}
+        h["brier_after"] = cal["brier"]
+        conf = metrics.get("conformal")
+        if conf:
+            a = alpha_key(ecfg.conformal_alphas[0])
+            c = conf[ecfg.conformal_method][a]
+            h["conformal"] = {
+                "method": ecfg.conformal_method,
+                "alpha": float(a),
+                "target_coverage": 1 - float(a),
+                "coverage": c["coverage"],
+                "mean_set_size": c["mean_set_size"],
+            }
+    tv = (metrics.get("tumour_vs_no_tumour") or {}).get("calibrated")
+    if tv:
+        h |= {
+            "tumour_threshold": tv["threshold"],
+            "tumour_sensitivity": tv["sensitivity"],
+            "tumour_specificity": tv["specificity"],
+            "tumour_auc": tv["auc"],
+        }
+    return h
