@@ -122,11 +122,12 @@ def _qhat(q: float | None) -> str:
     return "inf (every class in every set: too few calibration samples)" if q is None else _fmt(q)
 
 
-_CI_KEYS = (("ci_low", "ci_high"), ("low", "high"), ("lower", "upper"), ("lo", "hi"))
-
-
 def metric_rows(obj: Any, prefix: str = "", limit: int = 60) -> list[tuple[str, str]]:
-    """Flatten a metrics JSON into (name, "value [lo, hi]") rows; lists (confusion matrices) are skipped."""
+    """Flatten a metrics JSON into (name, "value [lo, hi]") rows; lists (confusion matrices) are skipped.
+
+    An estimate is a dict with ``value`` (``evaluate.metrics.estimate``: ``value, ci_low, ci_high,
+    ci_method``); its CI is shown when both bounds are there.
+    """
     rows: list[tuple[str, str]] = []
 
     def walk(node: Any, name: str) -> None:
@@ -139,14 +140,9 @@ def metric_rows(obj: Any, prefix: str = "", limit: int = 60) -> list[tuple[str, 
             return
         if not isinstance(node, dict):
             return
-        value = next((node[k] for k in ("value", "point", "estimate", "mean") if k in node), None)
+        value = node.get("value")
         if isinstance(value, int | float) and not isinstance(value, bool):
-            lo = hi = None
-            if isinstance(node.get("ci"), list | tuple) and len(node["ci"]) == 2:
-                lo, hi = node["ci"]
-            for a, b in _CI_KEYS:
-                if a in node and b in node:
-                    lo, hi = node[a], node[b]
+            lo, hi = node.get("ci_low"), node.get("ci_high")
             text = _fmt(value) + (f" [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else "")
             rows.append((name, text))
             return
@@ -157,19 +153,42 @@ def metric_rows(obj: Any, prefix: str = "", limit: int = 60) -> list[tuple[str, 
     return rows
 
 
+LIMITATIONS = [
+    "## Limitations",
+    "",
+    "- Trained and evaluated on public 2D slice collections (Kaggle) with known exact and near duplicates, "
+    "mixed encodings and some label noise; performance on other scanners, sequences, institutions or "
+    "patient populations is unknown.",
+    "- One slice at a time: no 3D context, no clinical history; classes outside the four above are forced into "
+    "one of them.",
+    "- Calibration, threshold and conformal sets hold on data like the calibration split; under distribution "
+    "shift they may not. Conformal coverage is marginal (on average), not per patient.",
+    "- Grad-CAM overlays show where the model looked, not where the tumour is.",
+    "",
+]
+
+
 def render_readme(card: dict[str, Any]) -> str:
     """The human model card. Numbers only from ``card`` (which holds the run's own files)."""
-    classes = card["classes"]
-    inp = card["input"]
-    model = card["model"]
-    cal = card["calibration"]
-    data = card["data"]
     lines = [
         f"# Model card: {card['name']}",
         "",
         "> **Research use only. Not a medical device; not for diagnosis or treatment decisions.** "
         "Outputs must be reviewed by a qualified clinician.",
         "",
+        *_use_and_model_section(card),
+        *_data_section(card["data"]),
+        *_calibration_section(card["calibration"]),
+        *_evaluation_section(card.get("metrics")),
+        *LIMITATIONS,
+        *_verification_section(card),
+    ]
+    return "\n".join(lines)
+
+
+def _use_and_model_section(card: dict[str, Any]) -> list[str]:
+    classes, inp, model = card["classes"], card["input"], card["model"]
+    return [
         "## Intended use",
         "",
         f"Classifies a single 2D brain MRI slice into one of {len(classes)} classes: {', '.join(classes)}. "
@@ -189,9 +208,11 @@ def render_readme(card: dict[str, Any]) -> str:
         f"- Preprocessing (bundled, fitted state included): preset `{card['preprocessing']['config'].get('preset')}`, "
         f"size {inp['size']} px.",
         "",
-        "## Data",
-        "",
     ]
+
+
+def _data_section(data: dict[str, Any]) -> list[str]:
+    lines = ["## Data", ""]
     counts = data.get("split_counts") or {}
     if data.get("fingerprint"):
         lines.append(f"- Data fingerprint (sha256 of manifest + split): `{data['fingerprint']}`.")
@@ -201,54 +222,53 @@ def render_readme(card: dict[str, Any]) -> str:
         lines.append("- Split sizes: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
     if data.get("excluded") is not None:
         lines.append(f"- Excluded from the split (duplicates, unreadable, label conflicts): {data['excluded']}.")
-    lines += ["", "## Calibration and decision", ""]
-    if cal["calibrated"]:
-        lines.append(f"- Temperature: {_fmt(cal['temperature'])} (from `{cal['source']}`).")
-        if cal["threshold"] is not None:
-            lines.append(
-                f"- Tumour decision: calibrated tumour probability = 1 - p({NO_TUMOR}) >= {_fmt(cal['threshold'])}"
-                " means tumour."
-            )
-        for alpha, entry in cal["conformal"].items():
-            lines.append(
-                f"- Conformal prediction sets at alpha={alpha} ({entry['method'].upper()}): qhat {_qhat(entry['qhat'])}"
-                f" (target coverage {1 - float(alpha):.0%}, marginal, on exchangeable data)"
-                + (", the default" if float(alpha) == cal["default_alpha"] else "")
-                + "."
-            )
-        if cal.get("fitted_on"):
-            lines.append(f"- Fitted on: the `{cal['fitted_on']}` split ({cal.get('n')} images).")
-    else:
-        lines.append(f"- **Not calibrated.** {cal['note']}.")
-    lines += ["", "## Evaluation", ""]
-    metrics = card.get("metrics")
-    if metrics and metric_rows(metrics.get("metrics")):
-        lines += ["Values from the run's `reports/metrics.json` (95% bootstrap CI in brackets where reported).", ""]
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {text} |" for name, text in metric_rows(metrics.get("metrics"))]
-    else:
-        lines.append("**No evaluation report was found in the run; this model's performance is unknown.**")
+    return [*lines, ""]
+
+
+def _calibration_section(cal: dict[str, Any]) -> list[str]:
+    lines = ["## Calibration and decision", ""]
+    if not cal["calibrated"]:
+        return [*lines, f"- **Not calibrated.** {cal['note']}.", ""]
+    lines.append(f"- Temperature: {_fmt(cal['temperature'])} (from `{cal['source']}`).")
+    if cal["threshold"] is not None:
+        lines.append(
+            f"- Tumour decision: calibrated tumour probability = 1 - p({NO_TUMOR}) >= {_fmt(cal['threshold'])}"
+            " means tumour."
+        )
+    for alpha, entry in cal["conformal"].items():
+        lines.append(
+            f"- Conformal prediction sets at alpha={alpha} ({entry['method'].upper()}): qhat {_qhat(entry['qhat'])}"
+            f" (target coverage {1 - float(alpha):.0%}, marginal, on exchangeable data)"
+            + (", the default" if float(alpha) == cal["default_alpha"] else "")
+            + "."
+        )
+    if cal.get("fitted_on"):
+        lines.append(f"- Fitted on: the `{cal['fitted_on']}` split ({cal.get('n')} images).")
+    return [*lines, ""]
+
+
+def _evaluation_section(metrics: dict[str, Any] | None) -> list[str]:
+    lines = ["## Evaluation", ""]
+    rows = metric_rows(metrics.get("metrics")) if metrics else []
+    if not rows:
+        return [*lines, "**No evaluation report was found in the run; this model's performance is unknown.**", ""]
     lines += [
+        "Values from the run's `reports/metrics.json`, 95% CI in brackets where reported (exact Clopper–Pearson "
+        "for sensitivity, specificity, PPV, NPV and conformal coverage; percentile bootstrap otherwise).",
         "",
-        "## Limitations",
-        "",
-        "- Trained and evaluated on public 2D slice collections (Kaggle) with known exact and near duplicates, "
-        "mixed encodings and some label noise; performance on other scanners, sequences, institutions or "
-        "patient populations is unknown.",
-        "- One slice at a time: no 3D context, no clinical history; classes outside the four above are forced into "
-        "one of them.",
-        "- Calibration, threshold and conformal sets hold on data like the calibration split; under distribution "
-        "shift they may not. Conformal coverage is marginal (on average), not per patient.",
-        "- Grad-CAM overlays show where the model looked, not where the tumour is.",
-        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    return [*lines, *(f"| {name} | {text} |" for name, text in rows), ""]
+
+
+def _verification_section(card: dict[str, Any]) -> list[str]:
+    lines = [
         "## Verification",
         "",
         "`brainmri.load_bundle(path)` checks the sha256 of every file before use (card.json lists them and seals "
         "itself) and refuses a modified bundle.",
         "",
     ]
-    for name, entry in card["files"].items():
-        if name != "README.md":
-            lines.append(f"- `{name}`: sha256 `{entry['sha256']}`")
-    lines += ["", f"Exported by brainmri {card['versions'].get('brainmri')} on {card['created']}.", ""]
-    return "\n".join(lines)
+    lines += [f"- `{name}`: sha256 `{entry['sha256']}`" for name, entry in card["files"].items() if name != "README.md"]
+    return [*lines, "", f"Exported by brainmri {card['versions'].get('brainmri')} on {card['created']}.", ""]

@@ -102,10 +102,6 @@ def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path
     Writes ``model.onnx``, ``model.safetensors``, ``README.md`` and ``card.json`` into a temporary sibling
     folder and renames it into place only when everything succeeded.
     """
-    import onnx
-    import torch
-    from safetensors.torch import save as save_safetensors
-
     from brainmri.runs import Run
     from brainmri.utils import setup_torch
 
@@ -123,74 +119,113 @@ def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        export_onnx(model, size, tmp / ONNX_FILE, opset)
-        onnx_bytes = (tmp / ONNX_FILE).read_bytes()
-        onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
-        parity = onnx_parity(model, onnx_bytes, size)
-        if not parity <= PARITY_TOLERANCE:
-            raise BundleError(f"ONNX export does not reproduce the torch model: max |Δp| = {parity:.2e}")
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        weights = save_safetensors(state, metadata={"format": "pt", "backbone": run.cfg.model.backbone})
-        (tmp / WEIGHTS_FILE).write_bytes(weights)
-
-        card: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "name": out.name,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "task": "classification of one 2D brain MRI slice",
-            "classes": run.classes,
-            "input": {
-                "name": INPUT_NAME,
-                "layout": "NCHW",
-                "shape": ["batch", 1, size, size],
-                "channels": 1,
-                "size": size,
-                "dtype": "float32",
-                "value_range": [0.0, 1.0],
-                "source": "uint8 output of the bundled preprocessor / 255",
-            },
-            "output": {
-                "name": OUTPUT_NAME,
-                "shape": ["batch", len(run.classes)],
-                "dtype": "float32",
-                "meaning": "logits; probabilities = softmax(logits / calibration.temperature)",
-            },
-            "preprocessing": {
-                "config": run.cfg.preprocess.model_dump(mode="json"),
-                "state": preprocessor.to_dict(),
-            },
-            "model": {
-                "config": run.cfg.model.model_dump(mode="json"),
-                "num_classes": len(run.classes),
-                "parameters": int(sum(p.numel() for p in model.parameters())),
-                "onnx": {
-                    "opset": opset,
-                    "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-                    "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}},
-                    "parity_max_abs_diff_probability": parity,
-                },
-            },
-            "calibration": calibration,
-            "decision": {
-                "tumor_probability": "1 - p(no_tumor)",
-                "is_tumor": "tumor_probability >= threshold",
-                "review": "conformal set has more than one class, or normalised entropy > predict.review_entropy",
-            },
-            "metrics": read_reports(run.reports_dir),
-            "data": data_fingerprint(run.info),
-            "training": {"run": run.info, "config": run.cfg.model_dump(mode="json")},
-            "versions": package_versions(),
-        }
-        files = {name: (tmp / name).read_bytes() for name in (ONNX_FILE, WEIGHTS_FILE)}
-        card["files"] = {name: {"sha256": sha256_bytes(b), "bytes": len(b)} for name, b in files.items()}
-        readme = render_readme(card).encode("utf-8")
-        (tmp / README_FILE).write_bytes(readme)
-        card["files"][README_FILE] = {"sha256": sha256_bytes(readme), "bytes": len(readme)}
-        assert sorted(card["files"]) == sorted(BUNDLE_FILES)
-        (tmp / CARD_FILE).write_bytes(seal_card(card))
+        parity = _write_model_files(model, run.cfg.model.backbone, size, tmp, opset)
+        card = build_card(run, out.name, model, preprocessor, calibration, size=size, opset=opset, parity=parity)
+        _write_readme_and_card(card, tmp)
         _replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _write_model_files(model, backbone: str, size: int, folder: Path, opset: int) -> float:
+    """``model.onnx`` (checked, and compared with torch) and ``model.safetensors``; returns the ONNX parity."""
+    import onnx
+    from safetensors.torch import save as save_safetensors
+
+    export_onnx(model, size, folder / ONNX_FILE, opset)
+    onnx_bytes = (folder / ONNX_FILE).read_bytes()
+    onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
+    parity = onnx_parity(model, onnx_bytes, size)
+    if not parity <= PARITY_TOLERANCE:
+        raise BundleError(f"ONNX export does not reproduce the torch model: max |Δp| = {parity:.2e}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    (folder / WEIGHTS_FILE).write_bytes(save_safetensors(state, metadata={"format": "pt", "backbone": backbone}))
+    return parity
+
+
+def _write_readme_and_card(card: dict[str, Any], folder: Path) -> None:
+    """Hash the model files into ``card["files"]``, render ``README.md`` from the card, hash it, seal the card."""
+    files = {name: (folder / name).read_bytes() for name in (ONNX_FILE, WEIGHTS_FILE)}
+    card["files"] = {name: {"sha256": sha256_bytes(b), "bytes": len(b)} for name, b in files.items()}
+    readme = render_readme(card).encode("utf-8")
+    (folder / README_FILE).write_bytes(readme)
+    card["files"][README_FILE] = {"sha256": sha256_bytes(readme), "bytes": len(readme)}
+    assert sorted(card["files"]) == sorted(BUNDLE_FILES)
+    (folder / CARD_FILE).write_bytes(seal_card(card))
+
+
+def build_card(
+    run: Any,
+    name: str,
+    model,
+    preprocessor,
+    calibration: dict[str, Any],
+    *,
+    size: int,
+    opset: int,
+    parity: float,
+) -> dict[str, Any]:
+    """``card.json`` without ``files`` and the seal: what the bundle is, takes, returns, and was made from."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": "classification of one 2D brain MRI slice",
+        "classes": run.classes,
+        **_io_spec(size, len(run.classes)),
+        "preprocessing": {
+            "config": run.cfg.preprocess.model_dump(mode="json"),
+            "state": preprocessor.to_dict(),
+        },
+        "model": _model_spec(run, model, opset, parity),
+        "calibration": calibration,
+        "decision": {
+            "tumor_probability": "1 - p(no_tumor)",
+            "is_tumor": "tumor_probability >= threshold",
+            "review": "conformal set has more than one class, or normalised entropy > predict.review_entropy",
+        },
+        "metrics": read_reports(run.reports_dir),
+        "data": data_fingerprint(run.info),
+        "training": {"run": run.info, "config": run.cfg.model_dump(mode="json")},
+        "versions": package_versions(),
+    }
+
+
+def _io_spec(size: int, n_classes: int) -> dict[str, Any]:
+    return {
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "NCHW",
+            "shape": ["batch", 1, size, size],
+            "channels": 1,
+            "size": size,
+            "dtype": "float32",
+            "value_range": [0.0, 1.0],
+            "source": "uint8 output of the bundled preprocessor / 255",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", n_classes],
+            "dtype": "float32",
+            "meaning": "logits; probabilities = softmax(logits / calibration.temperature)",
+        },
+    }
+
+
+def _model_spec(run: Any, model, opset: int, parity: float) -> dict[str, Any]:
+    import torch
+
+    return {
+        "config": run.cfg.model.model_dump(mode="json"),
+        "num_classes": len(run.classes),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "onnx": {
+            "opset": opset,
+            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+            "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}},
+            "parity_max_abs_diff_probability": parity,
+        },
+    }
