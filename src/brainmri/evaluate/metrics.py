@@ -1,4 +1,4 @@
-"""Classification and calibration metrics, each with a percentile-bootstrap 95% confidence interval.
+"""Classification and calibration metrics, each with a 95% confidence interval (bootstrap or exact).
 
 Definitions (``docs/evaluation.md`` has the formulas):
 
