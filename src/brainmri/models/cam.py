@@ -1,6 +1,7 @@
 """Grad-CAM / Grad-CAM++ heat maps (pytorch-grad-cam) and their overlay on the slice.
 
-Stable API, reused by ``brainmri predict`` and the server:
+Stable API, used through :class:`brainmri.infer.Predictor` (``brainmri predict``, ``brainmri serve``) and
+by the error gallery of ``brainmri evaluate``:
 
 - ``compute_cams(model, images_uint8, targets=None, method="gradcam") -> float32 (N, S, S)`` in [0, 1];
 - ``overlay(image_uint8, cam) -> uint8 (S, S, 3)`` RGB.
@@ -121,3 +122,25 @@ def peak_location(cam: np.ndarray) -> tuple[int, int]:
     """(row, col) of the map's maximum."""
     m = np.asarray(cam)
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(m)), m.shape))  # type: ignore[return-value]
+
+
+def cams_from_maps(maps: np.ndarray, targets: Sequence[int] | np.ndarray, size: int) -> np.ndarray:
+    """Heat maps (N, size, size) in [0, 1] from the bundle's ``cams`` output (N, C, h, w), numpy only.
+
+    The same post-processing pytorch-grad-cam applies to its maps (ReLU, per-image min-max scaling, bilinear
+    resize), so an ONNX overlay matches a torch Grad-CAM overlay at the last feature map (see
+    ``models.classifier.DeployedHeads``) within interpolation error.
+    """
+    import cv2
+
+    m = np.asarray(maps, dtype=np.float32)
+    t = np.asarray(targets, dtype=np.int64).reshape(-1)
+    if m.ndim != 4 or len(t) != len(m):
+        raise ValueError(f"expected maps (N, C, h, w) and N targets, got {m.shape} and {len(t)}")
+    out = np.zeros((len(m), size, size), np.float32)
+    for i, (per_class, target) in enumerate(zip(m, t, strict=True)):
+        cam = np.maximum(per_class[int(target)], 0.0)
+        cam = cam - cam.min()
+        cam = cam / (1e-7 + cam.max())
+        out[i] = cv2.resize(cam, (size, size))
+    return np.clip(out, 0.0, 1.0)
