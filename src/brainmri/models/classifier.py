@@ -81,3 +81,40 @@ class BrainClassifier(nn.Module):
         if not convs:
             raise ValueError("backbone has no conv layer for Grad-CAM")
         return convs[-1]
+
+
+class DeployedHeads(nn.Module):
+    """What a bundle's ONNX graph computes in one pass: logits, pooled features and class activation maps.
+
+    - ``logits`` (B, C): identical to ``BrainClassifier.forward``;
+    - ``features`` (B, F): the pooled pre-logit features the out-of-domain score is fitted on;
+    - ``cams`` (B, C, h, w): Σ_k w_ck A_k over the last feature map A (h = w = S / 32). For a backbone that
+      ends in global average pooling and a linear classifier this is CAM (Zhou et al. 2016), and Grad-CAM
+      at that layer equals it up to a positive scale (the gradient of the pooled logit is w_ck / (h·w)
+      everywhere), so overlays need no gradients and no torch at inference time.
+
+    ``supports_cam(model)`` says whether the head has that shape; otherwise ``cams`` is left out.
+    """
+
+    def __init__(self, model: BrainClassifier) -> None:
+        super().__init__()
+        self.model = model
+        self.with_cam = supports_cam(model)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        backbone = self.model.backbone
+        fmap = backbone.forward_features(self.model.normalise(x))
+        pooled = backbone.forward_head(fmap, pre_logits=True)
+        logits = backbone.get_classifier()(pooled)
+        if not self.with_cam:
+            return logits, pooled
+        cams = torch.einsum("cf,bfhw->bchw", backbone.get_classifier().weight, fmap)
+        return logits, pooled, cams
+
+
+def supports_cam(model: BrainClassifier) -> bool:
+    """True when logits = Linear(global average pool(last feature map)): CAM is then exact."""
+    backbone = model.backbone
+    pool = getattr(backbone, "global_pool", None)
+    pool_type = getattr(pool, "pool_type", "")
+    return isinstance(backbone.get_classifier(), nn.Linear) and pool_type == "avg"
