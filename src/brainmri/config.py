@@ -198,6 +198,26 @@ class AugmentConfig(Section):
     blur: float = 0.1
     downsample: float = 0.1
     """Each scanner-variation value is the probability of applying that transform."""
+    bias_coefficient: float = 0.4
+    """Bias field: each polynomial coefficient is drawn from U(-c, c) (larger: stronger shading)."""
+    thickness: float = 0.0
+    """Probability of anisotropic down-up sampling along one random axis (slice thickness), factor 2-5."""
+    rician_noise: float = 0.0
+    """Probability of Rician noise sqrt((x + n1)^2 + n2^2), sigma U(0.01, 0.06)."""
+    intensity_remap: float = 0.0
+    """Probability of a random smooth intensity curve (docs/robustness.md); background stays black."""
+    remap_monotone: float = 0.5
+    """Fraction of intensity remaps that are monotone (the rest reorder tissue intensities)."""
+    remap_knots: int = Field(5, ge=3)
+    """Knots of the random intensity curve (equally spaced in [0, 1])."""
+    invert: float = 0.0
+    """Probability of contrast inversion inside the head mask (x -> max - x)."""
+    fourier_mix: float = 0.0
+    """Probability of low-frequency Fourier amplitude mixing (FDA/FACT style)."""
+    fourier_beta: float = Field(0.1, gt=0.0, le=0.5)
+    """Half-width of the mixed low-frequency band, as a fraction of the image size."""
+    appearance: bool = False
+    """Preset: appearance keys still at 0 get the values of train.augment.APPEARANCE_PRESET (see docs/robustness.md)."""
 
 
 class TrainConfig(Section):

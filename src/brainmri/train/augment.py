@@ -1,77 +1,612 @@
 """Training-time augmentation on preprocessed grayscale slices (float32 in [0, 1]).
 
-Two groups:
-- geometric/photometric (flip, rotation, scale, translation, brightness, contrast);
-- scanner and protocol variation, after TorchIO (Pérez-García et al. 2021) and MONAI: random bias
-  field (``RandomBiasField``: exp of a random low-order polynomial), gamma (``RandomGamma``, log-gamma
-  ±0.3), Gaussian noise, Gaussian blur, and down-then-up sampling (``RandomAnisotropy``: a
-  lower-resolution acquisition). These are what makes a model survive another hospital's scanner.
+Steps follow MONAI transforms: a deterministic transform (a class whose constructor takes every
+parameter explicitly, e.g. ``Gamma(gamma=1.3)``) and a random wrapper (``RandGamma(prob)``) that draws
+all of its parameters in one place, ``draw(shape, rng)``, from the ``numpy.random.Generator`` passed in,
+and returns the deterministic transform (or ``None`` when it is skipped). The robustness benchmark
+(``bench/robustness.py``) uses the deterministic classes with fixed parameters.
 
-Every random draw comes from the ``numpy.random.Generator`` passed in, which the dataset seeds from
-(seed, epoch, index): augmentation is reproducible and independent of worker count, so a resumed run
-sees the same images as an uninterrupted one. Off at evaluation (the dataset simply does not call it).
+Three groups, applied in this order by :class:`Augmenter`:
+
+- geometry: flip, rotation, zoom (scale), translation (a random crop/zoom);
+- appearance randomisation (off by default; ``docs/robustness.md``): random monotone and non-monotone
+  intensity curves (BigAug, Zhang et al. 2020; GIN, Ouyang et al. 2022), contrast inversion inside the
+  head mask, low-frequency Fourier amplitude mixing (FDA, Yang & Soatto 2020; FACT, Xu et al. 2021);
+- scanner and protocol variation, after TorchIO (Pérez-García et al. 2021) and MONAI: bias field
+  (exp of a random cubic polynomial), gamma, contrast/brightness, Gaussian blur, isotropic down-then-up
+  sampling (a lower-resolution acquisition), anisotropic down-up sampling along one axis (slice
+  thickness), Gaussian noise and Rician noise (magnitude images, Gudbjartsson & Patz 1995).
+
+Every random draw comes from the generator passed in, which the dataset seeds from (seed, epoch,
+index): augmentation is reproducible and independent of worker count, so a resumed run sees the same
+images as an uninterrupted one. A transform whose probability is 0 draws nothing, so the images of
+the default configuration are bit-identical to those of the earlier single-function augmenter. Off at
+evaluation (the dataset simply does not call it).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 
 from brainmri.config import AugmentConfig
 
+# ----------------------------------------------------------------------------- deterministic transforms
 
-def random_bias_field(shape: tuple[int, int], rng: np.random.Generator, coefficient: float = 0.4) -> np.ndarray:
-    """Multiplicative field exp(sum c_ij x^i y^j), i + j <= 3, c ~ U(-coefficient, coefficient)."""
+
+class Transform:
+    """A deterministic image -> image map on float32 (H, W) arrays; ``params()`` lists its parameters."""
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist() if v.size <= 16 else f"array{v.shape}"
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+@dataclass
+class Flip(Transform):
+    """Left-right flip (``axis=1``) or up-down flip (``axis=0``)."""
+
+    axis: int = 1
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        return img[:, ::-1] if self.axis == 1 else img[::-1]
+
+
+@dataclass
+class Affine(Transform):
+    """Rotation by ``angle`` degrees and zoom by ``scale`` about the centre, then a shift of (tx, ty) pixels.
+
+    Zero padding outside the image (the background of a preprocessed slice), bilinear interpolation.
+    """
+
+    angle: float = 0.0
+    scale: float = 1.0
+    tx: float = 0.0
+    ty: float = 0.0
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        if not (self.angle or self.scale != 1.0 or self.tx or self.ty):
+            return img
+        h, w = img.shape
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), self.angle, self.scale)
+        m[:, 2] += (self.tx, self.ty)
+        return cv2.warpAffine(
+            np.ascontiguousarray(img), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+
+
+@dataclass
+class BiasField(Transform):
+    """Multiplicative smooth field exp(sum c_ij x^i y^j), 1 <= i + j <= 3, x, y in [-1, 1] (TorchIO RandomBiasField).
+
+    ``coefficients``: the 9 values c_ij in the order (i, j) = (0,1), (0,2), (0,3), (1,0), (1,1), (1,2),
+    (2,0), (2,1), (3,0).
+    """
+
+    coefficients: np.ndarray = field(default_factory=lambda: np.zeros(9))
+
+    def field(self, shape: tuple[int, int]) -> np.ndarray:
+        h, w = shape
+        y = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
+        x = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
+        log_field = np.zeros((h, w), np.float32)
+        k = 0
+        for i in range(4):
+            for j in range(4 - i):
+                if i == j == 0:
+                    continue
+                log_field += float(self.coefficients[k]) * (x**i) * (y**j)
+                k += 1
+        return np.exp(log_field)
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        return img * self.field(img.shape)
+
+
+@dataclass
+class Gamma(Transform):
+    """x -> x ** gamma (MONAI/TorchIO RandomGamma; gamma > 1 darkens mid-grey, < 1 brightens)."""
+
+    gamma: float = 1.0
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        return np.clip(img, 0, None) ** self.gamma
+
+
+@dataclass
+class ContrastBrightness(Transform):
+    """x -> (x - mean(x)) * contrast + mean(x) + brightness."""
+
+    contrast: float = 1.0
+    brightness: float = 0.0
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        out = img
+        if self.contrast != 1.0:
+            mean = float(out.mean())
+            out = (out - mean) * self.contrast + mean
+        if self.brightness:
+            out = out + self.brightness
+        return out
+
+
+@dataclass
+class GaussianBlur(Transform):
+    """Gaussian smoothing with standard deviation ``sigma`` pixels (a softer reconstruction kernel)."""
+
+    sigma: float = 1.0
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(img, (0, 0), sigmaX=self.sigma)
+
+
+@dataclass
+class Resample(Transform):
+    """Down-sample by ``factor`` (area average) and up-sample back (bilinear): a coarser acquisition.
+
+    ``axis=None``: both axes (lower in-plane resolution, TorchIO RandomAnisotropy in 2-D); ``axis=0``
+    or ``1``: only along rows or columns (thick slices / a coarse phase-encoding direction seen in a
+    reformatted plane).
+    """
+
+    factor: float = 2.0
+    axis: int | None = None
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        h, w = img.shape
+        sh = max(8, int(h / self.factor)) if self.axis in (None, 0) else h
+        sw = max(8, int(w / self.factor)) if self.axis in (None, 1) else w
+        small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _noise_field(noise: np.ndarray | None, sigma: float, seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    if noise is not None:
+        return noise
+    return np.random.default_rng(seed).normal(0, sigma, shape).astype(np.float32)
+
+
+@dataclass(eq=False)
+class GaussianNoise(Transform):
+    """Additive Gaussian noise N(0, sigma^2); the field is ``noise`` if given, else drawn from ``seed``."""
+
+    sigma: float = 0.01
+    seed: int = 0
+    noise: np.ndarray | None = None
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        return img + _noise_field(self.noise, self.sigma, self.seed, img.shape)
+
+
+@dataclass(eq=False)
+class RicianNoise(Transform):
+    """Rician noise of a magnitude image: sqrt((x + n1)^2 + n2^2), n1, n2 ~ N(0, sigma^2) (Gudbjartsson & Patz 1995).
+
+    Unlike additive noise it lifts the dark background to a Rayleigh floor of mean sigma * sqrt(pi/2).
+    """
+
+    sigma: float = 0.02
+    seed: int = 0
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        n = np.random.default_rng(self.seed).standard_normal((2, *img.shape), dtype=np.float32)
+        n *= np.float32(self.sigma)
+        return np.sqrt((img + n[0]) ** 2 + n[1] ** 2)
+
+
+def _lut_curve(knots_y: np.ndarray, size: int = 1024) -> np.ndarray:
+    """A smooth curve through (linspace(0, 1, K), knots_y), tabulated at ``size`` points in [0, 1].
+
+    Piecewise-cubic Hermite (PCHIP, Fritsch & Carlson 1980): monotone knots give a monotone curve,
+    and no curve overshoots its knots.
+    """
+    from scipy.interpolate import PchipInterpolator
+
+    xs = np.linspace(0.0, 1.0, len(knots_y))
+    return PchipInterpolator(xs, knots_y)(np.linspace(0.0, 1.0, size)).astype(np.float32)
+
+
+@dataclass(eq=False)
+class IntensityRemap(Transform):
+    """x -> f(x), f a smooth curve through equally spaced knots ``(i / (K-1), knots[i])`` (values in [0, 1]).
+
+    Increasing knots give a monotone remap (a different but order-preserving tissue contrast);
+    unordered knots a non-monotone one, which reorders tissue intensities the way T1 -> T2 -> FLAIR do
+    (BigAug, Zhang et al. 2020; the random curves of GIN, Ouyang et al. 2022; Models Genesis' Bézier
+    remap). Applied through a 1024-entry look-up table.
+    """
+
+    knots: np.ndarray = field(default_factory=lambda: np.linspace(0, 1, 5))
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        lut = _lut_curve(np.asarray(self.knots, np.float64))
+        idx = np.clip(img * (len(lut) - 1) + 0.5, 0, len(lut) - 1).astype(np.int32)
+        return lut[idx]
+
+
+def head_mask(img: np.ndarray, threshold: float = 0.05, close_px: int = 7) -> np.ndarray:
+    """Boolean mask of the head: pixels above ``threshold``, closed with a ``close_px`` disc, holes filled."""
+    mask = (img > threshold).astype(np.uint8)
+    if close_px > 1:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (close_px, close_px))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    h, w = mask.shape
+    flood = np.pad(mask, 1)  # background connected to the border; the rest is head (holes included)
+    cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 2)
+    return flood[1:-1, 1:-1] != 2
+
+
+@dataclass
+class ContrastInversion(Transform):
+    """Inside the head mask (see :func:`head_mask`) x -> max_mask(x) - x; the background stays as it is.
+
+    Dark tissue becomes bright and vice versa (T1-like <-> T2-like ordering of CSF and white matter) while
+    the image still looks like a head on a dark background.
+    """
+
+    threshold: float = 0.05
+    close_px: int = 7
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        mask = head_mask(img, self.threshold, self.close_px)
+        if not mask.any():
+            return img
+        top = float(img[mask].max())
+        return np.where(mask, top - img, img).astype(np.float32)
+
+
+def _low_band(shape: tuple[int, int], beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays of the lowest frequencies (|f| <= beta x size per axis) in an rfft2 spectrum."""
     h, w = shape
-    y = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
-    x = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
-    log_field = np.zeros((h, w), np.float32)
-    for i in range(4):
-        for j in range(4 - i):
-            if i == j == 0:
-                continue
-            log_field += rng.uniform(-coefficient, coefficient) * (x**i) * (y**j)
-    return np.exp(log_field)
+    bh, bw = max(1, int(beta * h)), max(1, int(beta * w))
+    rows = np.r_[0:bh, h - bh + 1 : h] if bh > 1 else np.r_[0:1]
+    return np.ix_(rows, np.arange(min(bw, w // 2 + 1)))
+
+
+def low_band_amplitude(img: np.ndarray, beta: float = 0.1) -> np.ndarray:
+    """The amplitude ``|rfft2(img)|`` on the low-frequency band that :func:`fourier_amplitude_mix` swaps."""
+    from scipy import fft
+
+    return np.abs(fft.rfft2(np.asarray(img, np.float32))[_low_band(img.shape, beta)])
+
+
+def fourier_amplitude_mix(img: np.ndarray, other_band: np.ndarray, beta: float = 0.1, lam: float = 1.0) -> np.ndarray:
+    """Mix the low-frequency amplitude of ``img`` with ``other_band`` and keep the phase everywhere.
+
+    ``other_band`` is :func:`low_band_amplitude` of another image of the same shape (FDA, Yang & Soatto
+    2020; FACT's amplitude mix, Xu et al. 2021): the low-frequency amplitude carries the global "style"
+    (contrast, shading), the phase the anatomy. ``beta``: half-width of the band as a fraction of the
+    image size; ``lam``: 1 swaps, 0 keeps.
+    """
+    from scipy import fft
+
+    spec = fft.rfft2(np.asarray(img, np.float32))
+    band = _low_band(img.shape, beta)
+    amp = np.abs(spec[band])
+    target = (1 - lam) * amp + lam * other_band
+    spec[band] *= (target / np.maximum(amp, 1e-8)).astype(np.float32)
+    return fft.irfft2(spec, s=img.shape).astype(np.float32)
+
+
+@dataclass(eq=False)
+class FourierAmplitudeMix(Transform):
+    """Low-frequency amplitude mixing (see :func:`fourier_amplitude_mix`).
+
+    The other amplitude is that of ``other`` (an image, e.g. another training slice) if given, else
+    this image's own amplitude multiplied by exp(N(0, jitter^2)) per frequency, drawn from ``seed``
+    (a generated style; FACT's amplitude perturbation).
+    """
+
+    beta: float = 0.1
+    lam: float = 1.0
+    other: np.ndarray | None = None
+    jitter: float = 0.5
+    seed: int = 0
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        if self.other is not None:
+            other = low_band_amplitude(self.other, self.beta)
+        else:
+            own = low_band_amplitude(img, self.beta)
+            other = own * np.exp(np.random.default_rng(self.seed).normal(0, self.jitter, own.shape))
+        return fourier_amplitude_mix(img, other, self.beta, self.lam)
+
+
+# ----------------------------------------------------------------------------- random wrappers
+
+
+class RandomTransform:
+    """Draws the parameters of one deterministic transform; ``prob`` is the chance it is applied."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, prob: float = 1.0) -> None:
+        self.prob = float(prob)
+
+    def draw(self, shape: tuple[int, int], rng: np.random.Generator) -> Transform | None:
+        """The transform to apply, or None. Draws nothing when ``prob`` is 0."""
+        if not self.prob or rng.random() >= self.prob:
+            return None
+        return self.sample(shape, rng)
+
+    def sample(self, shape: tuple[int, int], rng: np.random.Generator) -> Transform:
+        raise NotImplementedError
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        t = self.draw(img.shape, rng)
+        return img if t is None else t(img)
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and not isinstance(v, np.ndarray)}
+
+
+class RandFlip(RandomTransform):
+    """Left-right flip with probability ``prob`` (always draws one number, as the earlier augmenter did)."""
+
+    name = "flip"
+
+    def draw(self, shape, rng):
+        return Flip(1) if rng.random() < self.prob else None
+
+
+class RandAffine(RandomTransform):
+    """Rotation U(-rotation_deg, rotation_deg), zoom U(scale), shift U(-translate, translate) x size; always on."""
+
+    name = "affine"
+
+    def __init__(self, rotation_deg: float, scale: tuple[float, float], translate: float) -> None:
+        super().__init__(1.0)
+        self.rotation_deg, self.scale, self.translate = rotation_deg, tuple(scale), translate
+
+    def draw(self, shape, rng):
+        h, w = shape
+        angle = rng.uniform(-self.rotation_deg, self.rotation_deg) if self.rotation_deg else 0.0
+        scale = rng.uniform(*self.scale)
+        tx, ty = (rng.uniform(-self.translate, self.translate, size=2) * (w, h)) if self.translate else (0.0, 0.0)
+        return Affine(angle, scale, tx, ty)
+
+
+class RandBiasField(RandomTransform):
+    """Bias field with every coefficient U(-coefficient, coefficient)."""
+
+    name = "bias_field"
+
+    def __init__(self, prob: float, coefficient: float = 0.4) -> None:
+        super().__init__(prob)
+        self.coefficient = coefficient
+
+    def sample(self, shape, rng):
+        return BiasField(rng.uniform(-self.coefficient, self.coefficient, size=9))
+
+
+class RandGamma(RandomTransform):
+    """Gamma exp(U(-log_gamma, log_gamma))."""
+
+    name = "gamma"
+
+    def __init__(self, prob: float, log_gamma: float = 0.3) -> None:
+        super().__init__(prob)
+        self.log_gamma = log_gamma
+
+    def sample(self, shape, rng):
+        return Gamma(np.exp(rng.uniform(-self.log_gamma, self.log_gamma)))  # float64, as before
+
+
+class RandContrastBrightness(RandomTransform):
+    """Contrast factor U(1 - contrast, 1 + contrast), brightness U(-brightness, brightness); always on."""
+
+    name = "contrast_brightness"
+
+    def __init__(self, contrast: float, brightness: float) -> None:
+        super().__init__(1.0)
+        self.contrast, self.brightness = contrast, brightness
+
+    def draw(self, shape, rng):
+        c = rng.uniform(1 - self.contrast, 1 + self.contrast) if self.contrast else 1.0
+        b = rng.uniform(-self.brightness, self.brightness) if self.brightness else 0.0
+        return ContrastBrightness(c, b)
+
+
+class RandBlur(RandomTransform):
+    """Gaussian blur, sigma U(sigma_range)."""
+
+    name = "blur"
+
+    def __init__(self, prob: float, sigma_range: tuple[float, float] = (0.3, 1.2)) -> None:
+        super().__init__(prob)
+        self.sigma_range = tuple(sigma_range)
+
+    def sample(self, shape, rng):
+        return GaussianBlur(rng.uniform(*self.sigma_range))
+
+
+class RandResample(RandomTransform):
+    """Down-up sampling by U(factor_range); ``axis=None`` both axes, ``"random"`` one axis drawn at random."""
+
+    def __init__(self, prob: float, factor_range: tuple[float, float], axis: str | None = None) -> None:
+        super().__init__(prob)
+        self.factor_range, self.axis = tuple(factor_range), axis
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "downsample" if self.axis is None else "thickness"
+
+    def sample(self, shape, rng):
+        factor = rng.uniform(*self.factor_range)
+        axis = None if self.axis is None else int(rng.integers(2))
+        return Resample(factor, axis)
+
+
+class RandGaussianNoise(RandomTransform):
+    """Additive Gaussian noise, sigma U(sigma_range)."""
+
+    name = "noise"
+
+    def __init__(self, prob: float, sigma_range: tuple[float, float] = (0.005, 0.03)) -> None:
+        super().__init__(prob)
+        self.sigma_range = tuple(sigma_range)
+
+    def sample(self, shape, rng):
+        sigma = rng.uniform(*self.sigma_range)
+        return GaussianNoise(sigma, noise=rng.normal(0, sigma, shape).astype(np.float32))
+
+
+class RandRicianNoise(RandomTransform):
+    """Rician noise, sigma U(sigma_range)."""
+
+    name = "rician_noise"
+
+    def __init__(self, prob: float, sigma_range: tuple[float, float] = (0.01, 0.06)) -> None:
+        super().__init__(prob)
+        self.sigma_range = tuple(sigma_range)
+
+    def sample(self, shape, rng):
+        return RicianNoise(rng.uniform(*self.sigma_range), int(rng.integers(2**31)))
+
+
+class RandIntensityRemap(RandomTransform):
+    """Random curve through ``knots`` equally spaced knots; monotone with probability ``monotone``.
+
+    The first knot stays 0 (the background stays black). Monotone: the other knots are sorted U(0, 1)
+    values with the last one set to U(0.7, 1); non-monotone: independent U(0, 1) values.
+    """
+
+    name = "intensity_remap"
+
+    def __init__(self, prob: float, knots: int = 5, monotone: float = 0.5) -> None:
+        super().__init__(prob)
+        self.knots, self.monotone = int(knots), float(monotone)
+
+    def sample(self, shape, rng):
+        inner = rng.uniform(0, 1, self.knots - 1)
+        if rng.random() < self.monotone:
+            inner = np.sort(inner)
+            inner[-1] = max(inner[-1], 0.7 + 0.3 * inner[-1])
+        return IntensityRemap(np.r_[0.0, inner])
+
+
+class RandContrastInversion(RandomTransform):
+    """Contrast inversion inside the head mask (no random parameter besides whether it happens)."""
+
+    name = "invert"
+
+    def __init__(self, prob: float, threshold: float = 0.05) -> None:
+        super().__init__(prob)
+        self.threshold = threshold
+
+    def sample(self, shape, rng):
+        return ContrastInversion(self.threshold)
+
+
+class RandFourierAmplitudeMix(RandomTransform):
+    """Low-frequency amplitude mix, lam U(0.5, 1), with a random image of ``bank`` or a generated amplitude.
+
+    ``bank``: uint8 (N, H, W) images of the same size (the training split); the partner is drawn from
+    the same generator, so the result stays a function of (seed, epoch, index). Without a bank the
+    partner amplitude is this image's own, jittered (see :class:`FourierAmplitudeMix`).
+    """
+
+    name = "fourier_mix"
+
+    def __init__(self, prob: float, beta: float = 0.1, bank: np.ndarray | None = None) -> None:
+        super().__init__(prob)
+        self.beta = beta
+        self._bank = bank
+
+    def sample(self, shape, rng):
+        lam = rng.uniform(0.5, 1.0)
+        if self._bank is not None and len(self._bank) and self._bank.shape[1:] == tuple(shape):
+            other = self._bank[int(rng.integers(len(self._bank)))].astype(np.float32) / 255.0
+            return FourierAmplitudeMix(self.beta, lam, other=other)
+        return FourierAmplitudeMix(self.beta, lam, jitter=0.5, seed=int(rng.integers(2**31)))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "partner": "bank" if self._bank is not None else "jittered own amplitude"}
+
+
+# ----------------------------------------------------------------------------- composition
+
+#: Probabilities the ``appearance: true`` preset gives every appearance key still at its default (0),
+#: and the bias-field coefficient it uses when ``bias_coefficient`` is still at its default.
+APPEARANCE_PRESET: dict[str, float] = {
+    "intensity_remap": 0.5,
+    "invert": 0.2,
+    "fourier_mix": 0.3,
+    "rician_noise": 0.2,
+    "thickness": 0.15,
+}
+APPEARANCE_BIAS_COEFFICIENT = 0.6
+
+
+def effective_config(cfg: AugmentConfig) -> AugmentConfig:
+    """``cfg`` with the ``appearance`` preset filled in (explicit non-zero values win)."""
+    if not cfg.appearance:
+        return cfg
+    update: dict[str, Any] = {k: v for k, v in APPEARANCE_PRESET.items() if not getattr(cfg, k)}
+    if cfg.bias_coefficient == AugmentConfig.model_fields["bias_coefficient"].default:
+        update["bias_coefficient"] = APPEARANCE_BIAS_COEFFICIENT
+    return cfg.model_copy(update=update)
+
+
+def build_transforms(cfg: AugmentConfig, bank: np.ndarray | None = None) -> list[RandomTransform]:
+    """The random transforms of ``cfg`` in application order (geometry, appearance, scanner variation)."""
+    c = effective_config(cfg)
+    return [
+        RandFlip(c.hflip),
+        RandAffine(c.rotation_deg, c.scale, c.translate),
+        RandIntensityRemap(c.intensity_remap, c.remap_knots, c.remap_monotone),
+        RandContrastInversion(c.invert),
+        RandFourierAmplitudeMix(c.fourier_mix, c.fourier_beta, bank),
+        RandBiasField(c.bias_field, c.bias_coefficient),
+        RandGamma(c.gamma),
+        RandContrastBrightness(c.contrast, c.brightness),
+        RandBlur(c.blur),
+        RandResample(c.downsample, (1.5, 3.0)),
+        RandResample(c.thickness, (2.0, 5.0), axis="random"),
+        RandGaussianNoise(c.noise),
+        RandRicianNoise(c.rician_noise),
+    ]
 
 
 class Augmenter:
-    """Applies the configured augmentations; each scanner-variation value is a probability."""
+    """Applies the configured augmentations; each scanner-variation or appearance value is a probability.
 
-    def __init__(self, cfg: AugmentConfig) -> None:
+    ``bank`` (optional): uint8 training images that Fourier amplitude mixing draws its partner from; the
+    data module would pass its training array (``Augmenter(cfg.train.augment, bank=train_images)``).
+    """
+
+    def __init__(self, cfg: AugmentConfig, bank: np.ndarray | None = None) -> None:
         self.cfg = cfg
+        self.transforms = build_transforms(cfg, bank)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        c = self.cfg
-        if not c.enabled:
+        if not self.cfg.enabled:
             return img
         out = img.astype(np.float32, copy=True)
-        h, w = out.shape
-        if rng.random() < c.hflip:
-            out = out[:, ::-1]
-        angle = rng.uniform(-c.rotation_deg, c.rotation_deg) if c.rotation_deg else 0.0
-        scale = rng.uniform(*c.scale)
-        tx, ty = (rng.uniform(-c.translate, c.translate, size=2) * (w, h)) if c.translate else (0.0, 0.0)
-        if angle or scale != 1.0 or tx or ty:
-            m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
-            m[:, 2] += (tx, ty)
-            out = cv2.warpAffine(
-                np.ascontiguousarray(out), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
-            )
-        if c.bias_field and rng.random() < c.bias_field:
-            out = out * random_bias_field((h, w), rng)
-        if c.gamma and rng.random() < c.gamma:
-            out = np.clip(out, 0, None) ** np.exp(rng.uniform(-0.3, 0.3))
-        if c.contrast:
-            mean = float(out.mean())
-            out = (out - mean) * rng.uniform(1 - c.contrast, 1 + c.contrast) + mean
-        if c.brightness:
-            out = out + rng.uniform(-c.brightness, c.brightness)
-        if c.blur and rng.random() < c.blur:
-            out = cv2.GaussianBlur(out, (0, 0), sigmaX=rng.uniform(0.3, 1.2))
-        if c.downsample and rng.random() < c.downsample:
-            factor = rng.uniform(1.5, 3.0)
-            small = cv2.resize(out, (max(8, int(w / factor)), max(8, int(h / factor))), interpolation=cv2.INTER_AREA)
-            out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-        if c.noise and rng.random() < c.noise:
-            out = out + rng.normal(0, rng.uniform(0.005, 0.03), out.shape).astype(np.float32)
+        for t in self.transforms:
+            out = t(out, rng)
         return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """The active transforms in order with their settings (for the training log)."""
+        if not self.cfg.enabled:
+            return {}
+        return {t.name: t.describe() for t in self.transforms if t.prob}
+
+
+def random_bias_field(shape: tuple[int, int], rng: np.random.Generator, coefficient: float = 0.4) -> np.ndarray:
+    """Multiplicative field exp(sum c_ij x^i y^j), i + j <= 3, c ~ U(-coefficient, coefficient)."""
+    return BiasField(rng.uniform(-coefficient, coefficient, size=9)).field(shape)
