@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainmri.errors import EmptyImageError, ImageTooLargeError, TruncatedImageError, UnreadableImageError
-from brainmri.io import read_image
+from brainmri.errors import (
+    DegenerateImageError,
+    EmptyImageError,
+    ImageTooLargeError,
+    TruncatedImageError,
+    UnreadableImageError,
+)
+from brainmri.io import read_image, to_uint8
 
 
 def _gradient(h: int = 20, w: int = 30) -> np.ndarray:
@@ -112,7 +118,7 @@ def _dicom(
 
 
 def test_dicom_rescale_and_monochrome1(tmp_path):
-    pixels = np.arange(12, dtype=np.uint16).reshape(3, 4) * 10
+    pixels = np.arange(16 * 20, dtype=np.uint16).reshape(16, 20) * 10
     p = tmp_path / "a.dcm"
     _dicom(p, pixels, slope=2.0, intercept=-5.0)
     out = read_image(p)
@@ -125,7 +131,7 @@ def test_dicom_rescale_and_monochrome1(tmp_path):
 
 
 def test_dicom_voi_window_is_applied(tmp_path):
-    pixels = np.array([[0, 100, 200, 300]], dtype=np.uint16)
+    pixels = np.tile(np.array([[0, 100, 200, 300]], dtype=np.uint16), (16, 4))
     p = tmp_path / "w.dcm"
     _dicom(p, pixels, window=(150, 100))
     out = read_image(p).array
@@ -136,13 +142,109 @@ def test_dicom_voi_window_is_applied(tmp_path):
 def test_nifti_middle_and_indexed_axial_slice(tmp_path):
     import nibabel as nib
 
-    vol = np.zeros((8, 6, 5), np.float32)
+    vol = np.zeros((32, 24, 5), np.float32)
     for z in range(5):
         vol[:, :, z] = z
+    vol[0, 0, :] = 100  # not blank
     path = tmp_path / "v.nii.gz"
     nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
     middle = read_image(path)
-    assert middle.array.shape == (6, 8) and np.all(middle.array == 2) and middle.meta["slice_index"] == 2
-    assert np.all(read_image(path, nifti_slice=4).array == 4)
+    assert middle.array.shape == (24, 32) and np.median(middle.array) == 2 and middle.meta["slice_index"] == 2
+    assert np.median(read_image(path, nifti_slice=4).array) == 4
     with pytest.raises(UnreadableImageError, match="out of range"):
         read_image(path, nifti_slice=9)
+
+
+# ------------------------------------------------------------------------------- degenerate inputs
+
+
+def _nifti(path, volume: np.ndarray) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), path)
+
+
+def _png(path, array: np.ndarray) -> None:
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def test_all_nan_nifti_is_refused(tmp_path):
+    path = tmp_path / "nan.nii.gz"
+    _nifti(path, np.full((32, 32, 3), np.nan))
+    with pytest.raises(DegenerateImageError, match=r"nan\.nii\.gz: image has no finite pixel values") as info:
+        read_image(path)
+    assert info.value.kind == "degenerate"
+
+
+def test_some_nan_pixels_become_the_finite_minimum_and_are_counted(tmp_path):
+    vol = np.tile(np.linspace(5, 50, 32, dtype=np.float32)[:, None, None], (1, 32, 3))
+    vol[:4, :4, :] = np.nan
+    vol[10, 10, :] = np.inf
+    path = tmp_path / "partial.nii.gz"
+    _nifti(path, vol)
+    out = read_image(path)
+    assert np.isfinite(out.array).all() and out.array.min() == 5.0
+    assert out.meta["non_finite_pixels"] == 17
+
+
+@pytest.mark.parametrize("value", [0, 255], ids=["black", "white"])
+def test_blank_images_are_refused(tmp_path, value):
+    path = tmp_path / f"blank{value}.png"
+    _png(path, np.full((64, 64), value))
+    with pytest.raises(DegenerateImageError, match=rf"blank{value}\.png: image is blank \(all pixels equal\)"):
+        read_image(path)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((1, 1), "image is 1x1 px; at least 16 px per side needed"),
+        ((20000, 1), "image is 1x20000 px; at least 16 px per side needed"),
+        ((15, 64), "image is 64x15 px; at least 16 px per side needed"),
+        ((16, 200), "image is 200x16 px: aspect ratio 12.5:1 is beyond 10:1"),
+    ],
+)
+def test_tiny_and_strip_images_are_refused(tmp_path, shape, message):
+    path = tmp_path / "odd.png"
+    _png(path, np.random.default_rng(0).integers(0, 255, shape))
+    with pytest.raises(DegenerateImageError, match=r"odd\.png: " + message.replace(".", r"\.")):
+        read_image(path)
+
+
+def test_smallest_accepted_image(tmp_path):
+    path = tmp_path / "ok.png"
+    _png(path, np.random.default_rng(0).integers(0, 255, (16, 160)))  # 16 px, exactly 10:1
+    assert read_image(path).array.shape == (16, 160)
+
+
+def test_4d_nifti_series_is_refused_but_a_single_volume_is_read(tmp_path):
+    rng = np.random.default_rng(0)
+    series = tmp_path / "series.nii.gz"
+    _nifti(series, rng.uniform(0, 100, (32, 32, 4, 3)))
+    with pytest.raises(DegenerateImageError, match=r"series\.nii\.gz: 4-D NIfTI with 3 volumes; give one 3-D volume"):
+        read_image(series)
+    single = tmp_path / "single.nii.gz"
+    vol = rng.uniform(0, 100, (32, 32, 4, 1))
+    _nifti(single, vol)
+    out = read_image(single)
+    assert out.array.shape == (32, 32)
+    assert np.allclose(out.array, np.flipud(vol[:, :, 2, 0].T))
+
+
+def test_degenerate_bytes_upload_names_the_upload(tmp_path):
+    path = tmp_path / "b.png"
+    _png(path, np.zeros((64, 64)))
+    with pytest.raises(DegenerateImageError, match=r"^scan\.png: image is blank"):
+        read_image(path.read_bytes(), name="scan.png")
+
+
+def test_to_uint8_min_max_and_fixed_range():
+    a = np.array([[2.0, 3.0], [4.0, np.nan]], np.float32)
+    assert to_uint8(a).tolist() == [[0, 128], [255, 0]]  # min-max; 127.5 rounds to even; NaN -> low end
+    assert to_uint8(np.array([[0.0, 5.0, 10.0]]) * 0.1 + 2.0).tolist() == [[0, 128, 255]]
+    assert to_uint8(np.array([[0.0, 1.0, 2.0, 102.0]])).tolist() == [[0, 2, 5, 255]]  # 2.5 -> 2 (half even)
+    assert not to_uint8(np.full((3, 3), 7.0)).any()  # no dynamic range
+    unit = np.array([[-1.0, 0.0, 0.5, 1.0, 2.0, np.inf, 2.5 / 255]], np.float32)
+    assert to_uint8(unit, (0.0, 1.0), rounding="half_up").tolist() == [[0, 0, 128, 255, 255, 255, 3]]
+    with pytest.raises(ValueError, match="rounding"):
+        to_uint8(unit, rounding="nearest")

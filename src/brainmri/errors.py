@@ -47,6 +47,12 @@ class ImageTooLargeError(ImageReadError):
     kind = "too_large"
 
 
+class DegenerateImageError(ImageReadError):
+    """Decodes, but holds no usable picture: blank, all NaN, a few pixels wide, a strip, or a 4-D series."""
+
+    kind = "degenerate"
+
+
 class DataError(BrainMRIError):
     """A data folder, manifest or split file is missing or inconsistent."""
 

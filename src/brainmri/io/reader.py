@@ -5,6 +5,9 @@ way, or deployed predictions see different pixels than training did. The real fo
 the file's magic bytes, because public sets contain PNGs named ``.jpg``. Pixel counts are checked from
 the header *before* decoding, so a decompression bomb is refused without allocating it.
 
+A file that decodes but holds no usable picture (blank, all NaN, under ``MIN_SIDE`` px on a side, a
+strip beyond ``MAX_ASPECT``:1, a 4-D NIfTI series) is refused with a ``DegenerateImageError``.
+
 Intensities are returned in the file's own scale (0..255 for 8-bit, 0..65535 for 16-bit, Hounsfield
 or scanner units for DICOM/NIfTI); scaling to [0, 1] is the preprocessing pipeline's job.
 """
@@ -20,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from brainmri.errors import (
+    DegenerateImageError,
     EmptyImageError,
     ImageReadError,
     ImageTooLargeError,
@@ -30,7 +34,10 @@ from brainmri.errors import (
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
-Format = Literal["jpeg", "png", "bmp", "tiff", "gif", "webp", "dicom", "nifti"]
+MIN_SIDE = 16
+"""Images with a side shorter than this (px) are refused: nothing of a brain survives at that size."""
+MAX_ASPECT = 10.0
+"""Images longer than this many times their width (or wider than tall) are refused: a strip, not a slice."""
 
 EXTENSION_FORMATS: dict[str, str] = {
     ".jpg": "jpeg",
@@ -104,13 +111,36 @@ def read_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     nifti_slice: int | Literal["middle"] = "middle",
+    min_side: int = MIN_SIDE,
+    max_aspect: float = MAX_ASPECT,
 ) -> LoadedImage:
     """Decode ``source`` (a path, or raw bytes with a ``name`` for messages) to a float32 2D array.
 
     Raises a subclass of :class:`ImageReadError` naming the file and the problem:
     ``EmptyImageError`` (0 bytes or 0 pixels), ``ImageTooLargeError`` (file or pixel cap),
-    ``TruncatedImageError`` (decoder ran out of data), ``UnreadableImageError`` (anything else).
+    ``TruncatedImageError`` (decoder ran out of data), ``DegenerateImageError`` (decodes but holds no
+    usable picture, see :func:`check_usable`), ``UnreadableImageError`` (anything else).
     """
+    data, label = _read_source(source, name, max_bytes)
+    fmt = sniff_format(data[:512], label)
+    if fmt is None:
+        raise UnreadableImageError(label, "not a recognised image format (JPEG, PNG, BMP, TIFF, DICOM, NIfTI)")
+    loaded = _decode(data, fmt, label, max_pixels, max_bytes, nifti_slice)
+    check_usable(loaded, label, min_side, max_aspect)
+    expected = EXTENSION_FORMATS.get(extension_of(label))
+    loaded.meta.update(
+        {
+            "format": fmt,
+            "extension_mismatch": expected is not None and expected != fmt,
+            "height": loaded.height,
+            "width": loaded.width,
+        }
+    )
+    return loaded
+
+
+def _read_source(source: str | Path | bytes, name: str | None, max_bytes: int) -> tuple[bytes, str]:
+    """(file bytes, label for messages); missing, empty and oversized files are refused before reading."""
     if isinstance(source, bytes | bytearray):
         data = bytes(source)
         label = name or "<upload>"
@@ -131,18 +161,19 @@ def read_image(
         raise EmptyImageError(label, "file is empty (0 bytes)")
     if len(data) > max_bytes:
         raise ImageTooLargeError(label, f"file is {len(data):,} bytes, over the {max_bytes:,}-byte limit")
+    return data, label
 
-    fmt = sniff_format(data[:512], label)
-    ext = extension_of(label)
-    if fmt is None:
-        raise UnreadableImageError(label, "not a recognised image format (JPEG, PNG, BMP, TIFF, DICOM, NIfTI)")
+
+def _decode(
+    data: bytes, fmt: str, label: str, max_pixels: int, max_bytes: int, nifti_slice: int | Literal["middle"]
+) -> LoadedImage:
+    """Run the decoder of ``fmt``; any decoder exception becomes one :class:`ImageReadError` line."""
     try:
         if fmt == "dicom":
-            loaded = _read_dicom(data, label, max_pixels)
-        elif fmt == "nifti":
-            loaded = _read_nifti(data, label, max_pixels, max_bytes, nifti_slice)
-        else:
-            loaded = _read_raster(data, label, max_pixels)
+            return _read_dicom(data, label, max_pixels)
+        if fmt == "nifti":
+            return _read_nifti(data, label, max_pixels, max_bytes, nifti_slice)
+        return _read_raster(data, label, max_pixels)
     except ImageReadError:
         raise
     except MemoryError:
@@ -150,18 +181,33 @@ def read_image(
     except Exception as exc:  # decoder libraries raise many types; report one clear line
         raise UnreadableImageError(label, f"cannot decode {fmt}: {type(exc).__name__}: {exc}") from None
 
-    if loaded.array.size == 0:
+
+def check_usable(loaded: LoadedImage, label: str, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT) -> None:
+    """Refuse a decoded image that holds no usable picture; repair a few non-finite pixels in place.
+
+    Why: a blank, all-NaN, needle-thin or few-pixel image still gets a confident prediction once it is
+    resized to the model's input; refusing it here gives a clear error in every stage instead.
+    Some NaN/inf pixels (NIfTI masks, failed reconstructions) are set to the finite minimum and counted
+    in ``meta["non_finite_pixels"]``.
+    """
+    a = loaded.array
+    if a.size == 0:
         raise EmptyImageError(label, "image has no pixels")
-    expected = EXTENSION_FORMATS.get(ext)
-    loaded.meta.update(
-        {
-            "format": fmt,
-            "extension_mismatch": expected is not None and expected != fmt,
-            "height": loaded.height,
-            "width": loaded.width,
-        }
-    )
-    return loaded
+    finite = np.isfinite(a)
+    if not finite.all():
+        if not finite.any():
+            raise DegenerateImageError(label, "image has no finite pixel values (all NaN or inf)")
+        loaded.array = np.where(finite, a, a[finite].min()).astype(np.float32)
+        loaded.meta["non_finite_pixels"] = int(a.size - finite.sum())
+    h, w = loaded.height, loaded.width
+    if min(h, w) < min_side:
+        raise DegenerateImageError(label, f"image is {w}x{h} px; at least {min_side} px per side needed")
+    if max(h, w) > max_aspect * min(h, w):
+        raise DegenerateImageError(
+            label, f"image is {w}x{h} px: aspect ratio {max(h, w) / min(h, w):.1f}:1 is beyond {max_aspect:g}:1"
+        )
+    if float(loaded.array.max()) <= float(loaded.array.min()):
+        raise DegenerateImageError(label, "image is blank (all pixels equal)")
 
 
 def _check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
@@ -283,10 +329,12 @@ def _read_nifti(
     if len(shape) < 2 or any(s == 0 for s in shape):
         raise EmptyImageError(label, f"NIfTI has no pixels (shape {shape})")
     _check_pixels(label, int(shape[0]), int(shape[1]), max_pixels)
+    volumes = int(np.prod(shape[3:])) if len(shape) > 3 else 1
+    if volumes > 1:  # a time series / multi-echo / DTI: which volume is meant is the caller's choice
+        raise DegenerateImageError(label, f"{len(shape)}-D NIfTI with {volumes} volumes; give one 3-D volume")
     img = nib.as_closest_canonical(img) if len(shape) >= 3 else img
     volume = np.asanyarray(img.dataobj)
-    while volume.ndim > 3:  # 4D time series: first volume
-        volume = volume[..., 0]
+    volume = volume.reshape(volume.shape[:3]) if volume.ndim > 3 else volume  # trailing dimensions of size 1
     if volume.ndim == 3:
         depth = volume.shape[2]
         index = depth // 2 if nifti_slice == "middle" else int(nifti_slice)
