@@ -21,6 +21,11 @@ from brainmri.data.phantoms import make_phantom
 THRESHOLD = load_config().audit.near_threshold
 
 
+def _import(roots, cfg):
+    """build_manifest with the sections of ``cfg`` it takes."""
+    return build_manifest(roots, cfg.data, cfg.audit)
+
+
 def _phantom_png(path: Path, label: str, seed: int, size: int = 128) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = (make_phantom(label, size=size, seed=seed, bias_strength=0.2).image * 255).round().astype(np.uint8)
@@ -60,7 +65,7 @@ def dup_data(tmp_path_factory):
     shutil.copyfile(tr / "meningioma/meningioma_2.png", tr / "glioma/mislabelled.png")  # label conflict
     _phantom_png(root / "Testing" / "pituitary" / "t.png", "pituitary", seed=3000 + 3)  # same bytes as pituitary_0
     cfg = load_config(None, ["data.workers=1"])
-    df = build_manifest([str(root)], cfg)
+    df = _import([str(root)], cfg)
     manifest = write_manifest(df, base / "manifest.csv")
     return {"base": base, "root": root, "manifest": manifest, "df": df, "cfg": cfg}
 
@@ -139,7 +144,7 @@ def test_audit_reports_unreadable_files(tmp_path, dup_data, bad_images):
     root = tmp_path / "r"
     shutil.copytree(dup_data["root"] / "Training" / "notumor", root / "notumor")
     bad = bad_images(root / "notumor")
-    df = build_manifest([str(root)], load_config(None, ["data.workers=1"]))
+    df = _import([str(root)], load_config(None, ["data.workers=1"]))
     res = audit_manifest(df, load_config().audit)
     res.pop("_graph")
     listed = {f["path"]: f["error"] for f in res["unreadable"]["files"]}
@@ -156,7 +161,7 @@ def test_audit_against_other_manifest(tmp_path, dup_data):
     shutil.copyfile(tr / "glioma/glioma_2.png", other / "yes/copy.png")
     _resized_jpeg(tr / "meningioma/meningioma_1.png", other / "yes/resized.jpg", scale=0.6, quality=75)
     _phantom_png(other / "no" / "new.png", "no_tumor", seed=777_777)
-    df_other = build_manifest([str(other)], load_config(None, ["data.workers=1"]))
+    df_other = _import([str(other)], load_config(None, ["data.workers=1"]))
     res = audit_manifest(df_other, load_config().audit, against=dup_data["df"])
     res.pop("_graph")
     ag = res["against"]

@@ -26,14 +26,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 README_COUNTS = {"glioma": 1321, "meningioma": 1339, "no_tumor": 1595, "pituitary": 1457}
 
 
+def _import(roots, cfg):
+    """build_manifest with the sections of ``cfg`` it takes."""
+    return build_manifest(roots, cfg.data, cfg.audit)
+
+
 @pytest.fixture(scope="module")
 def full(tmp_path_factory, brain_tumor_mri_dir):
     work = tmp_path_factory.mktemp("full")
     cfg = load_config(None, ["data.workers=2"])
-    df = build_manifest([str(brain_tumor_mri_dir)], cfg)
+    df = _import([str(brain_tumor_mri_dir)], cfg)
     manifest = write_manifest(df, work / "manifest.csv")
-    audit = run_audit(manifest, cfg, work / "audit")
-    split = run_split(manifest, cfg, work / "split.json")
+    audit = run_audit(manifest, cfg.audit, work / "audit")
+    split = run_split(manifest, work / "split.json", cfg.split, cfg.audit, cfg.data.classes)
     return {
         "work": work,
         "cfg": cfg,
@@ -145,10 +150,10 @@ def test_split_has_no_exact_or_near_duplicates_across_splits_and_folds(full):
 
 def test_navoneel_overlaps_brain_tumor_mri(full, navoneel_dir, tmp_path):
     cfg = full["cfg"]
-    nav = build_manifest([str(navoneel_dir)], cfg)
+    nav = _import([str(navoneel_dir)], cfg)
     assert len(nav) == 253 and set(nav["label"]) == {"tumor", "no_tumor"}
     path = write_manifest(nav, tmp_path / "navoneel.csv")
-    res = run_audit(path, cfg, tmp_path / "audit", against_path=full["manifest"], montage=False)
+    res = run_audit(path, cfg.audit, tmp_path / "audit", against_path=full["manifest"], montage=False)
     ag = res["against"]
     assert ag["total"] > 0 and ag["exact"] > 0
     md5_full = set(full["df"]["md5"])

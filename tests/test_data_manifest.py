@@ -24,6 +24,11 @@ from brainmri.data.phantoms import make_phantom, write_phantom_dataset
 from brainmri.errors import DataError
 
 
+def _import(roots, cfg):
+    """build_manifest with the sections of ``cfg`` it takes."""
+    return build_manifest(roots, cfg.data, cfg.audit)
+
+
 def _cfg(**overrides):
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
 
@@ -38,7 +43,7 @@ def test_kaggle_layout_labels_splits_and_columns(tmp_path):
     root = write_phantom_dataset(tmp_path / "kag", n_per_class=2, size=64)
     _save(root / "Testing" / "notumor" / "t0.png", "no_tumor", 99)
     _save(root / "Testing" / "glioma_tumor" / "t1.JPG", "glioma", 98, fmt="JPEG")
-    df = build_manifest([str(root)], _cfg(**{"data.workers": 1}))
+    df = _import([str(root)], _cfg(**{"data.workers": 1}))
 
     assert list(df.columns) == list(MANIFEST_COLUMNS)
     assert len(df) == 10
@@ -64,7 +69,7 @@ def test_binary_nested_layout_and_uppercase_extensions(tmp_path):
     _save(root / "brain_tumor_dataset" / "yes" / "Y2.jpeg", "meningioma", 2, fmt="JPEG")
     _save(root / "brain_tumor_dataset" / "no" / "N1.png", "no_tumor", 3)
     (root / "brain_tumor_dataset" / "no" / "notes.txt").write_text("not an image extension")
-    df = build_manifest([str(root)], _cfg(**{"data.workers": 1}))
+    df = _import([str(root)], _cfg(**{"data.workers": 1}))
     assert df["id"].tolist() == [
         "nav/brain_tumor_dataset/no/N1.png",
         "nav/brain_tumor_dataset/yes/Y1.JPG",
@@ -76,7 +81,7 @@ def test_binary_nested_layout_and_uppercase_extensions(tmp_path):
 
 def test_plain_class_folders_and_named_root(tmp_path):
     root = write_phantom_dataset(tmp_path / "plain", n_per_class=1, size=48, layout="plain")
-    df = build_manifest([f"mine={root}"], _cfg(**{"data.workers": 1}))
+    df = _import([f"mine={root}"], _cfg(**{"data.workers": 1}))
     assert (df["source"] == "mine").all()
     assert df["id"].iloc[0].startswith("mine/")
     assert sorted(df["label"]) == ["glioma", "meningioma", "no_tumor", "pituitary"]
@@ -86,7 +91,7 @@ def test_unknown_class_folder_is_an_error(tmp_path):
     root = write_phantom_dataset(tmp_path / "kag", n_per_class=1, size=48)
     _save(root / "Training" / "astrocytoma" / "a.png", "glioma", 5)
     with pytest.raises(DataError) as exc:
-        build_manifest([str(root)], _cfg(**{"data.workers": 1}))
+        _import([str(root)], _cfg(**{"data.workers": 1}))
     msg = str(exc.value)
     assert "astrocytoma" in msg and "notumor" in msg and "glioma" in msg and "data.class_map" in msg
 
@@ -95,16 +100,16 @@ def test_class_map_from_config_accepts_new_folder(tmp_path):
     root = tmp_path / "d"
     _save(root / "Astro" / "a.png", "glioma", 5)
     cfg = load_config(None, ["data.class_map={astro: glioma}", "data.workers=1"])
-    df = build_manifest([str(root)], cfg)
+    df = _import([str(root)], cfg)
     assert df["label"].tolist() == ["glioma"]
 
 
 def test_missing_root_and_empty_root_are_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        build_manifest([str(tmp_path / "nope")], _cfg())
+        _import([str(tmp_path / "nope")], _cfg())
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(DataError, match="no class folders"):
-        build_manifest([str(tmp_path / "empty")], _cfg())
+        _import([str(tmp_path / "empty")], _cfg())
 
 
 def test_bad_files_one_line_each_and_run_completes(tmp_path, bad_images, capsys):
@@ -143,14 +148,14 @@ def test_process_pool_gives_identical_manifest(tmp_path):
 
     cfg = _cfg()
     items = collect_items([str(root)], cfg.data)
-    serial = import_files(items, cfg, workers=1)
-    pooled = import_files(items, cfg, workers=2, chunk_size=4)
+    serial = import_files(items, cfg.data, cfg.audit, workers=1)
+    pooled = import_files(items, cfg.data, cfg.audit, workers=2, chunk_size=4)
     pd.testing.assert_frame_equal(serial, pooled)
 
 
 def test_manifest_roundtrip_and_read_errors(tmp_path):
     root = write_phantom_dataset(tmp_path / "kag", n_per_class=1, size=48)
-    df = build_manifest([str(root)], _cfg(**{"data.workers": 1}))
+    df = _import([str(root)], _cfg(**{"data.workers": 1}))
     path = write_manifest(df, tmp_path / "m.csv")
     back = read_manifest(path)
     pd.testing.assert_frame_equal(back, df)
@@ -172,16 +177,16 @@ def test_manifest_roundtrip_and_read_errors(tmp_path):
 
 def test_default_roots(tmp_path, monkeypatch):
     monkeypatch.delenv("BRAINMRI_DATA", raising=False)
-    assert default_roots(load_config(None, ["data.roots=[/a, /b]"])) == ["/a", "/b"]
+    assert default_roots(load_config(None, ["data.roots=[/a, /b]"]).data) == ["/a", "/b"]
     monkeypatch.setenv("BRAINMRI_DATA", f"/x{__import__('os').pathsep}/y")
-    assert default_roots(load_config()) == ["/x", "/y"]
+    assert default_roots(load_config().data) == ["/x", "/y"]
     monkeypatch.delenv("BRAINMRI_DATA")
     repo = tmp_path / "repo"
     repo.mkdir()
     with pytest.raises(DataError, match="BRAINMRI_DATA"):
-        default_roots(load_config(), repo_root=repo)
+        default_roots(load_config().data, repo_root=repo)
     (tmp_path / "shared" / "data" / "brain-tumor-mri").mkdir(parents=True)
-    assert default_roots(load_config(), repo_root=repo) == [str(tmp_path / "shared/data/brain-tumor-mri")]
+    assert default_roots(load_config().data, repo_root=repo) == [str(tmp_path / "shared/data/brain-tumor-mri")]
 
 
 def test_import_cli_without_roots_gives_clear_error(tmp_path, monkeypatch, capsys):
@@ -219,7 +224,7 @@ def test_dicom_and_nifti_files_are_imported(tmp_path):
     ds.PixelData = rng.integers(0, 4000, size=(24, 20)).astype(np.uint16).tobytes()
     ds.save_as(folder / "slice.DCM", enforce_file_format=True)
 
-    df = build_manifest([str(tmp_path / "vol")], _cfg(**{"data.workers": 1}))
+    df = _import([str(tmp_path / "vol")], _cfg(**{"data.workers": 1}))
     rows = df.set_index("id")
     assert rows.loc["vol/glioma/scan.nii.gz", "format"] == "nifti"
     assert rows.loc["vol/glioma/slice.DCM", "format"] == "dicom"

@@ -26,6 +26,16 @@ N_PER_CLASS = 14
 _HASHES: list[int] = []
 
 
+def _split(df, cfg, **kw):
+    """make_split with the sections of ``cfg`` it takes."""
+    return make_split(df, cfg.split, cfg.audit, cfg.data.classes, **kw)
+
+
+def _import(roots, cfg):
+    """build_manifest with the sections of ``cfg`` it takes."""
+    return build_manifest(roots, cfg.data, cfg.audit)
+
+
 def _png(path: Path, label: str, seed: int, size: int = 96) -> None:
     """Save a phantom whose pHash is far (> threshold + 4) from every phantom saved before, so the only
     duplicates in the fixture are the ones made on purpose (random phantoms can look alike)."""
@@ -73,7 +83,7 @@ def split_data(tmp_path_factory):
     _png(ext / "yes" / "y.png", "glioma", seed=123_456)
     _png(ext / "no" / "n.png", "no_tumor", seed=654_321)
     cfg = load_config(None, ["data.workers=1"])
-    df = build_manifest([str(root), str(base / "ext")], cfg)
+    df = _import([str(root), str(base / "ext")], cfg)
     manifest = write_manifest(df, base / "manifest.csv")
     return {"base": base, "df": df, "manifest": manifest, "bad": bad, "cfg": cfg}
 
@@ -112,7 +122,7 @@ def _check_no_leak(split, df, threshold):
 
 def test_split_has_no_cluster_across_splits_or_folds(split_data):
     df, cfg = split_data["df"], split_data["cfg"]
-    split = make_split(df, cfg)
+    split = _split(df, cfg)
     checked = _check_no_leak(split, df, cfg.audit.near_threshold)
     assert checked >= 4  # near pairs (resized copies) really were inside the split and checked
     # every manifest row is in exactly one of train/val/test/excluded
@@ -126,7 +136,7 @@ def test_split_has_no_cluster_across_splits_or_folds(split_data):
 
 def test_exclusion_reasons(split_data):
     df, cfg = split_data["df"], split_data["cfg"]
-    split = make_split(df, cfg)
+    split = _split(df, cfg)
     reasons = {e["id"]: e["reason"] for e in split["excluded"]}
     for path in split_data["bad"].values():
         rid = df.set_index("path").loc[str(path), "id"]
@@ -147,10 +157,10 @@ def test_exclusion_reasons(split_data):
 
 def test_split_is_stratified_and_deterministic(split_data):
     df, cfg = split_data["df"], split_data["cfg"]
-    a = make_split(df, cfg)
-    b = make_split(df, cfg)
+    a = _split(df, cfg)
+    b = _split(df, cfg)
     assert a == b
-    c = make_split(df, load_config(None, ["split.seed=7"]))
+    c = _split(df, load_config(None, ["split.seed=7"]))
     assert c["test"] != a["test"]
     label = dict(zip(df["id"], df["label"], strict=True))
     kept = len(a["train"]) + len(a["val"]) + len(a["test"])
@@ -176,7 +186,7 @@ def test_assign_groups_hits_fractions():
 def test_keep_source_test(split_data):
     df = split_data["df"]
     cfg = load_config(None, ["split.keep_source_test=true"])
-    split = make_split(df, cfg)
+    split = _split(df, cfg)
     testing = sorted(df.loc[df["source_split"] == "test", "id"])
     assert split["test"] == testing
     reasons = {e["id"]: e["reason"] for e in split["excluded"]}
@@ -185,7 +195,7 @@ def test_keep_source_test(split_data):
     assert split["params"]["moved_out_of_train_for_test"] >= 1
     _check_no_leak(split, df, cfg.audit.near_threshold)
     with pytest.raises(DataError, match="keep_source_test"):
-        make_split(df[df["source_split"] != "test"], cfg)
+        _split(df[df["source_split"] != "test"], cfg)
 
 
 def test_split_cli_writes_files(split_data, tmp_path, capsys):
@@ -209,7 +219,7 @@ def test_split_cli_writes_files(split_data, tmp_path, capsys):
 
 
 def test_read_split_validation(split_data, tmp_path):
-    split = make_split(split_data["df"], split_data["cfg"], manifest="m.csv", manifest_sha256="x")
+    split = _split(split_data["df"], split_data["cfg"], manifest="m.csv", manifest_sha256="x")
 
     def write(obj):
         p = tmp_path / "s.json"
@@ -239,7 +249,7 @@ def test_read_split_validation(split_data, tmp_path):
 
 def test_split_frame(split_data):
     df = read_manifest(split_data["manifest"])
-    split = make_split(df, split_data["cfg"])
+    split = _split(df, split_data["cfg"])
     train = split_frame(df, split, "train")
     assert train["id"].tolist() == split["train"] and list(train.columns) == list(df.columns)
     f1 = split_frame(df, split, "fold1:val")

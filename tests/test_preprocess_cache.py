@@ -16,6 +16,7 @@ from brainmri.config import Config, load_config
 from brainmri.data.phantoms import make_phantom
 from brainmri.errors import DataError
 from brainmri.io.reader import read_image
+from brainmri.layout import Layout
 from brainmri.preprocess import PreprocessedCache, Preprocessor, preprocess_dir_for
 from brainmri.preprocess.cache import build_cache
 
@@ -68,19 +69,29 @@ def _write_split(path: Path, split: dict) -> Path:
 
 
 def _cfg(tmp_path: Path, **pre) -> Config:
-    cfg = load_config(None, [f"paths.work_dir={tmp_path / 'work'}", "preprocess.size=64"])
-    for k, v in pre.items():
-        setattr(cfg.preprocess, k, v)
-    return cfg
+    return load_config(
+        None,
+        [f"paths.work_dir={tmp_path / 'work'}", "preprocess.size=64", *(f"preprocess.{k}={v}" for k, v in pre.items())],
+    )
+
+
+def _cache_dir(cfg: Config) -> Path:
+    return preprocess_dir_for(cfg.preprocess, Layout.from_config(cfg.paths).preprocess_root)
+
+
+def _build(cfg: Config, manifest: Path, split_path: Path, out_root: Path | None = None, **kw):
+    """build_cache with the sections of ``cfg`` it takes; the cache root defaults to the layout's."""
+    root = out_root if out_root is not None else Layout.from_config(cfg.paths).preprocess_root
+    return build_cache(cfg.preprocess, cfg.data, manifest, split_path, root, **kw)
 
 
 def test_build_cache_fits_on_train_lists_failures_and_matches_inference(tmp_path, bad_images):
     manifest, split_path, _split = _write_dataset(tmp_path / "data", bad_images)
     cfg = _cfg(tmp_path)
     messages: list[str] = []
-    report = build_cache(cfg, manifest, split_path, workers=1, log=messages.append)
+    report = _build(cfg, manifest, split_path, workers=1, log=messages.append)
     cache = PreprocessedCache(report.dir)
-    assert report.dir == preprocess_dir_for(cfg)
+    assert report.dir == _cache_dir(cfg)
     assert report.total == 15 and report.processed == 12 and report.skipped == 0  # duplicate processed once
     assert report.fitted_on == 8  # readable training images only; val/test never seen by fit
     failed = dict(report.failed)
@@ -94,7 +105,7 @@ def test_build_cache_fits_on_train_lists_failures_and_matches_inference(tmp_path
     bad = index.set_index("id").loc["ph/bad/text.jpg"]
     assert not bad["ok"] and "not a recognised image format" in bad["error"] and bad["file"] == ""
     assert "truncated" in index.set_index("id").loc["ph/bad/truncated.jpg", "error"]
-    assert (report.dir / "config.yaml").is_file()
+    assert not (report.dir / "config.yaml").exists()  # the command saves the config (see the CLI test)
 
     state = json.loads((report.dir / "state.json").read_text(encoding="utf-8"))
     assert state["fit"]["n_images"] == 8 and state["fit"]["split_part"] == "train"
@@ -112,14 +123,14 @@ def test_build_cache_fits_on_train_lists_failures_and_matches_inference(tmp_path
 def test_rerun_skips_finished_images_and_resumes(tmp_path, bad_images):
     manifest, split_path, _ = _write_dataset(tmp_path / "data", bad_images)
     cfg = _cfg(tmp_path)
-    first = build_cache(cfg, manifest, split_path, workers=1, log=lambda m: None)
+    first = _build(cfg, manifest, split_path, workers=1, log=lambda m: None)
     images = sorted((first.dir / "images").iterdir())
     stamps = {p.name: p.stat().st_mtime_ns for p in images}
-    again = build_cache(cfg, manifest, split_path, workers=1, log=lambda m: None)
+    again = _build(cfg, manifest, split_path, workers=1, log=lambda m: None)
     assert again.processed == 0 and again.skipped == 13 and len(again.failed) == 2
     assert {p.name: p.stat().st_mtime_ns for p in images} == stamps  # nothing rewritten
     images[0].unlink()  # as if the run had been interrupted before this image
-    resumed = build_cache(cfg, manifest, split_path, workers=1, log=lambda m: None)
+    resumed = _build(cfg, manifest, split_path, workers=1, log=lambda m: None)
     assert resumed.processed == 1 and images[0].is_file()
     assert not list(first.dir.rglob(".*"))  # no temporary files left behind
 
@@ -127,16 +138,16 @@ def test_rerun_skips_finished_images_and_resumes(tmp_path, bad_images):
 def test_changed_training_split_refits_and_clears(tmp_path, bad_images):
     manifest, split_path, split = _write_dataset(tmp_path / "data", bad_images)
     cfg = _cfg(tmp_path)
-    first = build_cache(cfg, manifest, split_path, workers=1, log=lambda m: None)
+    first = _build(cfg, manifest, split_path, workers=1, log=lambda m: None)
     old_state = json.loads((first.dir / "state.json").read_text(encoding="utf-8"))
     # moving val/test ids does not touch the fit
     same_train = _write_split(tmp_path / "s2.json", dict(split, val=split["test"], test=split["val"]))
-    kept = build_cache(cfg, manifest, same_train, workers=1, log=lambda m: None)
+    kept = _build(cfg, manifest, same_train, workers=1, log=lambda m: None)
     assert not kept.refit and kept.processed == 0
     # a different training split: refit and rebuild (old images were made with other landmarks)
     moved = dict(split, train=split["train"][2:] + split["val"][:2], val=split["train"][:2] + split["val"][2:])
     logs: list[str] = []
-    refit = build_cache(cfg, manifest, _write_split(tmp_path / "s3.json", moved), workers=1, log=logs.append)
+    refit = _build(cfg, manifest, _write_split(tmp_path / "s3.json", moved), workers=1, log=logs.append)
     assert refit.refit and refit.processed == 12 and any("refitting" in m for m in logs)
     new_state = json.loads((refit.dir / "state.json").read_text(encoding="utf-8"))
     assert new_state["nyul"]["standard_landmarks_"] != old_state["nyul"]["standard_landmarks_"]
@@ -144,8 +155,8 @@ def test_changed_training_split_refits_and_clears(tmp_path, bad_images):
 
 def test_preset_without_fit_and_config_hash_folders(tmp_path, bad_images):
     manifest, split_path, _ = _write_dataset(tmp_path / "data", bad_images)
-    raw = build_cache(_cfg(tmp_path, preset="raw"), manifest, split_path, workers=1, log=lambda m: None)
-    full = preprocess_dir_for(_cfg(tmp_path))
+    raw = _build(_cfg(tmp_path, preset="raw"), manifest, split_path, workers=1, log=lambda m: None)
+    full = _cache_dir(_cfg(tmp_path))
     assert raw.dir != full and raw.fitted_on == 0
     assert PreprocessedCache(raw.dir).preprocessor().preset == "raw"
 
@@ -160,12 +171,12 @@ def test_cli_preprocess_parallel_and_show(tmp_path, bad_images, capsys):
     assert "15 images: 0 already cached, 12 processed, 2 failed" in out
     assert "failed: ph/bad/text.jpg: " in err
     cfg = load_config(None, [f"paths.work_dir={work}", "preprocess.size=64"])
-    cache_dir = preprocess_dir_for(cfg)
+    cache_dir = _cache_dir(cfg)
     assert (cache_dir / "state.json").is_file() and (cache_dir / "config.yaml").is_file()
     saved = load_config(cache_dir / "config.yaml")
     assert saved.preprocess.workers == 2  # the --workers flag is recorded in the resolved config
     # same bytes as the single-process build
-    single = build_cache(_cfg(tmp_path), manifest, split_path, out_root=tmp_path / "single", workers=1, log=print)
+    single = _build(_cfg(tmp_path), manifest, split_path, out_root=tmp_path / "single", workers=1, log=print)
     for png in (cache_dir / "images").iterdir():
         assert png.read_bytes() == (single.dir / "images" / png.name).read_bytes()
 
@@ -188,7 +199,7 @@ def test_cli_reports_missing_inputs(tmp_path, capsys):
 
 def test_preprocessor_loaded_from_cache_matches(tmp_path, bad_images):
     manifest, split_path, _ = _write_dataset(tmp_path / "data", bad_images)
-    report = build_cache(_cfg(tmp_path), manifest, split_path, workers=1, log=lambda m: None)
+    report = _build(_cfg(tmp_path), manifest, split_path, workers=1, log=lambda m: None)
     pre = Preprocessor.load(report.dir / "state.json")
     again = Preprocessor.from_dict(pre.to_dict())
     img = read_image(tmp_path / "data" / "pituitary_03.png").array

@@ -29,7 +29,7 @@ def fitted() -> Preprocessor:
 
 
 def test_default_chain_and_presets():
-    pre = Preprocessor.from_config(Config())
+    pre = Preprocessor.from_config(Config().preprocess)
     assert pre.preset == "full" and pre.needs_fit and not pre.is_fitted
     assert [s.name for s in pre.steps] == [
         "grayscale", "crop", "limit_size", "bias", "skull", "nyul", "clahe", "resize",

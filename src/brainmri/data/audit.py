@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainmri.config import AuditConfig, Config
+from brainmri.config import AuditConfig
 from brainmri.data.duplicates import (
     DuplicateGraph,
     distance_histograms,
@@ -64,51 +64,8 @@ def audit_manifest(df: pd.DataFrame, cfg: AuditConfig, against: pd.DataFrame | N
     threshold = int(cfg.near_threshold)
     graph = duplicate_graph(df, threshold)
     frame = graph.frame
-    hist_max = max(HISTOGRAM_MAX, threshold + 4)
-    hashed = graph.hashed
-    all_pairs, cross = distance_histograms(
-        hash_words(frame["phash"].iloc[hashed].tolist()),
-        hist_max,
-        pd.factorize(frame["md5"].iloc[hashed])[0],
-        pd.factorize(frame["label"].iloc[hashed])[0],
-    )
-
     unreadable = frame.loc[~frame["readable"], ["id", "path", "error"]]
-
-    md5 = frame["md5"]
-    counts = md5[md5 != ""].value_counts()
-    exact_md5 = sorted(counts.index[counts > 1])
-    exact_list = []
-    by_md5 = frame[md5.isin(exact_md5)].groupby("md5", sort=True)
-    for digest, sub in by_md5:
-        exact_list.append({"md5": digest, "ids": sorted(sub["id"]), "labels": sorted(set(sub["label"]))})
-    exact_list.sort(key=lambda r: r["ids"][0])
-
-    ids = frame["id"].to_numpy(str)
-    near_pairs = [
-        {"a": ids[i], "b": ids[j], "distance": int(d)}
-        for i, j, d in zip(graph.near_i, graph.near_j, graph.near_d, strict=True)
-    ]
-
-    clusters = graph.clusters(min_size=2)
-    has_near = np.zeros(len(frame), bool)
-    has_near[graph.near_i] = True
-    has_near[graph.near_j] = True
-    cluster_records = []
-    near_cluster_count = 0
-    cross_split = []
-    conflicts = []
-    for rows in clusters:
-        rec = _cluster_record(frame, rows)
-        rec["kind"] = "near" if has_near[rows].any() else "exact"
-        near_cluster_count += rec["kind"] == "near"
-        cluster_records.append(rec)
-        if len(set(frame["source_split"].iloc[rows])) > 1:
-            cross_split.append(rec)
-        if labels_conflict(frame["label"].iloc[rows].tolist()):
-            conflicts.append(rec)
-
-    hist = {str(d): {"pairs": int(all_pairs[d]), "different_labels": int(cross[d])} for d in range(hist_max + 1)}
+    clusters = _clusters(graph)
     result: dict[str, Any] = {
         "version": 1,
         "near_threshold": threshold,
@@ -117,39 +74,97 @@ def audit_manifest(df: pd.DataFrame, cfg: AuditConfig, against: pd.DataFrame | N
         "readable": int(frame["readable"].sum()),
         "per_label": {k: int(v) for k, v in sorted(Counter(frame["label"]).items())},
         "unreadable": {"count": len(unreadable), "files": unreadable.to_dict(orient="records")},
-        "exact": {
-            "clusters": len(exact_list),
-            "files_in_clusters": int(counts[counts > 1].sum()) if len(exact_list) else 0,
-            "redundant_files": int((counts[counts > 1] - 1).sum()) if len(exact_list) else 0,
-            "cluster_list": exact_list,
-        },
-        "near": {
-            "pairs": len(near_pairs),
-            "pairs_by_distance": {str(k): int(v) for k, v in sorted(Counter(graph.near_d.tolist()).items())},
-            "files_in_pairs": int(has_near.sum()),
-            "pair_list": near_pairs,
-        },
-        "clusters": {
-            "count": len(cluster_records),
-            "with_near_edges": int(near_cluster_count),
-            "files": int(sum(len(r["ids"]) for r in cluster_records)),
-            "largest": int(max((len(r["ids"]) for r in cluster_records), default=0)),
-            "redundant_files": int(sum(len(r["ids"]) - 1 for r in cluster_records)),
-            "list": cluster_records,
-        },
-        "distance_histogram": hist,
-        "cross_source_split": {"count": len(cross_split), "clusters": cross_split},
-        "label_conflicts": {
-            "count": len(conflicts),
-            "files": int(sum(len(r["ids"]) for r in conflicts)),
-            "clusters": conflicts,
-        },
+        "exact": _exact_duplicates(frame),
+        "near": _near_pairs(graph),
+        "clusters": clusters["clusters"],
+        "distance_histogram": _distance_histogram(graph, threshold),
+        "cross_source_split": clusters["cross_source_split"],
+        "label_conflicts": clusters["label_conflicts"],
         "against": None,
     }
     if against is not None:
         result["against"] = audit_against(frame, against, threshold)
     result["_graph"] = graph  # removed before writing; used for the montage
     return result
+
+
+def _distance_histogram(graph: DuplicateGraph, threshold: int) -> dict[str, dict[str, int]]:
+    """Pairs of different files (and of those, pairs with different labels) at each pHash distance."""
+    frame, hashed = graph.frame, graph.hashed
+    hist_max = max(HISTOGRAM_MAX, threshold + 4)
+    all_pairs, cross = distance_histograms(
+        hash_words(frame["phash"].iloc[hashed].tolist()),
+        hist_max,
+        pd.factorize(frame["md5"].iloc[hashed])[0],
+        pd.factorize(frame["label"].iloc[hashed])[0],
+    )
+    return {str(d): {"pairs": int(all_pairs[d]), "different_labels": int(cross[d])} for d in range(hist_max + 1)}
+
+
+def _exact_duplicates(frame: pd.DataFrame) -> dict[str, Any]:
+    """Clusters of files with the same md5."""
+    md5 = frame["md5"]
+    counts = md5[md5 != ""].value_counts()
+    exact_md5 = sorted(counts.index[counts > 1])
+    exact_list = [
+        {"md5": digest, "ids": sorted(sub["id"]), "labels": sorted(set(sub["label"]))}
+        for digest, sub in frame[md5.isin(exact_md5)].groupby("md5", sort=True)
+    ]
+    exact_list.sort(key=lambda r: r["ids"][0])
+    return {
+        "clusters": len(exact_list),
+        "files_in_clusters": int(counts[counts > 1].sum()) if len(exact_list) else 0,
+        "redundant_files": int((counts[counts > 1] - 1).sum()) if len(exact_list) else 0,
+        "cluster_list": exact_list,
+    }
+
+
+def _near_pairs(graph: DuplicateGraph) -> dict[str, Any]:
+    """Pairs of different files within the pHash threshold."""
+    ids = graph.frame["id"].to_numpy(str)
+    near_pairs = [
+        {"a": ids[i], "b": ids[j], "distance": int(d)}
+        for i, j, d in zip(graph.near_i, graph.near_j, graph.near_d, strict=True)
+    ]
+    return {
+        "pairs": len(near_pairs),
+        "pairs_by_distance": {str(k): int(v) for k, v in sorted(Counter(graph.near_d.tolist()).items())},
+        "files_in_pairs": len(set(graph.near_i.tolist()) | set(graph.near_j.tolist())),
+        "pair_list": near_pairs,
+    }
+
+
+def _clusters(graph: DuplicateGraph) -> dict[str, Any]:
+    """``clusters``, ``cross_source_split`` and ``label_conflicts`` sections (exact + near, single linkage)."""
+    frame = graph.frame
+    has_near = np.zeros(len(frame), bool)
+    has_near[graph.near_i] = True
+    has_near[graph.near_j] = True
+    records, cross_split, conflicts = [], [], []
+    for rows in graph.clusters(min_size=2):
+        rec = _cluster_record(frame, rows)
+        rec["kind"] = "near" if has_near[rows].any() else "exact"
+        records.append(rec)
+        if len(set(frame["source_split"].iloc[rows])) > 1:
+            cross_split.append(rec)
+        if labels_conflict(frame["label"].iloc[rows].tolist()):
+            conflicts.append(rec)
+    return {
+        "clusters": {
+            "count": len(records),
+            "with_near_edges": sum(r["kind"] == "near" for r in records),
+            "files": int(sum(len(r["ids"]) for r in records)),
+            "largest": int(max((len(r["ids"]) for r in records), default=0)),
+            "redundant_files": int(sum(len(r["ids"]) - 1 for r in records)),
+            "list": records,
+        },
+        "cross_source_split": {"count": len(cross_split), "clusters": cross_split},
+        "label_conflicts": {
+            "count": len(conflicts),
+            "files": int(sum(len(r["ids"]) for r in conflicts)),
+            "clusters": conflicts,
+        },
+    }
 
 
 def audit_against(df: pd.DataFrame, other: pd.DataFrame, threshold: int) -> dict[str, Any]:
@@ -245,7 +260,7 @@ def select_montage_pairs(graph: DuplicateGraph, threshold: int, n_pairs: int, se
 def _thumb(path: str, size: int = 128) -> np.ndarray:
     from PIL import Image
 
-    from brainmri.data.manifest import to_uint8
+    from brainmri.io.pixels import to_uint8
     from brainmri.io.reader import read_image
 
     try:
@@ -346,18 +361,20 @@ def audit_text(result: dict[str, Any], manifest: str, against: str | None = None
 
 def run_audit(
     manifest_path: str | os.PathLike[str],
-    cfg: Config,
+    cfg: AuditConfig,
     out_dir: str | os.PathLike[str],
     against_path: str | os.PathLike[str] | None = None,
     montage: bool = True,
 ) -> dict[str, Any]:
-    """Audit a manifest file and write audit.json, audit.txt and near_duplicates.png into ``out_dir``."""
-    from brainmri.config import save_config
+    """Audit a manifest file and write audit.json, audit.txt and near_duplicates.png into ``out_dir``.
+
+    ``cfg`` is the ``audit`` section. The command layer saves the resolved config next to the outputs.
+    """
     from brainmri.data.manifest import read_manifest
 
     df = read_manifest(manifest_path)
     other = read_manifest(against_path) if against_path is not None else None
-    result = audit_manifest(df, cfg.audit, other)
+    result = audit_manifest(df, cfg, other)
     graph: DuplicateGraph = result.pop("_graph")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -366,8 +383,8 @@ def run_audit(
     if against_path is not None:
         result["against"]["manifest"] = str(against_path)
     if montage:
-        pairs = select_montage_pairs(graph, cfg.audit.near_threshold, cfg.audit.montage_pairs)
-        render_pair_montage(graph.frame, pairs, out / "near_duplicates.png", cfg.audit.near_threshold)
+        pairs = select_montage_pairs(graph, cfg.near_threshold, cfg.montage_pairs)
+        render_pair_montage(graph.frame, pairs, out / "near_duplicates.png", cfg.near_threshold)
         result["montage"] = {
             "file": "near_duplicates.png",
             "pairs": [
@@ -376,5 +393,4 @@ def run_audit(
         }
     atomic_write_json(out / "audit.json", result)
     atomic_write_text(out / "audit.txt", audit_text(result, str(manifest_path), str(against_path or "") or None))
-    save_config(cfg, out / "config.yaml")
     return result

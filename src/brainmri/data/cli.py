@@ -18,12 +18,10 @@ def _layout(cfg: Config) -> Layout:
 def _import(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.data.manifest import build_manifest, default_roots, summary_text, write_manifest
 
-    if args.roots:
-        cfg.data.roots = list(args.roots)
-    roots = default_roots(cfg)
-    cfg.data.roots = list(roots)
+    roots = list(args.roots) or default_roots(cfg.data)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"roots": roots})})  # saved config names them
     out = Path(args.out) if args.out else _layout(cfg).manifest_file
-    df = build_manifest(roots, cfg)
+    df = build_manifest(roots, cfg.data, cfg.audit)
     write_manifest(df, out)
     save_config(cfg, out.parent / f"{out.stem}.config.yaml")
     print(summary_text(df))
@@ -50,7 +48,8 @@ def _audit(cfg: Config, args: argparse.Namespace) -> int:
 
     manifest = Path(args.manifest)
     out = Path(args.out) if args.out else manifest.parent / "audit"
-    result = run_audit(manifest, cfg, out, against_path=args.against)
+    result = run_audit(manifest, cfg.audit, out, against_path=args.against)
+    save_config(cfg, out / "config.yaml")
     sys.stdout.write((out / "audit.txt").read_text(encoding="utf-8"))
     print(
         f"audit: {out / 'audit.json'}, {out / 'audit.txt'}" + (", near_duplicates.png" if "montage" in result else "")
@@ -63,7 +62,8 @@ def _split(cfg: Config, args: argparse.Namespace) -> int:
 
     manifest = Path(args.manifest) if args.manifest else _layout(cfg).manifest_file
     out = Path(args.out) if args.out else _layout(cfg).split_file
-    split = run_split(manifest, cfg, out)
+    split = run_split(manifest, out, cfg.split, cfg.audit, cfg.data.classes)
+    save_config(cfg, out.parent / f"{out.stem}.config.yaml")
     counts = ", ".join(f"{k} {len(split[k])}" for k in ("train", "val", "test"))
     print(f"split: {counts}; {len(split['folds'])} folds; {len(split['excluded'])} excluded (see data_card.md)")
     print(f"wrote {out}, {out.parent / 'splits_final.json'}, {out.parent / 'data_card.md'}")

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainmri.config import Config, DataConfig
+from brainmri.config import AuditConfig, DataConfig
 from brainmri.errors import DataError, ImageReadError
+from brainmri.io.pixels import to_uint8
 from brainmri.utils import atomic_path, one_line, progress
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -81,14 +82,14 @@ class ImportItem:
 # --------------------------------------------------------------------------------------------- layout
 
 
-def default_roots(cfg: Config, repo_root: Path | None = None) -> list[str]:
+def default_roots(data: DataConfig, repo_root: Path | None = None) -> list[str]:
     """Roots to import when none are given on the command line.
 
-    Order: ``cfg.data.roots``, then ``$BRAINMRI_DATA`` (``os.pathsep``-separated), then
+    Order: ``data.roots`` (``cfg.data``), then ``$BRAINMRI_DATA`` (``os.pathsep``-separated), then
     ``../shared/data/brain-tumor-mri`` when it exists.
     """
-    if cfg.data.roots:
-        return list(cfg.data.roots)
+    if data.roots:
+        return list(data.roots)
     env = os.environ.get("BRAINMRI_DATA", "")
     roots = [p for p in env.split(os.pathsep) if p.strip()]
     if roots:
@@ -213,18 +214,6 @@ def collect_items(roots: Sequence[str], data: DataConfig) -> list[ImportItem]:
 # --------------------------------------------------------------------------------------------- per file
 
 
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Min-max scale one image to uint8 (constant images become zeros)."""
-    a = np.asarray(array, dtype=np.float32)
-    finite = np.isfinite(a)
-    if not finite.all():
-        a = np.where(finite, a, 0.0).astype(np.float32)
-    lo, hi = float(a.min()), float(a.max())
-    if hi <= lo:
-        return np.zeros(a.shape, np.uint8)
-    return np.clip(np.round((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
-
-
 def phash_hex(array: np.ndarray, hash_size: int = 8) -> str:
     """imagehash pHash of a decoded float image, as hex (16 chars for hash_size 8)."""
     import imagehash
@@ -295,16 +284,18 @@ def _report_error(row: dict) -> None:
 
 def import_files(
     items: Sequence[ImportItem],
-    cfg: Config,
+    data: DataConfig,
+    audit: AuditConfig,
     workers: int | None = None,
     chunk_size: int = 64,
 ) -> pd.DataFrame:
     """Hash and decode every item (process pool when workers > 1); rows sorted by id.
 
-    Each unreadable file prints one ``path: reason`` line on stderr as it is found.
+    ``data`` gives the decode limits and default worker count, ``audit`` the pHash size. Each
+    unreadable file prints one ``path: reason`` line on stderr as it is found.
     """
-    workers = cfg.data.workers if workers is None else workers
-    extra = (cfg.audit.hash_size, cfg.data.max_pixels, cfg.data.max_file_bytes, cfg.data.nifti_slice)
+    workers = data.workers if workers is None else workers
+    extra = (audit.hash_size, data.max_pixels, data.max_file_bytes, data.nifti_slice)
     rows: list[dict] = []
     bar = progress(range(len(items)), desc="import", total=len(items))
     bar_iter = iter(bar)
@@ -349,9 +340,11 @@ def _normalise_types(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def build_manifest(roots: Sequence[str], cfg: Config, workers: int | None = None) -> pd.DataFrame:
+def build_manifest(
+    roots: Sequence[str], data: DataConfig, audit: AuditConfig, workers: int | None = None
+) -> pd.DataFrame:
     """Discover files under ``roots`` and import them (see :func:`import_files`)."""
-    return import_files(collect_items(roots, cfg.data), cfg, workers=workers)
+    return import_files(collect_items(roots, data), data, audit, workers=workers)
 
 
 # --------------------------------------------------------------------------------------------- read / write

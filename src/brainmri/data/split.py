@@ -20,14 +20,15 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from brainmri.config import Config
-from brainmri.data.duplicates import duplicate_graph, labels_conflict
+from brainmri.config import AuditConfig, SplitConfig
+from brainmri.data.duplicates import DuplicateGraph, duplicate_graph, labels_conflict
 from brainmri.errors import DataError
 from brainmri.labels import TUMOR
 
@@ -91,13 +92,69 @@ def assign_groups(
     return out
 
 
-def make_split(df: pd.DataFrame, cfg: Config, manifest: str = "", manifest_sha256: str = "") -> dict[str, Any]:
-    """Compute the split dict (schema in docs/architecture.md) from a manifest frame."""
-    scfg = cfg.split
-    classes = list(cfg.data.classes)
-    frame = df.sort_values("id", kind="stable").reset_index(drop=True)
-    excluded: dict[str, str] = {}
+def make_split(
+    df: pd.DataFrame,
+    split_cfg: SplitConfig,
+    audit: AuditConfig,
+    classes: Sequence[str],
+    manifest: str = "",
+    manifest_sha256: str = "",
+) -> dict[str, Any]:
+    """Compute the split dict (schema in docs/architecture.md) from a manifest frame.
 
+    ``split_cfg`` is ``cfg.split``, ``audit`` gives the near-duplicate threshold (``cfg.audit``),
+    ``classes`` the training classes (``cfg.data.classes``).
+    """
+    classes = list(classes)
+    frame = df.sort_values("id", kind="stable").reset_index(drop=True)
+    excluded = _unusable_rows(frame, classes)
+    elig = frame[~frame["id"].isin(excluded)].reset_index(drop=True)
+    graph = duplicate_graph(elig, audit.near_threshold)
+    ids = np.array(elig["id"].tolist(), dtype=object)  # Python str, so lists serialise as plain JSON strings
+    lab = elig["label"].to_numpy(str)
+    n_conflict_clusters = _exclude_label_conflicts(graph, ids, lab, excluded)
+    keep = _keep_one_exact_copy(elig, ids, excluded, split_cfg.keep_source_test)
+    rng = np.random.default_rng(split_cfg.seed)
+    assignment, moved_out = _assign_splits(elig, ids, graph.cluster, keep, excluded, split_cfg, rng, manifest)
+    trainval = (assignment == 0) | (assignment == 1)
+    if trainval.sum() == 0:
+        raise DataError(f"{manifest or 'manifest'}: no images left for train/val after exclusions")
+    fold_of = np.full(len(elig), -1, np.int64)
+    _assign_rows(trainval, graph.cluster, lab, [1.0 / split_cfg.folds] * split_cfg.folds, rng, fold_of, 0)
+    folds = [
+        {
+            "train": sorted(ids[trainval & (fold_of != k)].tolist()),
+            "val": sorted(ids[trainval & (fold_of == k)].tolist()),
+        }
+        for k in range(split_cfg.folds)
+    ]
+    parts = {name: sorted(ids[assignment == k].tolist()) for k, name in enumerate(SPLIT_NAMES)}
+    return {
+        "version": SPLIT_VERSION,
+        "manifest": manifest,
+        "manifest_sha256": manifest_sha256,
+        "seed": split_cfg.seed,
+        "classes": classes,
+        **parts,
+        "folds": folds,
+        "excluded": [{"id": k, "reason": excluded[k]} for k in sorted(excluded)],
+        "params": {
+            "near_threshold": audit.near_threshold,
+            "hash_size": audit.hash_size,
+            "val_fraction": split_cfg.val_fraction,
+            "test_fraction": split_cfg.test_fraction,
+            "folds": split_cfg.folds,
+            "keep_source_test": split_cfg.keep_source_test,
+            "clusters": len(set(graph.cluster[keep].tolist())),
+            "label_conflict_clusters": n_conflict_clusters,
+            "moved_out_of_train_for_test": moved_out,
+        },
+    }
+
+
+def _unusable_rows(frame: pd.DataFrame, classes: list[str]) -> dict[str, str]:
+    """id -> reason for unreadable files, rows of binary yes/no sets and labels outside ``classes``."""
+    excluded: dict[str, str] = {}
     readable = frame["readable"].to_numpy(bool)
     for rid, err in zip(frame["id"][~readable], frame["error"][~readable], strict=True):
         excluded[rid] = err if err.startswith("unreadable") else (f"unreadable: {err}" if err else "unreadable")
@@ -108,13 +165,11 @@ def make_split(df: pd.DataFrame, cfg: Config, manifest: str = "", manifest_sha25
     for rid, lab in zip(frame["id"], frame["label"], strict=True):
         if rid not in excluded and lab not in classes:
             excluded[rid] = f"unknown label: '{lab}' is not one of {classes}"
+    return excluded
 
-    elig = frame[~frame["id"].isin(excluded)].reset_index(drop=True)
-    graph = duplicate_graph(elig, cfg.audit.near_threshold)
-    cluster = graph.cluster
-    ids = np.array(elig["id"].tolist(), dtype=object)  # Python str, so lists serialise as plain JSON strings
-    lab = elig["label"].to_numpy(str)
 
+def _exclude_label_conflicts(graph: DuplicateGraph, ids: np.ndarray, lab: np.ndarray, excluded: dict[str, str]) -> int:
+    """Exclude every member of a duplicate cluster whose labels conflict; returns the number of such clusters."""
     n_conflict_clusters = 0
     for rows in graph.clusters(min_size=2):
         if labels_conflict(lab[rows].tolist()):
@@ -122,95 +177,77 @@ def make_split(df: pd.DataFrame, cfg: Config, manifest: str = "", manifest_sha25
             names = ", ".join(sorted(set(lab[rows].tolist())))
             for r in rows:
                 excluded[ids[r]] = f"label conflict: duplicate cluster of {len(rows)} files labelled {names}"
+    return n_conflict_clusters
 
+
+def _keep_one_exact_copy(
+    elig: pd.DataFrame, ids: np.ndarray, excluded: dict[str, str], keep_source_test: bool
+) -> np.ndarray:
+    """Mask of rows still kept once exact copies beyond the first (by id; test copy first if asked) are dropped."""
     keep = ~pd.Series(ids).isin(excluded).to_numpy()
     md5 = elig["md5"].to_numpy(str)
     source_split = elig["source_split"].to_numpy(str)
     first_of: dict[str, str] = {}
     order = np.flatnonzero(keep)
-    if scfg.keep_source_test:  # keep the test copy of an exact duplicate, drop the training copies
+    if keep_source_test:  # keep the test copy of an exact duplicate, drop the training copies
         order = order[np.argsort(source_split[order] != "test", kind="stable")]
     for r in order:
         first = first_of.setdefault(md5[r], ids[r])
         if first != ids[r]:
             excluded[ids[r]] = f"exact duplicate of {first}"
             keep[r] = False
+    return keep
 
-    moved_out = 0
-    assignment = np.full(len(elig), -1, np.int64)  # 0 train, 1 val, 2 test
-    rng = np.random.default_rng(scfg.seed)
-    if scfg.keep_source_test:
-        is_test = keep & (source_split == "test")
-        if not is_test.any():
-            raise DataError(
-                f"{manifest or 'manifest'}: split.keep_source_test is set but no kept row has source_split 'test' "
-                "(import a Kaggle-style root with a Testing/ folder, or drop --keep-source-test)"
-            )
-        assignment[is_test] = 2
-        test_clusters = set(cluster[is_test].tolist())
-        test_first = {}
-        for r in np.flatnonzero(is_test):
-            test_first.setdefault(int(cluster[r]), ids[r])
-        for r in np.flatnonzero(keep & ~is_test):
-            if int(cluster[r]) in test_clusters:
-                excluded[ids[r]] = f"duplicate of test image {test_first[int(cluster[r])]} (keep_source_test)"
-                keep[r] = False
-                moved_out += 1
-        rest = keep & ~is_test
-        train_frac = 1.0 - scfg.val_fraction - scfg.test_fraction
-        fractions = [max(train_frac, 0.0), scfg.val_fraction]
-        if sum(fractions) <= 0:
-            raise DataError("split fractions leave nothing for train/val: lower split.val_fraction/test_fraction")
-        fractions = [f / sum(fractions) for f in fractions]
-        _assign_rows(rest, cluster, lab, fractions, rng, assignment, offset=0)
-    else:
-        train_frac = 1.0 - scfg.val_fraction - scfg.test_fraction
+
+def _assign_splits(
+    elig: pd.DataFrame,
+    ids: np.ndarray,
+    cluster: np.ndarray,
+    keep: np.ndarray,
+    excluded: dict[str, str],
+    split_cfg: SplitConfig,
+    rng: np.random.Generator,
+    manifest: str,
+) -> tuple[np.ndarray, int]:
+    """(split per row: 0 train, 1 val, 2 test, -1 excluded; rows moved out of train/val for duplicating test).
+
+    With ``keep_source_test`` the source's test rows are the test split and clusters reaching into them
+    leave train/val; otherwise whole clusters are drawn into all three splits. ``keep`` is updated.
+    """
+    lab = elig["label"].to_numpy(str)
+    assignment = np.full(len(elig), -1, np.int64)
+    train_frac = 1.0 - split_cfg.val_fraction - split_cfg.test_fraction
+    if not split_cfg.keep_source_test:
         if train_frac <= 0:
             raise DataError(
-                f"split.val_fraction + split.test_fraction = {scfg.val_fraction + scfg.test_fraction} "
+                f"split.val_fraction + split.test_fraction = {split_cfg.val_fraction + split_cfg.test_fraction} "
                 "leaves no training data"
             )
-        _assign_rows(keep, cluster, lab, [train_frac, scfg.val_fraction, scfg.test_fraction], rng, assignment, 0)
-
-    parts = {name: sorted(ids[assignment == k].tolist()) for k, name in enumerate(SPLIT_NAMES)}
-    trainval = (assignment == 0) | (assignment == 1)
-    if trainval.sum() == 0:
-        raise DataError(f"{manifest or 'manifest'}: no images left for train/val after exclusions")
-    fold_of = np.full(len(elig), -1, np.int64)
-    _assign_rows(trainval, cluster, lab, [1.0 / scfg.folds] * scfg.folds, rng, fold_of, 0)
-    folds = []
-    for k in range(scfg.folds):
-        folds.append(
-            {
-                "train": sorted(ids[trainval & (fold_of != k)].tolist()),
-                "val": sorted(ids[trainval & (fold_of == k)].tolist()),
-            }
+        _assign_rows(
+            keep, cluster, lab, [train_frac, split_cfg.val_fraction, split_cfg.test_fraction], rng, assignment, 0
         )
-
-    excl_list = [{"id": k, "reason": excluded[k]} for k in sorted(excluded)]
-    return {
-        "version": SPLIT_VERSION,
-        "manifest": manifest,
-        "manifest_sha256": manifest_sha256,
-        "seed": scfg.seed,
-        "classes": classes,
-        "train": parts["train"],
-        "val": parts["val"],
-        "test": parts["test"],
-        "folds": folds,
-        "excluded": excl_list,
-        "params": {
-            "near_threshold": cfg.audit.near_threshold,
-            "hash_size": cfg.audit.hash_size,
-            "val_fraction": scfg.val_fraction,
-            "test_fraction": scfg.test_fraction,
-            "folds": scfg.folds,
-            "keep_source_test": scfg.keep_source_test,
-            "clusters": len(set(cluster[keep].tolist())),
-            "label_conflict_clusters": n_conflict_clusters,
-            "moved_out_of_train_for_test": moved_out,
-        },
-    }
+        return assignment, 0
+    is_test = keep & (elig["source_split"].to_numpy(str) == "test")
+    if not is_test.any():
+        raise DataError(
+            f"{manifest or 'manifest'}: split.keep_source_test is set but no kept row has source_split 'test' "
+            "(import a Kaggle-style root with a Testing/ folder, or drop --keep-source-test)"
+        )
+    assignment[is_test] = 2
+    test_first: dict[int, str] = {}
+    for r in np.flatnonzero(is_test):
+        test_first.setdefault(int(cluster[r]), ids[r])
+    moved_out = 0
+    for r in np.flatnonzero(keep & ~is_test):
+        if int(cluster[r]) in test_first:
+            excluded[ids[r]] = f"duplicate of test image {test_first[int(cluster[r])]} (keep_source_test)"
+            keep[r] = False
+            moved_out += 1
+    fractions = [max(train_frac, 0.0), split_cfg.val_fraction]
+    if sum(fractions) <= 0:
+        raise DataError("split fractions leave nothing for train/val: lower split.val_fraction/test_fraction")
+    _assign_rows(keep & ~is_test, cluster, lab, [f / sum(fractions) for f in fractions], rng, assignment, offset=0)
+    return assignment, moved_out
 
 
 def _assign_rows(
@@ -411,15 +448,25 @@ def data_card_markdown(card: dict[str, Any], classes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_split(manifest_path: str | os.PathLike[str], cfg: Config, out_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Split a manifest file; write split.json, splits_final.json, data_card.{md,json} and the config."""
-    from brainmri.config import save_config
+def run_split(
+    manifest_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    split_cfg: SplitConfig,
+    audit: AuditConfig,
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    """Split a manifest file; write split.json, splits_final.json and data_card.{md,json} beside ``out_path``.
+
+    Sections as in :func:`make_split`. The command layer saves the resolved config next to them.
+    """
     from brainmri.data.audit import file_sha256
     from brainmri.data.manifest import read_manifest
     from brainmri.utils import atomic_write_json, atomic_write_text
 
     df = read_manifest(manifest_path)
-    split = make_split(df, cfg, manifest=str(manifest_path), manifest_sha256=file_sha256(manifest_path))
+    split = make_split(
+        df, split_cfg, audit, classes, manifest=str(manifest_path), manifest_sha256=file_sha256(manifest_path)
+    )
     validate_split(split, str(out_path))
     out = Path(out_path)
     atomic_write_json(out, split)
@@ -427,5 +474,4 @@ def run_split(manifest_path: str | os.PathLike[str], cfg: Config, out_path: str 
     card = data_card(split, df)
     atomic_write_json(out.parent / "data_card.json", card)
     atomic_write_text(out.parent / "data_card.md", data_card_markdown(card, split["classes"]))
-    save_config(cfg, out.parent / f"{out.stem}.config.yaml")
     return split

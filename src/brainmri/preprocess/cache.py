@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.config import Config, PreprocessConfig, save_config
+from brainmri.config import DataConfig, PreprocessConfig
 from brainmri.errors import BrainMRIError, DataError
 from brainmri.preprocess.preprocessor import Preprocessor, config_hash
 from brainmri.utils import atomic_path, atomic_write_json, atomic_write_text, one_line, progress
@@ -34,15 +34,12 @@ IMAGES_DIR = "images"
 INDEX_COLUMNS = ("id", "md5", "file", "ok", "error")
 
 
-def preprocess_dir_for(cfg: Config | PreprocessConfig, root: str | os.PathLike[str] | None = None) -> Path:
-    """Cache folder of a config: ``<root>/<config_hash>``; ``root`` defaults to ``<paths.work_dir>/preprocess``."""
-    if isinstance(cfg, Config):
-        pre = cfg.preprocess
-        base = Path(root) if root is not None else Path(cfg.paths.work_dir) / "preprocess"
-    else:
-        pre = cfg
-        base = Path(root) if root is not None else Path("work") / "preprocess"
-    return base / config_hash(pre)
+def preprocess_dir_for(cfg: PreprocessConfig, root: str | os.PathLike[str]) -> Path:
+    """Cache folder of a preprocessing config: ``<root>/<config_hash>``.
+
+    ``root`` is usually ``Layout.from_config(cfg.paths).preprocess_root`` (``<work_dir>/preprocess``).
+    """
+    return Path(root) / config_hash(cfg)
 
 
 class PreprocessedCache:
@@ -182,8 +179,8 @@ def _run_chunk(chunk: list[Any]) -> list[Any]:
 class _Runner:
     """Inline (workers <= 1) or a spawned process pool, yielding results as chunks complete."""
 
-    def __init__(self, pre: Preprocessor, cfg: Config, workers: int) -> None:
-        self.args = (pre.to_dict(), cfg.data.max_pixels, cfg.data.max_file_bytes, cfg.data.nifti_slice)
+    def __init__(self, pre: Preprocessor, data: DataConfig, workers: int) -> None:
+        self.args = (pre.to_dict(), data.max_pixels, data.max_file_bytes, data.nifti_slice)
         self.workers = workers
 
     def map(self, tasks: Sequence[Any], desc: str) -> Iterator[Any]:
@@ -231,14 +228,21 @@ def _fingerprint(md5s: Sequence[str]) -> str:
 
 
 def build_cache(
-    cfg: Config,
+    preprocess: PreprocessConfig,
+    data: DataConfig,
     manifest_path: str | os.PathLike[str],
     split_path: str | os.PathLike[str],
-    out_root: str | os.PathLike[str] | None = None,
+    out_root: str | os.PathLike[str],
     workers: int | None = None,
     log: Any = None,
 ) -> CacheReport:
-    """Fit on split["train"] (capped), then preprocess every id of train/val/test into the cache folder."""
+    """Fit on split["train"] (capped), then preprocess every id of train/val/test into the cache folder.
+
+    ``preprocess`` is ``cfg.preprocess``; ``data`` (``cfg.data``) gives the decode limits. The folder
+    is ``preprocess_dir_for(preprocess, out_root)``; the command layer saves the resolved config there.
+    """
+    import pandas as pd
+
     from brainmri.data.manifest import read_manifest
     from brainmri.data.split import read_split, split_frame
 
@@ -246,63 +250,77 @@ def build_cache(
     manifest = read_manifest(manifest_path)
     split = read_split(split_path)
     frames = [split_frame(manifest, split, part) for part in ("train", "val", "test")]
-    import pandas as pd
-
     rows = pd.concat(frames, ignore_index=True).drop_duplicates("id").reset_index(drop=True)
-    cache_dir = preprocess_dir_for(cfg, out_root)
-    cache = PreprocessedCache(cache_dir)
-    (cache_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    workers = cfg.preprocess.workers if workers is None else workers
-    pre = Preprocessor.from_config(cfg.preprocess)
-    report = CacheReport(dir=cache_dir, total=len(rows))
-    failures: dict[str, str] = {}  # md5 or id -> reason
-
-    # ---- fit (training split only) or reuse the fitted state
+    cache = PreprocessedCache(preprocess_dir_for(preprocess, out_root))
+    (cache.dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    workers = preprocess.workers if workers is None else workers
+    report = CacheReport(dir=cache.dir, total=len(rows))
+    pre = Preprocessor.from_config(preprocess)
     fit_info: dict[str, Any] = {"needs_fit": pre.needs_fit}
     if pre.needs_fit:
-        sample = _fit_sample(frames[0], cfg.preprocess.nyul.fit_max_images)
-        sample = sample[sample["md5"] != ""]
-        fingerprint = _fingerprint(list(sample["md5"]))
-        previous = _read_state(cache)
-        if previous is not None and previous.get("fit", {}).get("fingerprint") == fingerprint:
-            pre = Preprocessor.from_dict(previous, source=str(cache.state_path))
-            fit_info = previous["fit"]
-        else:
-            if previous is not None or any((cache_dir / IMAGES_DIR).iterdir()):
-                say(f"{cache_dir}: the training split changed since this cache was built: refitting, clearing images")
-                shutil.rmtree(cache_dir / IMAGES_DIR, ignore_errors=True)
-                (cache_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-                report.refit = True
-            landmarks, fit_failed = [], 0
-            runner = _Runner(pre, cfg, workers)
-            by_md5 = dict(zip(sample["md5"], sample["id"], strict=True))
-            tasks = sorted(zip(sample["md5"], sample["path"], strict=True))
-            results = {md5: (lm, err) for md5, lm, err in runner.map(tasks, desc="fit nyul")}
-            for md5, _ in tasks:  # deterministic order, whatever order the pool finished in
-                lm, err = results[md5]
-                if lm is None:
-                    fit_failed += 1
-                    say(f"fit: skipped {by_md5[md5]}: {err}")
-                else:
-                    landmarks.append(lm)
-            if not landmarks:
-                raise DataError(f"{split_path}: none of the {len(tasks)} training images could be read to fit Nyúl")
-            pre.fit_landmarks(landmarks)
-            fit_info = {
-                "needs_fit": True,
-                "fingerprint": fingerprint,
-                "n_images": len(landmarks),
-                "n_failed": fit_failed,
-                "split": str(split_path),
-                "split_part": "train",
-            }
+        pre, fit_info = _fitted(pre, cache, frames[0], _Runner(pre, data, workers), preprocess, split_path, say, report)
         report.fitted_on = int(fit_info.get("n_images", 0))
     state = pre.to_dict()
     state["fit"] = fit_info
     atomic_write_json(cache.state_path, state)
-    save_config(cfg, cache_dir / "config.yaml")
+    _process_all(rows, cache, _Runner(pre, data, workers), report)
+    for id_, reason in report.failed:
+        say(f"failed: {id_}: {reason}")
+    return report
 
-    # ---- process every id (once per md5), skipping finished images
+
+def _fitted(
+    pre: Preprocessor,
+    cache: PreprocessedCache,
+    train: Any,
+    runner: _Runner,
+    preprocess: PreprocessConfig,
+    split_path: str | os.PathLike[str],
+    say: Any,
+    report: CacheReport,
+) -> tuple[Preprocessor, dict[str, Any]]:
+    """(fitted preprocessor, fit record): the cache's state when it was fitted on the same training images,
+    else Nyúl landmarks learnt from (a capped sample of) the training split; a refit clears stale images."""
+    sample = _fit_sample(train, preprocess.nyul.fit_max_images)
+    sample = sample[sample["md5"] != ""]
+    fingerprint = _fingerprint(list(sample["md5"]))
+    previous = _read_state(cache)
+    if previous is not None and previous.get("fit", {}).get("fingerprint") == fingerprint:
+        return Preprocessor.from_dict(previous, source=str(cache.state_path)), previous["fit"]
+    images = cache.dir / IMAGES_DIR
+    if previous is not None or any(images.iterdir()):
+        say(f"{cache.dir}: the training split changed since this cache was built: refitting, clearing images")
+        shutil.rmtree(images, ignore_errors=True)
+        images.mkdir(parents=True, exist_ok=True)
+        report.refit = True
+    landmarks, fit_failed = [], 0
+    by_md5 = dict(zip(sample["md5"], sample["id"], strict=True))
+    tasks = sorted(zip(sample["md5"], sample["path"], strict=True))
+    results = {md5: (lm, err) for md5, lm, err in runner.map(tasks, desc="fit nyul")}
+    for md5, _ in tasks:  # deterministic order, whatever order the pool finished in
+        lm, err = results[md5]
+        if lm is None:
+            fit_failed += 1
+            say(f"fit: skipped {by_md5[md5]}: {err}")
+        else:
+            landmarks.append(lm)
+    if not landmarks:
+        raise DataError(f"{split_path}: none of the {len(tasks)} training images could be read to fit Nyúl")
+    pre.fit_landmarks(landmarks)
+    fit_info = {
+        "needs_fit": True,
+        "fingerprint": fingerprint,
+        "n_images": len(landmarks),
+        "n_failed": fit_failed,
+        "split": str(split_path),
+        "split_part": "train",
+    }
+    return pre, fit_info
+
+
+def _process_all(rows: Any, cache: PreprocessedCache, runner: _Runner, report: CacheReport) -> None:
+    """Preprocess every row's image once per md5, skipping cached ones; write index.csv even if interrupted."""
+    failures: dict[str, str] = {}  # md5 or id -> reason
     todo: dict[str, str] = {}
     for id_, md5, path in zip(rows["id"], rows["md5"], rows["path"], strict=True):
         if not md5:
@@ -313,7 +331,7 @@ def build_cache(
             todo[md5] = path
     tasks = [(md5, path, str(cache.image_path(md5))) for md5, path in sorted(todo.items())]
     try:
-        for md5, ok, err in _Runner(pre, cfg, workers).map(tasks, desc="preprocess"):
+        for md5, ok, err in runner.map(tasks, desc="preprocess"):
             if ok:
                 report.processed += 1
             else:
@@ -329,9 +347,6 @@ def build_cache(
                 if reason != "not processed (run interrupted)":
                     report.failed.append((id_, reason))
         _write_index(cache.index_path, index_rows)
-    for id_, reason in report.failed:
-        say(f"failed: {id_}: {reason}")
-    return report
 
 
 def _read_state(cache: PreprocessedCache) -> dict[str, Any] | None:

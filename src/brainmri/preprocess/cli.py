@@ -16,12 +16,14 @@ def _layout(cfg: Config) -> Layout:
 
 
 def _run(cfg: Config, args: argparse.Namespace) -> int:
-    from brainmri.preprocess.cache import build_cache
+    from brainmri.config import save_config
+    from brainmri.preprocess.cache import build_cache, preprocess_dir_for
 
     manifest = Path(args.manifest) if args.manifest else _layout(cfg).manifest_file
     split = Path(args.split) if args.split else _layout(cfg).split_file
     out_root = Path(args.out) if args.out else _layout(cfg).preprocess_root
-    report = build_cache(cfg, manifest, split, out_root)
+    save_config(cfg, preprocess_dir_for(cfg.preprocess, out_root) / "config.yaml")
+    report = build_cache(cfg.preprocess, cfg.data, manifest, split, out_root)
     print(
         f"preprocess (preset {cfg.preprocess.preset}): {report.total} images: {report.skipped} already cached, "
         f"{report.processed} processed, {len(report.failed)} failed"

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.config import Config, PreprocessConfig
+from brainmri.config import PreprocessConfig
 from brainmri.errors import BrainMRIError, NotFittedError
+from brainmri.io.pixels import to_uint8
 from brainmri.preprocess.base import Slice, Step
 from brainmri.preprocess.bias import FastBiasCorrection, N4BiasCorrection
 from brainmri.preprocess.clahe import Clahe
@@ -35,10 +36,6 @@ from brainmri.utils import atomic_write_json
 #: a saved preprocessor from another version is refused rather than silently producing other inputs.
 PIPELINE_VERSION = 1
 FORMAT = "brainmri-preprocessor"
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.floor(np.clip(image, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
 
 class Preprocessor:
@@ -82,8 +79,9 @@ class Preprocessor:
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
-    def from_config(cls, cfg: PreprocessConfig | Config) -> Preprocessor:
-        return cls(cfg.preprocess if isinstance(cfg, Config) else cfg)
+    def from_config(cls, cfg: PreprocessConfig) -> Preprocessor:
+        """From the ``preprocess`` section of the config (``cfg.preprocess``)."""
+        return cls(cfg)
 
     @property
     def size(self) -> int:
@@ -143,7 +141,7 @@ class Preprocessor:
             s = step(s)
             if trace:
                 stages.append((step.name, s.image.copy()))
-        return to_uint8(s.image), s, stages
+        return to_uint8(s.image, (0.0, 1.0), rounding="half_up"), s, stages
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
         """Raw decoded image (any scale, 2D or colour) -> uint8 (size, size)."""

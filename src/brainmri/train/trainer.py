@@ -39,11 +39,12 @@ def load_training_data(cfg: Config, split_file: str | Path, fold: int | None):
     """(train SplitImages, val SplitImages, cache) for a split file and optional fold."""
     from brainmri.data.manifest import read_manifest
     from brainmri.data.split import read_split, split_frame
+    from brainmri.layout import Layout
     from brainmri.preprocess.cache import PreprocessedCache, preprocess_dir_for
 
     split = read_split(split_file)
     manifest = read_manifest(split["manifest"])
-    cache_dir = preprocess_dir_for(cfg)
+    cache_dir = preprocess_dir_for(cfg.preprocess, Layout.from_config(cfg.paths).preprocess_root)
     if not Path(cache_dir).is_dir():
         raise DataError(f"no preprocessing cache at {cache_dir}; run `brainmri preprocess` with the same config first")
     cache = PreprocessedCache(cache_dir)
