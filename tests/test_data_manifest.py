@@ -231,3 +231,37 @@ def test_dicom_and_nifti_files_are_imported(tmp_path):
     assert rows["readable"].all(), rows["error"].tolist()
     assert (rows.loc["vol/glioma/slice.DCM", "width"], rows.loc["vol/glioma/slice.DCM", "height"]) == (20, 24)
     assert rows["phash"].str.fullmatch(r"[0-9a-f]{16}").all()
+
+
+def test_degenerate_images_are_recorded_unreadable_with_their_reason(tmp_path, capsys):
+    import nibabel as nib
+
+    from brainmri.data.split import make_split, reason_category
+
+    root = write_phantom_dataset(tmp_path / "kag", n_per_class=2, size=48)
+    folder = root / "Training" / "glioma"
+    rng = np.random.default_rng(0)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "blank.png")
+    Image.fromarray(np.full((1, 1), 9, np.uint8)).save(folder / "dot.png")
+    Image.fromarray(rng.integers(0, 255, (20000, 1), dtype=np.uint8)).save(folder / "strip.png")
+    nib.save(nib.Nifti1Image(rng.uniform(0, 1, (32, 32, 3, 2)).astype(np.float32), np.eye(4)), folder / "s.nii.gz")
+    cfg = _cfg(**{"data.workers": 1, "split.folds": 2})
+    df = _import([str(root)], cfg)
+    expected = {
+        "blank.png": "degenerate: image is blank (all pixels equal)",
+        "dot.png": "degenerate: image is 1x1 px; at least 16 px per side needed",
+        "strip.png": "degenerate: image is 1x20000 px; at least 16 px per side needed",
+        "s.nii.gz": "degenerate: 4-D NIfTI with 2 volumes; give one 3-D volume",
+    }
+    err = capsys.readouterr().err
+    rows = df.set_index("path")
+    for name, reason in expected.items():
+        row = rows.loc[str(folder / name)]
+        assert not row["readable"] and row["error"] == reason and row["phash"] == ""
+        assert f"{folder / name}: {reason}" in err
+    assert df["readable"].sum() == 8
+    split = make_split(df, cfg.split, cfg.audit, cfg.data.classes)
+    excluded = {e["id"]: e["reason"] for e in split["excluded"]}
+    for name, reason in expected.items():
+        assert excluded[f"kag/Training/glioma/{name}"] == f"unreadable: {reason}"
+        assert reason_category(excluded[f"kag/Training/glioma/{name}"]) == "unreadable"

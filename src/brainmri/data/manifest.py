@@ -11,7 +11,8 @@ Layouts found under each root (folder names are matched lower-cased through ``cf
 - binary sets: ``ROOT/yes/`` and ``ROOT/no/`` (``yes`` maps to the label ``tumor``);
 - any of these nested one level deeper (``ROOT/brain_tumor_dataset/{yes,no}``).
 
-A file that cannot be decoded gets ``readable=false`` and a one-line ``error``; the import goes on.
+A file that cannot be decoded, or decodes to no usable picture (blank, all NaN, a few pixels, a strip,
+a 4-D series: ``degenerate: ...``), gets ``readable=false`` and a one-line ``error``; the import goes on.
 """
 
 from __future__ import annotations

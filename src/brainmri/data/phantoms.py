@@ -49,6 +49,27 @@ def smooth_bias_field(shape: tuple[int, int], strength: float, rng: np.random.Ge
     return (1.0 + strength * field).astype(np.float32)
 
 
+@dataclass
+class _Head:
+    """Geometry of one phantom head: pixel grids, centre, radii, skull thickness and the masks."""
+
+    yy: np.ndarray
+    xx: np.ndarray
+    cy: float
+    cx: float
+    ry: float
+    rx: float
+    skull_t: float
+    head: np.ndarray
+    brain: np.ndarray
+    gap: np.ndarray
+
+    @property
+    def inner(self) -> tuple[float, float]:
+        """Radii (y, x) of the brain inside the skull."""
+        return self.ry * (1 - self.skull_t * 2.2), self.rx * (1 - self.skull_t * 2.2)
+
+
 def make_phantom(
     label: str,
     size: int | tuple[int, int] = 128,
@@ -61,6 +82,20 @@ def make_phantom(
         raise ValueError(f"unknown class '{label}'; known: {list(CANONICAL_CLASSES)}")
     rng = np.random.default_rng(seed)
     h, w = (size, size) if isinstance(size, int) else size
+    g = _head_geometry(h, w, rng)
+    img = _anatomy(g, rng)
+    lesion = _lesion(label, g, img, rng)
+    img += rng.normal(0, noise, img.shape).astype(np.float32) * g.head
+    field = np.ones((h, w), np.float32)
+    if bias_strength > 0:
+        field = smooth_bias_field((h, w), bias_strength, rng)
+        img = img * field
+    img = np.clip(img, 0, 1).astype(np.float32)
+    return Phantom(img, g.brain, g.head, lesion, field, label)
+
+
+def _head_geometry(h: int, w: int, rng: np.random.Generator) -> _Head:
+    """An elliptic head, slightly off centre, with a skull band and the brain inside it."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     cy = h / 2 + rng.uniform(-0.03, 0.03) * h
     cx = w / 2 + rng.uniform(-0.03, 0.03) * w
@@ -70,10 +105,16 @@ def make_phantom(
     head = _ellipse(yy, xx, cy, cx, ry, rx)
     brain = _ellipse(yy, xx, cy, cx, ry * (1 - skull_t * 2.2), rx * (1 - skull_t * 2.2))
     gap = head & ~_ellipse(yy, xx, cy, cx, ry * (1 - skull_t), rx * (1 - skull_t))
+    return _Head(yy, xx, cy, cx, ry, rx, skull_t, head, brain, gap)
 
+
+def _anatomy(g: _Head, rng: np.random.Generator) -> np.ndarray:
+    """CSF layer, bright skull, grey and white matter, two ventricles and a mild texture."""
+    h, w = g.head.shape
+    yy, xx, cy, cx, ry, rx, brain = g.yy, g.xx, g.cy, g.cx, g.ry, g.rx, g.brain
     img = np.zeros((h, w), np.float32)
-    img[head] = 0.15  # CSF / dark layer between skull and brain
-    img[gap] = rng.uniform(0.8, 0.95)  # bright skull/scalp
+    img[g.head] = 0.15  # CSF / dark layer between skull and brain
+    img[g.gap] = rng.uniform(0.8, 0.95)  # bright skull/scalp
     # parenchyma: white matter core brighter than grey matter cortex
     wm = _ellipse(yy, xx, cy, cx, ry * 0.7, rx * 0.68)
     img[brain] = 0.45
@@ -86,9 +127,15 @@ def make_phantom(
     tex = rng.normal(0, 1, (h // 8 + 1, w // 8 + 1)).astype(np.float32)
     tex = np.kron(tex, np.ones((8, 8), np.float32))[:h, :w]
     img[brain] += 0.03 * tex[brain]
+    return img
 
+
+def _lesion(label: str, g: _Head, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Paint the class's lesion into ``img`` (in place); returns its mask (empty for ``no_tumor``)."""
+    h, w = img.shape
+    yy, xx, cy, cx, brain = g.yy, g.xx, g.cy, g.cx, g.brain
+    inner_ry, inner_rx = g.inner
     lesion = np.zeros((h, w), bool)
-    inner_ry, inner_rx = ry * (1 - skull_t * 2.2), rx * (1 - skull_t * 2.2)
     if label == "glioma":
         ang = rng.uniform(0, 2 * np.pi)
         dist = rng.uniform(0.25, 0.45)
@@ -114,14 +161,7 @@ def make_phantom(
         lx = cx + rng.uniform(-0.02, 0.02) * w
         lesion = _ellipse(yy, xx, ly, lx, r * 0.9, r * 1.2) & brain
         img[lesion] = 0.92
-
-    img += rng.normal(0, noise, img.shape).astype(np.float32) * head
-    field = np.ones((h, w), np.float32)
-    if bias_strength > 0:
-        field = smooth_bias_field((h, w), bias_strength, rng)
-        img = img * field
-    img = np.clip(img, 0, 1).astype(np.float32)
-    return Phantom(img, brain, head, lesion, field, label)
+    return lesion
 
 
 def write_phantom_dataset(

@@ -125,10 +125,11 @@ class FastBiasCorrection(_BiasFieldStep):
     generalised to first order, so each pixel gets the value of a Gaussian-weighted local *plane* fit
     instead of a local mean. The first-order form matters: a zeroth-order Gaussian division (the
     classic homomorphic "flat-field" correction) flattens the field toward the mask centre and
-    under-corrects near the brain edge; on the phantoms of ``tests/test_preprocess_bias.py`` it
-    removed about a third of the bias in white matter, the local-plane form about two thirds (N4:
-    about 85%). The image is divided by the field exactly as N4's is (normalised to geometric mean 1
-    in the mask, limited to [1/4, 4]). It runs on a grid of at most ``grid`` px and is upsampled
+    under-corrects near the brain edge; on the bias phantoms of
+    ``tests/test_preprocess_steps.py::test_bias_correction_halves_white_matter_cov`` it removed about
+    a third of the bias in white matter, the local-plane form about two thirds (N4: about 85%). The
+    image is divided by the field exactly as N4's is (normalised to geometric mean 1 in the mask,
+    limited to [1/4, 4]). It runs on a grid of at most ``grid`` px and is upsampled
     linearly: ~100x faster than N4. Like any homomorphic filter it cannot tell anatomy larger than
     ``sigma`` from bias, which is why ``sigma`` is large by default.
 

@@ -58,9 +58,11 @@ class Preprocessor:
             steps.append(LimitSize(max(c.work_size, c.size)))
         if c.bias.method == "n4":
             b = c.bias
-            n4 = N4BiasCorrection(b.shrink, b.iterations, b.fitting_levels, b.control_points, b.convergence)
-            n4.threshold = c.crop.threshold
-            steps.append(n4)
+            steps.append(
+                N4BiasCorrection(
+                    b.shrink, b.iterations, b.fitting_levels, b.control_points, b.convergence, c.crop.threshold
+                )
+            )
         elif c.bias.method == "n4_fast":
             steps.append(FastBiasCorrection(c.bias.sigma, c.bias.grid, c.crop.threshold))
         if c.skull.enabled:

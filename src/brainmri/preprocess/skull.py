@@ -1,4 +1,4 @@
-"""Step 4: skull stripping on a 2D slice (Otsu + morphology + largest component + hole filling)."""
+"""Step 4: skull stripping on a 2D slice (median-based threshold + morphology + largest component + holes filled)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,14 @@ class SkullStrip(Step):
     The classic 2D morphological brain extraction (e.g. Brummer et al., IEEE TMI 1993; Shattuck et
     al., NeuroImage 2001 for the erode / largest-component / dilate idea):
 
-    1. Otsu (1979) threshold of the intensities inside the foreground (head) mask -> bright tissue;
-    2. binary erosion with a disk of radius ``erode`` x the shorter side, which cuts the thin bridges
-       between brain and scalp / skull marrow / orbits;
+    1. Gaussian smoothing (sigma ``smooth`` x the shorter side, at least 0.5 px), then the tissue
+       threshold ``tissue_ratio`` x the median smoothed intensity inside the foreground (head) mask
+       (:func:`dark_threshold`; why not Otsu is said there) -> tissue;
+    2. binary erosion with a disk of radius ``erode`` x the shorter side (at least 1 px), which cuts the
+       thin bridges between brain and scalp / skull marrow / orbits (skipped if it would erase everything);
     3. largest 8-connected component;
-    4. dilation with a disk of radius ``erode + margin`` (undoes the erosion and adds a safety band, so
-       cortex, dura and extra-axial lesions such as meningiomas stay inside);
+    4. dilation with a disk of radius ``erode + margin`` x the shorter side (undoes the erosion and adds
+       a safety band, so cortex, dura and extra-axial lesions such as meningiomas stay inside);
     5. hole filling (ventricles, dark tumour cores), intersection with the foreground.
 
     The mask is accepted only if it covers at least ``min_fraction`` of the foreground; otherwise,
@@ -44,9 +46,13 @@ class SkullStrip(Step):
     With ``zero_outside=True`` pixels outside the mask are set to 0 (skull stripped image); with
     False the mask is only passed on (Nyúl landmarks are learnt inside it) and the image is kept.
 
-    Parameters: ``min_fraction`` (default 0.05), ``erode`` (fraction of the shorter side, default
-    0.03), ``margin`` (extra dilation, fraction of the shorter side, default 0.01), ``zero_outside``
-    (default True), ``threshold`` (foreground threshold when no earlier step found the foreground).
+    Parameters (defaults as in ``SkullConfig``; ``smooth`` and ``tissue_ratio`` are not in the config):
+    ``min_fraction`` (smallest accepted mask / foreground area, default 0.25), ``erode`` (fraction of
+    the shorter side, default 0.03), ``margin`` (extra dilation, fraction of the shorter side, default
+    0.01), ``zero_outside`` (default False), ``threshold`` (foreground threshold when no earlier step
+    found the foreground, default 0.05; the preprocessor passes ``crop.threshold``), ``smooth``
+    (Gaussian sigma as a fraction of the shorter side, default 0.005), ``tissue_ratio`` (tissue
+    threshold as a fraction of the median head intensity, default 0.5).
     """
 
     name = "skull"
@@ -79,7 +85,7 @@ class SkullStrip(Step):
         t = dark_threshold(sample_pixels(smooth[foreground], 16_384), self.tissue_ratio)
         tissue = (smooth > t) & foreground
         if not tissue.any():
-            return foreground, "no tissue above the Otsu threshold"
+            return foreground, "no tissue above the threshold"
         r_erode = max(1, round(self.erode * side))
         r_dilate = max(1, round((self.erode + self.margin) * side))
         core = cv2.erode(tissue.astype(np.uint8), disk(r_erode)).astype(bool)
