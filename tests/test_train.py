@@ -113,6 +113,7 @@ def test_frozen_stage_leaves_backbone_and_bn_stats_unchanged(tmp_path):
     assert changed, "nothing trained"
     assert set(changed) <= head, f"frozen stage changed {sorted(set(changed) - head)[:5]}"
     assert any("running_mean" in k for k in before)
+    assert (tmp_path / "logs" / "csv" / "stage1" / "metrics.csv").is_file()  # a Lightning stage 1 logs too
 
 
 def test_training_reduces_loss(tmp_path):
@@ -187,3 +188,18 @@ def test_cached_feature_stage1_then_partial_stage2(tmp_path):
     result = fit_stages(cfg, model, data, data, tmp_path)
     assert [h["stage"] for h in result["history"]] == [1, 1, 1, 2]
     assert all(p.requires_grad for p in model.backbone.blocks[1].parameters())
+
+
+def test_both_stages_log_and_checkpoints_load_with_weights_only(tmp_path):
+    import pandas as pd
+
+    cfg = tiny_cfg(cache_frozen_features=True)
+    cfg.train.stage1.epochs, cfg.train.stage2.epochs = 2, 1
+    data = phantom_split(4)
+    fit_stages(cfg, create_model(cfg.model, 4), data, data, tmp_path)
+    for stage, epochs in ((1, 2), (2, 1)):
+        rows = pd.read_csv(tmp_path / "logs" / "csv" / f"stage{stage}" / "metrics.csv")
+        assert rows["val_loss"].notna().sum() == epochs, stage
+    ckpt = torch.load(tmp_path / "checkpoints" / "stage2" / "last.ckpt", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["stage"] == 2 and hp["train"]["batch_size"] == 16 and hp["num_classes"] == 4

@@ -71,6 +71,18 @@ class ClassifierModule(L.LightningModule):
         stage: int,
     ) -> None:
         super().__init__()
+        # plain JSON values only (no model, loss or pydantic objects): checkpoints stay loadable with weights_only
+        self.save_hyperparameters(
+            {
+                "stage": stage,
+                "lr": lr,
+                "frozen": frozen,
+                "steps_per_epoch": steps_per_epoch,
+                "epochs": epochs,
+                "num_classes": model.num_classes,
+                "train": cfg.model_dump(mode="json"),
+            }
+        )
         self.model = model
         self.loss_fn = loss
         self.cfg = cfg

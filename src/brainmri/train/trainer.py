@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,21 +125,24 @@ class History(Callback):
         )
 
 
-def _loggers(cfg: Config, run_dir: Path) -> list:
+def _loggers(cfg: Config, run_dir: Path, stage: int) -> list:
+    """The run's loggers for one stage: ``logs/csv/stage<k>/`` and ``logs/tensorboard/stage<k>/`` (one
+    TensorBoard run per stage); W&B (one run per process) gets stage 2 only."""
     from lightning.pytorch.loggers import CSVLogger
 
     loggers: list = []
     wanted = cfg.train.loggers
+    logs = str(run_dir / "logs")
     if "csv" in wanted:
-        loggers.append(CSVLogger(str(run_dir), name="logs", version="csv"))
+        loggers.append(CSVLogger(logs, name="csv", version=f"stage{stage}"))
     if "tensorboard" in wanted:
         try:
             from lightning.pytorch.loggers import TensorBoardLogger
 
-            loggers.append(TensorBoardLogger(str(run_dir), name="logs", version="tensorboard"))
+            loggers.append(TensorBoardLogger(logs, name="tensorboard", version=f"stage{stage}"))
         except ModuleNotFoundError:
             pass
-    if "wandb" in wanted:
+    if "wandb" in wanted and stage == 2:
         try:
             import wandb  # noqa: F401
             from lightning.pytorch.loggers import WandbLogger
@@ -150,10 +154,13 @@ def _loggers(cfg: Config, run_dir: Path) -> list:
 
 
 @torch.no_grad()  # not inference_mode: the parameters must stay trainable tensors for stage 2
-def _features(model: BrainClassifier, images: np.ndarray, batch_size: int, channels_last: bool) -> torch.Tensor:
+def _features(
+    model: BrainClassifier, images: np.ndarray, batch_size: int, channels_last: bool, desc: str = "features"
+) -> torch.Tensor:
     model.eval()
     out = []
-    for start in progress(range(0, len(images), batch_size), desc="features", total=-(-len(images) // batch_size)):
+    n_batches = -(-len(images) // batch_size)
+    for start in progress(range(0, len(images), batch_size), desc=desc, total=n_batches, leave=True):
         x = torch.from_numpy(images[start : start + batch_size]).float().div_(255).unsqueeze(1)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -168,64 +175,87 @@ def train_head_on_features(
     val: SplitImages,
     best: BestWeights,
     history: list[dict[str, Any]],
+    loggers: list | None = None,
 ) -> None:
-    """Stage 1 on cached pooled features: exact for a frozen backbone with BN in eval mode."""
-    from sklearn.metrics import f1_score
+    """Stage 1 on cached pooled features: exact for a frozen backbone with BN in eval mode.
 
+    Appends one row per epoch to ``history``, offers the weights to ``best`` and logs the epoch to
+    ``loggers`` (Lightning loggers, as a Lightning stage would).
+    """
     tc = cfg.train
     t0 = time.perf_counter()
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)
-    f_train = _features(model, train.images, tc.batch_size * 2, tc.channels_last)
-    f_val = _features(model, val.images, tc.batch_size * 2, tc.channels_last)
+    f_train = _features(model, train.images, tc.batch_size * 2, tc.channels_last, "stage 1: features (train)")
+    f_val = _features(model, val.images, tc.batch_size * 2, tc.channels_last, "stage 1: features (val)")
     feat_seconds = time.perf_counter() - t0
-    head = model.backbone.get_classifier()
     weights = balanced_class_weights(train.labels, model.num_classes) if tc.class_weights else None
     loss_fn = build_loss(tc, model.num_classes, weights)
-    opt = torch.optim.AdamW(head.parameters(), lr=tc.stage1.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(model.backbone.get_classifier().parameters(), lr=tc.stage1.lr, weight_decay=tc.weight_decay)
     y_train = torch.from_numpy(train.labels)
     steps_per_epoch = -(-len(f_train) // tc.batch_size)
     total = steps_per_epoch * max(1, tc.stage1.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 0, total))
     g = torch.Generator().manual_seed(tc.seed)
-    for epoch in range(tc.stage1.epochs):
+    _log_hyperparams(loggers or [], {"stage": 1, "lr": tc.stage1.lr, "cached_features": True, "train": tc})
+    for epoch in progress(range(tc.stage1.epochs), desc="stage 1: head on cached features", leave=True):
         t_epoch = time.perf_counter()
         model.train()
         perm = torch.randperm(len(f_train), generator=g)
-        running = 0.0
-        for start in range(0, len(perm), tc.batch_size):
-            idx = perm[start : start + tc.batch_size]
-            logits = model.forward_classifier(f_train[idx])
-            loss = loss_fn(logits, y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += float(loss.detach()) * len(idx)
-        model.eval()
-        with torch.inference_mode():
-            logits = model.forward_classifier(f_val)
-            val_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(val.labels)))
-            pred = logits.argmax(1).numpy()
-        acc = float((pred == val.labels).mean())
-        f1 = float(f1_score(val.labels, pred, average="macro", labels=list(range(model.num_classes)), zero_division=0))
-        metrics = {"val_loss": val_loss, "val_acc": acc, "val_macro_f1": f1}
+        train_loss = _head_epoch(model, f_train[perm], y_train[perm], loss_fn, opt, sched, tc.batch_size)
+        metrics = _head_validation(model, f_val, val.labels)
         seconds = time.perf_counter() - t_epoch + (feat_seconds if epoch == 0 else 0.0)
-        history.append(
-            {
-                "stage": 1,
-                "epoch": epoch,
-                "seconds": round(seconds, 2),
-                "images_per_s": round(len(f_train) / max(seconds, 1e-9), 2),
-                "train_loss": running / len(f_train),
-                **metrics,
-            }
-        )
+        row = {"stage": 1, "epoch": epoch, "seconds": round(seconds, 2)}
+        row |= {"images_per_s": round(len(f_train) / max(seconds, 1e-9), 2), "train_loss": train_loss, **metrics}
+        history.append(row)
+        step = (epoch + 1) * steps_per_epoch - 1  # the epoch's last optimiser step, as Lightning logs it
+        for lg in loggers or []:
+            lg.log_metrics({"train_loss": train_loss, **metrics, "epoch": epoch}, step=step)
         best.offer(model, metrics[cfg.train.monitor], f"stage1:{epoch}")
+    for lg in loggers or []:
+        lg.finalize("success")
+
+
+def _head_epoch(model: BrainClassifier, features, labels, loss_fn, opt, sched, batch_size: int) -> float:
+    """One pass of the head over (already shuffled) features; returns the mean training loss."""
+    running = 0.0
+    for start in range(0, len(features), batch_size):
+        logits = model.forward_classifier(features[start : start + batch_size])
+        loss = loss_fn(logits, labels[start : start + batch_size])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += float(loss.detach()) * len(logits)
+    return running / len(features)
+
+
+def _head_validation(model: BrainClassifier, features: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+    """``val_loss``, ``val_acc`` and ``val_macro_f1`` of the head on the validation features."""
+    from sklearn.metrics import f1_score
+
+    model.eval()
+    with torch.inference_mode():
+        logits = model.forward_classifier(features)
+        val_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(labels)))
+        pred = logits.argmax(1).numpy()
+    classes = list(range(model.num_classes))
+    f1 = float(f1_score(labels, pred, average="macro", labels=classes, zero_division=0))
+    return {"val_loss": val_loss, "val_acc": float((pred == labels).mean()), "val_macro_f1": f1}
+
+
+def _log_hyperparams(loggers: list, params: dict[str, Any]) -> None:
+    params = {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in params.items()}
+    for lg in loggers:
+        lg.log_hyperparams(params)
 
 
 def _trainer(cfg: Config, run_dir: Path, stage: int, epochs: int, callbacks: list) -> L.Trainer:
     tc = cfg.train
+    if _progress_enabled():  # one bar per epoch, kept on screen (Lightning's default overwrites it)
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks = [*callbacks, TQDMProgressBar(leave=True)]
     precision = tc.precision
     if precision == "auto":
         precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
@@ -239,7 +269,7 @@ def _trainer(cfg: Config, run_dir: Path, stage: int, epochs: int, callbacks: lis
         deterministic=tc.deterministic and not torch.cuda.is_available(),
         gradient_clip_val=tc.grad_clip or None,
         callbacks=callbacks,
-        logger=_loggers(cfg, run_dir) if stage == 2 else False,
+        logger=_loggers(cfg, run_dir, stage),
         enable_progress_bar=_progress_enabled(),
         enable_model_summary=False,
         limit_train_batches=tc.limit_train_batches,
@@ -320,91 +350,22 @@ def fit_stages(
     Progress (stage 1 done, history, best score) is kept in ``checkpoints/progress.json`` so that
     ``resume=True`` skips a finished stage 1 and continues stage 2 from ``checkpoints/stage2/last.ckpt``.
     """
-    from safetensors.torch import load_file, save_file
-
     tc = cfg.train
-    n_classes = model.num_classes
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state_file = ckpt_dir / "progress.json"
     done: dict[str, Any] = json.loads(state_file.read_text()) if (resume and state_file.is_file()) else {}
-    history: list[dict[str, Any]] = list(done.get("history", []))
     best = BestWeights(run_dir / WEIGHTS_FILE, tc.monitor, tc.monitor_mode, done.get("best"))
     best.best_epoch = done.get("best_epoch")
-    class_weights = balanced_class_weights(train.labels, n_classes) if tc.class_weights else None
+    class_weights = balanced_class_weights(train.labels, model.num_classes) if tc.class_weights else None
+    stages = _Stages(cfg, model, train, val, run_dir, best, class_weights, list(extra_callbacks or []))
+    history: list[dict[str, Any]] = list(done.get("history", []))
     t_start = time.perf_counter()
-
-    def data_module() -> SliceDataModule:
-        return SliceDataModule(
-            train.images,
-            train.labels,
-            val.images,
-            val.labels,
-            n_classes,
-            tc.batch_size,
-            tc.num_workers,
-            Augmenter(tc.augment),
-            tc.oversample,
-            tc.seed,
-        )
-
-    def lightning_stage(stage: int, epochs: int, lr: float, frozen: bool, callbacks: list, ckpt: str | None):
-        dm = data_module()
-        model.train()  # a cached-feature stage 1 leaves it in eval mode; BN freezing is set per epoch
-        module = ClassifierModule(
-            model,
-            build_loss(tc, n_classes, class_weights),
-            tc,
-            lr=lr,
-            frozen=frozen,
-            steps_per_epoch=len(dm.train_dataloader()),
-            epochs=epochs,
-            stage=stage,
-        )
-        trainer = _trainer(cfg, run_dir, stage, epochs, callbacks + list(extra_callbacks or []))
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
-        return trainer
-
-    # ---- stage 1: frozen backbone
-    stage1_file = ckpt_dir / "stage1.safetensors"
     if tc.stage1.epochs > 0:
-        if done.get("stage1_done") and stage1_file.is_file():
-            model.load_state_dict(load_file(str(stage1_file)))
-        else:
-            if tc.cache_frozen_features:
-                train_head_on_features(model, cfg, train, val, best, history)
-            else:
-                lightning_stage(1, tc.stage1.epochs, tc.stage1.lr, True, [best, History(history, len(train.ids))], None)
-            with atomic_path(stage1_file) as tmp:
-                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-            done.update(stage1_done=True, history=history, best=best.best, best_epoch=best.best_epoch)
-            atomic_write_json(state_file, done)
+        _stage1(stages, history, done, state_file)
     stage1_seconds = time.perf_counter() - t_start
-
-    # ---- stage 2: everything trains
     if tc.stage2.epochs > 0:
-        last = ckpt_dir / "stage2" / "last.ckpt"
-        ckpt = str(last) if resume and last.is_file() else None
-        stage2_history: list[dict[str, Any]] = list(done.get("stage2_history", [])) if ckpt else []
-        persist = _PersistProgress(state_file, done, best, stage2_history)
-        checkpoint = ModelCheckpoint(
-            dirpath=str(ckpt_dir / "stage2"),
-            filename="best",
-            monitor=tc.monitor,
-            mode=tc.monitor_mode,
-            save_last=True,
-            save_top_k=1,
-        )
-        stop = EarlyStopping(monitor=tc.monitor, mode=tc.monitor_mode, patience=tc.early_stopping_patience)
-        lightning_stage(
-            2,
-            tc.stage2.epochs,
-            tc.stage2.lr,
-            False,
-            [best, checkpoint, History(stage2_history, len(train.ids)), stop, persist],
-            ckpt,
-        )
-        history.extend(stage2_history)
+        history.extend(_stage2(stages, done, state_file, resume))
     return {
         "history": history,
         "best": best.best,
@@ -412,6 +373,94 @@ def fit_stages(
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "stage1_seconds": round(stage1_seconds, 1),
     }
+
+
+@dataclass
+class _Stages:
+    """What both training stages share: config, model, data, run folder and the best-weights keeper."""
+
+    cfg: Config
+    model: BrainClassifier
+    train: SplitImages
+    val: SplitImages
+    run_dir: Path
+    best: BestWeights
+    class_weights: torch.Tensor | None
+    extra_callbacks: list
+
+    def lightning(self, stage: int, epochs: int, lr: float, frozen: bool, callbacks: list, ckpt: str | None):
+        """One Lightning stage (``ckpt``: the checkpoint to resume from)."""
+        tc = self.cfg.train
+        n_classes = self.model.num_classes
+        dm = SliceDataModule(
+            self.train.images,
+            self.train.labels,
+            self.val.images,
+            self.val.labels,
+            n_classes,
+            tc.batch_size,
+            tc.num_workers,
+            Augmenter(tc.augment),
+            tc.oversample,
+            tc.seed,
+        )
+        self.model.train()  # a cached-feature stage 1 leaves it in eval mode; BN freezing is set per epoch
+        module = ClassifierModule(
+            self.model,
+            build_loss(tc, n_classes, self.class_weights),
+            tc,
+            lr=lr,
+            frozen=frozen,
+            steps_per_epoch=len(dm.train_dataloader()),
+            epochs=epochs,
+            stage=stage,
+        )
+        trainer = _trainer(self.cfg, self.run_dir, stage, epochs, callbacks + self.extra_callbacks)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
+        return trainer
+
+
+def _stage1(s: _Stages, history: list[dict[str, Any]], done: dict[str, Any], state_file: Path) -> None:
+    """Stage 1, frozen backbone (skipped when a resumed run finished it); its weights to ``stage1.safetensors``."""
+    from safetensors.torch import load_file, save_file
+
+    tc = s.cfg.train
+    stage1_file = state_file.parent / "stage1.safetensors"
+    if done.get("stage1_done") and stage1_file.is_file():
+        s.model.load_state_dict(load_file(str(stage1_file)))
+        return
+    if tc.cache_frozen_features:
+        loggers = _loggers(s.cfg, s.run_dir, 1)
+        train_head_on_features(s.model, s.cfg, s.train, s.val, s.best, history, loggers)
+    else:
+        s.lightning(1, tc.stage1.epochs, tc.stage1.lr, True, [s.best, History(history, len(s.train.ids))], None)
+    with atomic_path(stage1_file) as tmp:
+        save_file({k: v.contiguous() for k, v in s.model.state_dict().items()}, str(tmp))
+    done.update(stage1_done=True, history=history, best=s.best.best, best_epoch=s.best.best_epoch)
+    atomic_write_json(state_file, done)
+
+
+def _stage2(s: _Stages, done: dict[str, Any], state_file: Path, resume: bool) -> list[dict[str, Any]]:
+    """Stage 2, everything (or ``train.stage2_trainable``) trains; resumes from ``stage2/last.ckpt``.
+    Returns the stage's history rows."""
+    tc = s.cfg.train
+    ckpt_dir = state_file.parent
+    last = ckpt_dir / "stage2" / "last.ckpt"
+    ckpt = str(last) if resume and last.is_file() else None
+    rows: list[dict[str, Any]] = list(done.get("stage2_history", [])) if ckpt else []
+    persist = _PersistProgress(state_file, done, s.best, rows)
+    checkpoint = ModelCheckpoint(
+        dirpath=str(ckpt_dir / "stage2"),
+        filename="best",
+        monitor=tc.monitor,
+        mode=tc.monitor_mode,
+        save_last=True,
+        save_top_k=1,
+    )
+    stop = EarlyStopping(monitor=tc.monitor, mode=tc.monitor_mode, patience=tc.early_stopping_patience)
+    callbacks = [s.best, checkpoint, History(rows, len(s.train.ids)), stop, persist]
+    s.lightning(2, tc.stage2.epochs, tc.stage2.lr, False, callbacks, ckpt)
+    return rows
 
 
 class _PersistProgress(Callback):
