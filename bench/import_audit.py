@@ -56,20 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="brainmri-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        df = build_manifest([str(root)], cfg)
+        df = build_manifest([str(root)], cfg.data, cfg.audit)
         manifest = write_manifest(df, work / "manifest.csv")
         t_import = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        audit = run_audit(manifest, cfg, work / "audit", montage=False)
+        audit = run_audit(manifest, cfg.audit, work / "audit", montage=False)
         t_audit = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        run_audit(manifest, cfg, work / "audit_montage", montage=True)
+        run_audit(manifest, cfg.audit, work / "audit_montage", montage=True)
         t_audit_montage = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        split = run_split(manifest, cfg, work / "split.json")
+        split = run_split(manifest, work / "split.json", cfg.split, cfg.audit, cfg.data.classes)
         t_split = time.perf_counter() - t0
 
         n = len(df)
@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         nav = data / "navoneel"
         if nav.is_dir():
             t0 = time.perf_counter()
-            nav_df = build_manifest([str(nav)], cfg)
+            nav_df = build_manifest([str(nav)], cfg.data, cfg.audit)
             nav_manifest = write_manifest(nav_df, work / "navoneel.csv")
-            nav_audit = run_audit(nav_manifest, cfg, work / "nav_audit", against_path=manifest, montage=False)
+            nav_audit = run_audit(nav_manifest, cfg.audit, work / "nav_audit", against_path=manifest, montage=False)
             ag = nav_audit["against"]
             result["navoneel_against_brain_tumor_mri"] = {
                 "files": ag["files"],
