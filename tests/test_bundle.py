@@ -146,4 +146,6 @@ def test_uncalibrated_run_exports_defaults_and_says_so(
         x = torch.from_numpy(run.preprocessor()(image)).float().div(255)[None, None]
         expected = torch.softmax(run.build_model()(x), dim=1)[0].numpy()  # T = 1
     np.testing.assert_allclose(list(pred.probabilities.values()), expected, atol=1e-4)
-    assert pred.is_tumor == (1 - pred.probabilities["no_tumor"] >= 0.5)
+    p_tumour = 1 - pred.probabilities["no_tumor"]
+    if abs(p_tumour - 0.5) > 1e-4:  # the call on a knife edge may differ with float rounding across machines
+        assert pred.is_tumor == (p_tumour >= 0.5)
