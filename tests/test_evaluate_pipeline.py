@@ -58,10 +58,13 @@ def test_evaluate_real_stages(tmp_path: Path) -> None:
     ]
     cfg = load_config(None, overrides)
     data = write_phantom_dataset(tmp_path / "data", n_per_class=10, size=SIZE, seed=3)
-    manifest = write_manifest(build_manifest([str(data)], cfg, workers=1), tmp_path / "work/data/manifest.csv")
+    df = build_manifest([str(data)], cfg.data, cfg.audit, workers=1)
+    manifest = write_manifest(df, tmp_path / "work/data/manifest.csv")
     split_file = tmp_path / "work/data/split.json"
-    run_split(manifest, cfg, split_file)
-    report = build_cache(cfg, manifest, split_file, workers=1, log=lambda msg: None)
+    run_split(manifest, split_file, cfg.split, cfg.audit, cfg.data.classes)
+    report = build_cache(
+        cfg.preprocess, cfg.data, manifest, split_file, tmp_path / "work/preprocess", workers=1, log=lambda msg: None
+    )
     cache = PreprocessedCache(report.dir)
     torch.manual_seed(0)
     model = create_model(cfg.model, len(CLASSES))
@@ -87,7 +90,8 @@ def test_evaluate_real_stages(tmp_path: Path) -> None:
         Path(p) for p in pd.read_csv(manifest)["path"] if any(p.endswith(i.split("/", 1)[1]) for i in train_ids)
     )
     (ext_dir / "no" / "leaked_copy.png").write_bytes(leaked.read_bytes())  # a training image inside the "external" set
-    ext_manifest = write_manifest(build_manifest([str(ext_dir)], cfg, workers=1), tmp_path / "nav/manifest.csv")
+    ext_df = build_manifest([str(ext_dir)], cfg.data, cfg.audit, workers=1)
+    ext_manifest = write_manifest(ext_df, tmp_path / "nav/manifest.csv")
     assert main(["evaluate", str(run.dir), "--split", str(ext_manifest), *common]) == 0
     m = json.loads((run.dir / "reports" / "nav" / "metrics.json").read_text())
     assert m["binary_labels_only"] and m["tumour_vs_no_tumour"]["calibrated"]["n_tumour"] == 6
