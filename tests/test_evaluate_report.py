@@ -97,6 +97,8 @@ def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
     assert m["multiclass"]["calibrated"]["accuracy"] == m["multiclass"]["uncalibrated"]["accuracy"]
     assert m["conformal"]["lac"]["0.1"]["coverage"]["value"] is not None
     assert m["conformal"]["lac"]["0.1"]["coverage"]["ci_method"] == "clopper-pearson"
+    for a in ("0.1", "0.05"):  # the reported sets are those of the saved (deployed) predictors
+        assert m["conformal"]["lac"][a]["qhat"] == cal["conformal"][a]["qhat"]
     assert m["tumour_vs_no_tumour"]["calibrated"]["sensitivity"]["ci_method"] == "clopper-pearson"
     assert m["tumour_vs_no_tumour"]["calibrated"]["threshold"] == pytest.approx(cal["threshold"])
 
