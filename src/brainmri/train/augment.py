@@ -254,18 +254,21 @@ class ContrastInversion(Transform):
     """Inside the head mask (see :func:`head_mask`) x -> max_mask(x) - x; the background stays as it is.
 
     Dark tissue becomes bright and vice versa (T1-like <-> T2-like ordering of CSF and white matter) while
-    the image still looks like a head on a dark background.
+    the image still looks like a head on a dark background. ``strength`` s < 1 blends:
+    x -> (1 - s) x + s (max - x) (0.5: a flat head; the robustness benchmark's milder severities).
     """
 
     threshold: float = 0.05
     close_px: int = 7
+    strength: float = 1.0
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         mask = head_mask(img, self.threshold, self.close_px)
         if not mask.any():
             return img
         top = float(img[mask].max())
-        return np.where(mask, top - img, img).astype(np.float32)
+        inverted = top - img if self.strength == 1.0 else (1 - self.strength) * img + self.strength * (top - img)
+        return np.where(mask, inverted, img).astype(np.float32)
 
 
 def _low_band(shape: tuple[int, int], beta: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,585 @@
+"""MRI-C: the held-out test split under corruptions, plus two external sets zero-shot (docs/robustness.md).
+
+Usage: ``.venv/bin/python bench/robustness.py --run runs/cpu-fast [--limit N] [--out bench/results/robustness.json]``
+``[--corruptions bias_field,jpeg] [--runtime onnx|torch] [--no-ood] [--figures]``
+
+Like ImageNet-C (Hendrycks & Dietterich 2019), each corruption has three severities, fixed parameters and
+fixed seeds (one generator per corruption, severity and image), so two runs give the same images. The
+corruptions act on the *preprocessed* uint8 slices (the preprocessor output the model sees / 255) and
+the result is rounded back to uint8: that isolates what the model does with a shifted appearance from
+what preprocessing (N4, Nyúl standardisation, CLAHE) would undo, and costs no re-preprocessing. A
+corruption that preprocessing removes would overstate the drop; one it amplifies is not measured.
+
+Per condition: 4-class accuracy, tumour AUC of p_tumour = 1 - p(no_tumor), ECE, sensitivity/specificity
+at the run's tumour threshold, and how many images each out-of-domain score flags (Mahalanobis on pooled
+features fitted on training images, energy on logits; thresholds pass 95% of validation images).
+Drops are clean minus corrupted, in accuracy points. External: lgg-flair (all of it, FLAIR, other
+source; patient-level bootstrap CIs from ``labels.csv``) and navoneel with its overlap with the run's
+train + val removed (``Run.load_external``), both tumour vs no tumour.
+
+``--figures`` also draws ``docs/img/augment_examples.png`` (one real test slice under each training
+transform) and ``docs/img/robustness_corruptions.png`` (the same slice under every corruption and
+severity). Run it alone: it also reports seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SEED = 20261202
+NO_TUMOR = "no_tumor"
+
+# name -> the three severity parameters (see make_corruption for their meaning)
+CORRUPTIONS: dict[str, list[float]] = {
+    "bias_field": [0.2, 0.4, 0.6],  # bound c of the 9 polynomial coefficients U(-c, c)
+    "gamma": [0.3, 0.6, 0.9],  # |log gamma|; the sign alternates image by image (darker / brighter)
+    "gaussian_noise": [0.02, 0.05, 0.10],  # sigma (image range [0, 1])
+    "rician_noise": [0.02, 0.05, 0.10],  # sigma of each of the two Gaussian channels
+    "blur": [0.8, 1.5, 2.5],  # Gaussian sigma in pixels
+    "downsample": [2.0, 3.0, 4.0],  # isotropic down-up sampling factor
+    "thickness": [2.0, 4.0, 6.0],  # down-up sampling factor along one axis (alternating rows / columns)
+    "jpeg": [50, 30, 10],  # JPEG quality (cv2.imencode)
+    "intensity_remap": [0.1, 0.2, 0.3],  # largest shift of the inner knots of a random monotone curve
+    "contrast_inversion": [0.3, 0.7, 1.0],  # strength s: x -> (1 - s) x + s (max - x) inside the head
+}
+
+
+# ----------------------------------------------------------------------------- corruptions
+
+
+def make_corruption(name: str, param: float, rng: np.random.Generator, index: int):
+    """The deterministic transform (from brainmri.train.augment) of one corruption for one image."""
+    from brainmri.train import augment as A
+
+    if name == "bias_field":
+        return A.BiasField(rng.uniform(-param, param, size=9))
+    if name == "gamma":
+        return A.Gamma(float(np.exp(param if index % 2 else -param)))
+    if name == "gaussian_noise":
+        return A.GaussianNoise(param, seed=int(rng.integers(2**31)))
+    if name == "rician_noise":
+        return A.RicianNoise(param, seed=int(rng.integers(2**31)))
+    if name == "blur":
+        return A.GaussianBlur(param)
+    if name == "downsample":
+        return A.Resample(param)
+    if name == "thickness":
+        return A.Resample(param, axis=index % 2)
+    if name == "intensity_remap":
+        knots = np.linspace(0, 1, 5)
+        knots[1:] = np.clip(knots[1:] + rng.uniform(-param, param, 4), 0, 1)
+        return A.IntensityRemap(np.maximum.accumulate(knots))
+    if name == "contrast_inversion":
+        return A.ContrastInversion(strength=param)
+    raise KeyError(f"unknown corruption {name!r}; known: {sorted(CORRUPTIONS)}")
+
+
+def corrupt_images(images: np.ndarray, name: str, level: int) -> np.ndarray:
+    """uint8 (N, S, S) -> uint8 (N, S, S): corruption ``name`` at severity ``level`` (1-3), deterministic."""
+    param = CORRUPTIONS[name][level - 1]
+    code = sorted(CORRUPTIONS).index(name)
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        if name == "jpeg":
+            _, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(param)])
+            out[i] = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+            continue
+        rng = np.random.default_rng([SEED, code, level, i])
+        x = make_corruption(name, param, rng, i)(img.astype(np.float32) / 255.0)
+        out[i] = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return out
+
+
+# ----------------------------------------------------------------------------- model runtimes
+
+
+class FeatureModel:
+    """logits (N, C) and pooled features (N, F) of uint8 (N, S, S) images; torch or ONNX Runtime."""
+
+    def __init__(self, run, runtime: str, cache_dir: Path, batch_size: int = 64) -> None:
+        import torch
+
+        self.model = run.build_model().to(memory_format=torch.channels_last)
+        self.batch_size, self.runtime, self.session = batch_size, runtime, None
+        if runtime == "onnx":
+            self.session = self._onnx_session(run, cache_dir)
+
+    def _onnx_session(self, run, cache_dir: Path):
+        import onnxruntime as ort
+        import torch
+
+        from brainmri.utils import file_digest
+
+        model = self.model
+
+        class Both(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.m = model
+
+            def forward(self, x):
+                f = self.m.forward_features(x)
+                return self.m.forward_classifier(f), f
+
+        path = cache_dir / f"features_{file_digest(run.dir / 'model.safetensors', 'sha256')[:16]}.onnx"
+        if not path.is_file():
+            size = run.cfg.preprocess.size
+            tmp = path.with_suffix(".tmp.onnx")
+            torch.onnx.export(Both().eval(), (torch.rand(2, 1, size, size),), str(tmp), dynamo=True,
+                              input_names=["x"], output_names=["logits", "features"], opset_version=18,
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False,
+                              optimize=True, verbose=False)  # fmt: skip
+            os.replace(tmp, path)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = int(os.environ.get("BENCH_THREADS", "2")), 1
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    def _torch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+            f = self.model.forward_features(t)
+            return self.model.forward_classifier(f).float().numpy(), f.float().numpy()
+
+    def __call__(self, images: np.ndarray, runtime: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        logits, feats = [], []
+        for s in range(0, len(images), self.batch_size):
+            x = images[s : s + self.batch_size].astype(np.float32)[:, None] / 255.0
+            if (runtime or self.runtime) == "onnx":
+                lg, ft = self.session.run(None, {"x": x})
+            else:
+                lg, ft = self._torch(x)
+            logits.append(lg)
+            feats.append(ft)
+        return np.concatenate(logits), np.concatenate(feats)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    err = sum(
+        abs((pred[m] == labels[m]).mean() - conf[m].mean()) * m.mean() for b in range(bins) if (m := which == b).any()
+    )
+    return float(err)
+
+
+def tumour_scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float | None]:
+    from sklearn.metrics import roc_auc_score
+
+    call = p >= threshold
+    both = 0 < y.sum() < len(y)
+    return {
+        "auc": float(roc_auc_score(y, p)) if both else None,
+        "sensitivity": float(call[y == 1].mean()) if (y == 1).any() else None,
+        "specificity": float((~call[y == 0]).mean()) if (y == 0).any() else None,
+    }
+
+
+def bootstrap_ci(y, p, threshold, groups, n_boot: int, seed: int = SEED) -> dict[str, list[float] | None]:
+    """95% percentile CIs of the tumour scores, resampling whole groups (patients) with replacement."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {"auc": [], "sensitivity": [], "specificity": []}
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        for k, v in tumour_scores(y[idx], p[idx], threshold).items():
+            if v is not None:
+                draws[k].append(v)
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None for k, v in draws.items()}
+
+
+class Scorer:
+    """Turns logits (+ features) of one condition into the reported numbers."""
+
+    def __init__(self, classes, temperature: float, threshold: float, oods: dict[str, Any]) -> None:
+        self.classes, self.t, self.threshold, self.oods = classes, temperature, threshold, oods
+        self.no = classes.index(NO_TUMOR)
+
+    def p_tumour(self, logits: np.ndarray) -> np.ndarray:
+        return 1.0 - softmax(logits / self.t)[:, self.no]
+
+    def flagged(self, logits: np.ndarray, feats: np.ndarray) -> dict[str, float]:
+        out = {}
+        for name, ood in self.oods.items():
+            inside, _ = ood.predict(feats if name == "mahalanobis" else logits)
+            out[name] = float((~inside).mean())
+        return out
+
+    def four_class(self, logits, feats, labels) -> dict[str, Any]:
+        probs = softmax(logits / self.t)
+        r = {"n": len(labels), "accuracy": float((probs.argmax(1) == labels).mean()), "ece": ece(probs, labels)}
+        r.update(
+            {
+                f"tumour_{k}": v
+                for k, v in tumour_scores(labels != self.no, self.p_tumour(logits), self.threshold).items()
+            }
+        )
+        return {**r, "ood_flagged": self.flagged(logits, feats)}
+
+    def binary(self, logits, feats, y, groups, n_boot) -> dict[str, Any]:
+        p = self.p_tumour(logits)
+        r: dict[str, Any] = {"n": len(y), "n_tumour": int(y.sum()), "n_groups": len(set(groups))}
+        r.update(tumour_scores(y, p, self.threshold))
+        r["ci95"] = bootstrap_ci(y, p, self.threshold, groups, n_boot) if n_boot else None
+        return {**r, "ood_flagged": self.flagged(logits, feats)}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def stratified_subset(labels: np.ndarray, limit: int | None, seed: int = SEED) -> np.ndarray:
+    """Sorted indices of a class-stratified random subset of size ~limit (all when limit is None)."""
+    if not limit or limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep.append(rng.choice(idx, max(1, round(limit * len(idx) / len(labels))), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def build_manifest_file(root: Path, cfg, out: Path) -> Path:
+    """``brainmri data import ROOT --out OUT`` through the Python API (cached: reused when present)."""
+    from brainmri.data import manifest as M
+
+    if out.is_file():
+        return out
+    params = list(inspect.signature(M.build_manifest).parameters)
+    if params[1] == "cfg":
+        frame = M.build_manifest([str(root)], cfg, workers=1)
+    else:
+        frame = M.build_manifest([str(root)], cfg.data, cfg.audit, workers=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    M.write_manifest(frame, out)
+    return out
+
+
+def external_images(run, root: Path, cache_dir: Path):
+    """(SplitImages of ``root`` minus the training overlap, preprocessed with the run's preprocessor), cached."""
+    from brainmri.runs import SplitImages
+
+    pre_hash = hashlib.sha256((run.dir / "preprocessor.json").read_bytes()).hexdigest()[:12]
+    cached = cache_dir / f"{root.name}_{run.name}_{pre_hash}.npz"
+    if cached.is_file():
+        z = np.load(cached, allow_pickle=False)
+        meta = json.loads(str(z["meta"]))
+        return SplitImages(meta["ids"], meta["paths"], z["images"], z["labels"], meta["label_names"], meta["overlap"])
+    manifest = build_manifest_file(root, run.cfg, cache_dir / f"{root.name}_manifest.csv")
+    data = run.load_external(manifest)
+    meta = {k: getattr(data, k) for k in ("ids", "paths", "label_names", "overlap")}
+    np.savez_compressed(cached, images=data.images, labels=data.labels, meta=json.dumps(meta))
+    return data
+
+
+def patient_groups(ids: list[str], root: Path) -> list[str]:
+    """Patient of every image from ``root/labels.csv`` (column ``file`` relative to root); else the image id."""
+    table = root / "labels.csv"
+    if not table.is_file():
+        return list(ids)
+    import pandas as pd
+
+    frame = pd.read_csv(table)
+    by_file = dict(zip(frame["file"].astype(str), frame["patient"].astype(str), strict=True))
+    return [by_file.get(i.split("/", 1)[1] if "/" in i else i, i) for i in ids]
+
+
+# ----------------------------------------------------------------------------- calibration and OOD
+
+
+def operating_point(run, val_logits: np.ndarray, val_labels: np.ndarray) -> dict[str, Any]:
+    """Temperature and tumour threshold from the run's calibration.json, else T = 1 and a threshold fitted on val."""
+    cal = json.loads(run.calibration_path.read_text()) if run.calibration_path.is_file() else {}
+    if cal.get("temperature") and cal.get("threshold") is not None:
+        return {"temperature": float(cal["temperature"]), "threshold": float(cal["threshold"]),
+                "source": str(run.calibration_path)}  # fmt: skip
+    from brainmri.calibrate.threshold import ThresholdSelector
+
+    no = run.classes.index(NO_TUMOR)
+    sel = ThresholdSelector(0.95, 0.5).fit(1.0 - softmax(val_logits)[:, no], (val_labels != no).astype(int))
+    return {
+        "temperature": 1.0,
+        "threshold": float(sel.threshold_),
+        "source": "fitted on val here (no calibration.json)",
+    }
+
+
+def fit_oods(model: FeatureModel, run, val, n_train: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Mahalanobis on (a stratified subset of) training features, energy; thresholds pass 95% of val."""
+    from brainmri.calibrate.ood import EnergyOOD, MahalanobisOOD
+
+    train = run.load_images("train")
+    keep = stratified_subset(train.labels, n_train, SEED + 1)
+    _, t_feats = model(train.images[keep])
+    maha = MahalanobisOOD(n_components=128).fit(t_feats, train.labels[keep])
+    energy = EnergyOOD(1.0).fit()
+    v_logits, v_feats = val
+    maha.fit_threshold(maha.score(v_feats), 0.95)
+    energy.fit_threshold(energy.score(v_logits), 0.95)
+    info = {
+        "mahalanobis": {"n_train": len(keep), "n_components": 128, "shrinkage": maha.shrinkage_,
+                        "threshold": maha.threshold_, "state_json_kb": round(len(json.dumps(maha.to_dict())) / 1024)},
+        "energy": {"temperature": 1.0, "threshold": energy.threshold_},
+        "threshold_quantile_on_val": 0.95,
+    }  # fmt: skip
+    return {"mahalanobis": maha, "energy": energy}, info
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def evaluate_corruptions(model, scorer: Scorer, test, names: list[str], clean_acc: float, clean_auc) -> dict:
+    out: dict[str, Any] = {}
+    for name in names:
+        rows = []
+        for level in (1, 2, 3):
+            t0 = time.perf_counter()
+            logits, feats = model(corrupt_images(test.images, name, level))
+            r = {
+                "severity": level,
+                "param": CORRUPTIONS[name][level - 1],
+                **scorer.four_class(logits, feats, test.labels),
+            }
+            r["drop"] = round(100 * (clean_acc - r["accuracy"]), 2)
+            r["auc_drop"] = None if clean_auc is None or r["tumour_auc"] is None else clean_auc - r["tumour_auc"]
+            rows.append(r)
+            auc, secs = r["tumour_auc"] or float("nan"), time.perf_counter() - t0
+            print(f"  {name:20s} s{level}: acc {r['accuracy']:.3f} (drop {r['drop']:+.1f}) auc {auc:.3f} {secs:.0f}s")
+        out[name] = {"severities": rows, "mean_drop": round(float(np.mean([r["drop"] for r in rows])), 2)}
+    return out
+
+
+def summarise(corr: dict[str, Any]) -> dict[str, Any]:
+    if not corr:
+        return {}
+    cells = [(n, r) for n, c in corr.items() for r in c["severities"]]
+    worst_name = max(corr, key=lambda n: corr[n]["mean_drop"])
+    worst_cell = max(cells, key=lambda nr: nr[1]["drop"])
+    auc_drops = [r["auc_drop"] for _, r in cells if r["auc_drop"] is not None]
+    return {
+        "mean_drop": round(float(np.mean([r["drop"] for _, r in cells])), 2),
+        "worst_corruption": worst_name,
+        "worst_corruption_drop": corr[worst_name]["mean_drop"],
+        "worst_cell": {
+            "corruption": worst_cell[0],
+            "severity": worst_cell[1]["severity"],
+            "drop": worst_cell[1]["drop"],
+        },
+        "mean_auc_drop": float(np.mean(auc_drops)) if auc_drops else None,
+        "n_conditions": len(cells),
+    }
+
+
+def evaluate_external(run, model, scorer: Scorer, roots: dict[str, Path], cache_dir: Path, n_boot: int) -> dict:
+    out: dict[str, Any] = {}
+    for name, root in roots.items():
+        if not root.is_dir():
+            out[name] = {"skipped": f"{root} not found"}
+            continue
+        data = external_images(run, root, cache_dir)
+        y = np.array([label != NO_TUMOR for label in data.label_names], dtype=int)
+        groups = patient_groups(data.ids, root)
+        logits, feats = model(data.images)
+        r = scorer.binary(logits, feats, y, groups, n_boot)
+        r["groups"] = "patients (labels.csv)" if (root / "labels.csv").is_file() else "images"
+        r["overlap_removed"] = {k: v for k, v in (data.overlap or {}).items() if k != "removed_ids"}
+        out[name] = r
+        ci = r["ci95"] and r["ci95"]["auc"]
+        print(f"  {name}: n {r['n']}, AUC {r['auc'] or float('nan'):.3f} {ci}, sens {r['sensitivity']:.3f}, "
+              f"spec {r['specificity']:.3f}, OOD flagged {r['ood_flagged']}")  # fmt: skip
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    from brainmri.runs import Run
+    from brainmri.utils import machine_facts, setup_torch
+
+    setup_torch(args.threads)
+    cv2.setNumThreads(1)
+    t_start = time.perf_counter()
+    run = Run.load(args.run)
+    cache_dir = Path(args.cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    model = FeatureModel(run, args.runtime, cache_dir)
+    test, val = run.load_images("test"), run.load_images("val")
+    keep = stratified_subset(test.labels, args.limit)
+    test.images, test.labels = test.images[keep], test.labels[keep]
+    parity = runtime_parity(model, test.images[:8]) if args.runtime == "onnx" else None
+    val_out = model(val.images)
+    op = operating_point(run, val_out[0], val.labels)
+    oods, ood_info = fit_oods(model, run, val_out, args.ood_train) if args.ood else ({}, None)
+    scorer = Scorer(run.classes, op["temperature"], op["threshold"], oods)
+    clean = scorer.four_class(*model(test.images), test.labels)
+    print(f"clean: acc {clean['accuracy']:.3f}, tumour AUC {clean['tumour_auc']:.3f} (n {clean['n']})", flush=True)
+    names = args.corruptions.split(",") if args.corruptions else list(CORRUPTIONS)
+    corr = evaluate_corruptions(model, scorer, test, names, clean["accuracy"], clean["tumour_auc"])
+    roots = {"lgg-flair": Path(args.lgg), "navoneel": Path(args.navoneel)}
+    external = evaluate_external(run, model, scorer, roots, cache_dir, args.bootstrap) if args.external else {}
+    return {
+        "benchmark": "MRI-C (bench/robustness.py)", "run": run.name, "run_dir": str(run.dir.resolve()),
+        "git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {"limit": args.limit, "n_test": len(keep), "seed": SEED, "runtime": args.runtime,
+                     "runtime_parity_max_abs_logit_diff": parity, "operating_point": op,
+                     "applied_to": "preprocessed uint8 slices (preprocessor output), rounded back to uint8",
+                     "probabilities": "softmax(logits / temperature)", "bootstrap": args.bootstrap},
+        "clean": clean, "summary": summarise(corr), "corruptions": corr, "external": external, "ood": ood_info,
+        "seconds": round(time.perf_counter() - t_start, 1), "load_avg": list(os.getloadavg()),
+        "machine": machine_facts(),
+    }  # fmt: skip
+
+
+def runtime_parity(model: FeatureModel, images: np.ndarray) -> float:
+    a, _ = model(images, "onnx")
+    b, _ = model(images, "torch")
+    diff = float(np.abs(a - b).max())
+    if diff > 1e-2:
+        raise SystemExit(f"ONNX and torch logits differ by {diff:.3g}; rerun with --runtime torch")
+    return diff
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def augment_panels(img: np.ndarray, other: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(title, image) of one float slice under each training transform (fixed parameters)."""
+    from brainmri.config import AugmentConfig
+    from brainmri.train import augment as A
+
+    rng = np.random.default_rng(0)
+    steps = [
+        ("flip", A.Flip()), ("rotate 8°, zoom 1.1", A.Affine(8, 1.1, 5, -4)),
+        ("monotone remap", A.IntensityRemap(np.array([0, 0.05, 0.25, 0.85, 1.0]))),
+        ("non-monotone remap", A.IntensityRemap(np.array([0, 0.9, 0.3, 0.75, 0.2]))),
+        ("inversion in head mask", A.ContrastInversion()),
+        ("Fourier amplitude: other slice", A.FourierAmplitudeMix(0.1, 1.0, other=other)),
+        ("Fourier amplitude: jittered", A.FourierAmplitudeMix(0.1, 1.0, jitter=0.8, seed=3)),
+        ("bias field c=0.6", A.BiasField(rng.uniform(-0.6, 0.6, 9))), ("gamma 1.8", A.Gamma(1.8)),
+        ("blur sigma 1.2", A.GaussianBlur(1.2)), ("down-up x3", A.Resample(3.0)),
+        ("slice thickness x4 (rows)", A.Resample(4.0, axis=0)), ("Gaussian noise 0.03", A.GaussianNoise(0.03, 1)),
+        ("Rician noise 0.05", A.RicianNoise(0.05, 2)),
+    ]  # fmt: skip
+    panels = [("original", img)] + [(t, np.clip(f(img), 0, 1)) for t, f in steps]
+    preset = A.Augmenter(AugmentConfig(appearance=True))
+    panels += [(f"appearance preset, draw {k}", preset(img, np.random.default_rng(k))) for k in (1, 2)]
+    return panels
+
+
+def draw_grid(panels: list[tuple[str, np.ndarray]], cols: int, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.3 * rows))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, (t, im) in zip(np.ravel(axes), panels, strict=False):
+        ax.imshow(im, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(t, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_figures(run_dir: str, out_dir: Path) -> None:
+    from brainmri.runs import Run
+
+    run = Run.load(run_dir)
+    test = run.load_images("test")
+    glioma = np.flatnonzero(test.labels == run.classes.index("glioma"))
+    i = int(glioma[len(glioma) // 2]) if len(glioma) else 0
+    j = int(np.flatnonzero(test.labels == run.classes.index(NO_TUMOR))[0])
+    img, other = test.images[i].astype(np.float32) / 255.0, test.images[j].astype(np.float32) / 255.0
+    draw_grid(augment_panels(img, other), 4, out_dir / "augment_examples.png",
+              f"Training transforms on one preprocessed test slice ({Path(test.ids[i]).name})")  # fmt: skip
+    panels = []
+    for name in CORRUPTIONS:
+        panels.append((f"{name}: clean", img))
+        for level in (1, 2, 3):
+            x = corrupt_images(test.images[i : i + 1], name, level)[0].astype(np.float32) / 255.0
+            panels.append((f"{name} s{level} ({CORRUPTIONS[name][level - 1]})", x))
+    draw_grid(panels, 4, out_dir / "robustness_corruptions.png", "MRI-C corruptions, severities 1-3")
+    print(f"wrote {out_dir / 'augment_examples.png'}, {out_dir / 'robustness_corruptions.png'}")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="run folder (runs/<name>)")
+    p.add_argument("--limit", type=int, default=None, help="class-stratified subsample of the test split")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "robustness.json"))
+    p.add_argument("--corruptions", default="", help=f"comma-separated subset of {','.join(CORRUPTIONS)}")
+    p.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
+                   help="onnx: ONNX Runtime (about 2-3x faster on CPU; checked against torch on 8 images)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ood", action=argparse.BooleanOptionalAction, default=True, help="fit and report OOD scores")
+    p.add_argument("--ood-train", type=int, default=2000, help="training images the Mahalanobis score is fitted on")
+    p.add_argument("--external", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--lgg", default=str(SHARED / "lgg-flair"))
+    p.add_argument("--navoneel", default=str(SHARED / "navoneel"))
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the external CIs")
+    p.add_argument("--cache-dir", default=str(REPO / "work" / "robustness"),
+                   help="manifests, preprocessed external sets and the ONNX feature model are cached here")  # fmt: skip
+    p.add_argument("--figures", action="store_true", help="only draw the docs figures (docs/img/) and exit")
+    p.add_argument("--figures-dir", default=str(REPO / "docs" / "img"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.figures:
+        write_figures(args.run, Path(args.figures_dir))
+        return 0
+    result = run_benchmark(args)
+    from brainmri.utils import atomic_write_json
+
+    atomic_write_json(Path(args.out), result)
+    s = result["summary"]
+    worst = f"{s.get('worst_corruption')} {s.get('worst_corruption_drop')}"
+    print(f"clean acc {result['clean']['accuracy']:.3f}; mean drop {s.get('mean_drop')} points, worst corruption "
+          f"{worst}; {result['seconds']} s -> {args.out}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    sys.exit(main())

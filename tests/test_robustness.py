@@ -1,0 +1,137 @@
+"""bench/robustness.py (MRI-C) on a tiny run built through the real stages, with phantom external sets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("brainmri.preprocess.cache")
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+SIZE = 64
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_robustness", REPO / "bench" / "robustness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _binary_set(root: Path, n: int, with_patients: bool) -> Path:
+    from PIL import Image
+
+    from brainmri.data.phantoms import make_phantom
+
+    rows = ["file,label,patient,slice"]
+    for folder, label in (("tumor", "glioma"), ("no_tumor", "no_tumor")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            ph = make_phantom(label, size=80, seed=70_000 + 100 * (folder == "tumor") + i)
+            Image.fromarray(np.round(ph.image * 255).astype(np.uint8)).save(root / folder / f"p{i % 3}_{i}.png")
+            rows.append(f"{folder}/p{i % 3}_{i}.png,{folder},patient{i % 3},{i}")
+    if with_patients:
+        (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    import torch
+
+    from brainmri.config import load_config
+    from brainmri.data.manifest import build_manifest, write_manifest
+    from brainmri.data.phantoms import write_phantom_dataset
+    from brainmri.data.split import run_split
+    from brainmri.models import create_model
+    from brainmri.preprocess.cache import PreprocessedCache, build_cache
+    from brainmri.runs import write_run
+
+    tmp = tmp_path_factory.mktemp("robust")
+    overrides = [f"paths.work_dir={tmp / 'work'}", f"paths.runs_dir={tmp / 'runs'}", "preprocess.preset=raw",
+                 f"preprocess.size={SIZE}", "preprocess.workers=1", "data.workers=1", "split.folds=2",
+                 "model.backbone=test_efficientnet", "model.weights=none"]  # fmt: skip
+    cfg = load_config(None, overrides)
+    data = write_phantom_dataset(tmp / "data", n_per_class=10, size=SIZE, seed=3)
+    manifest = write_manifest(build_manifest([str(data)], cfg.data, cfg.audit, workers=1), tmp / "work/manifest.csv")
+    split_file = tmp / "work/split.json"
+    run_split(manifest, split_file, cfg.split, cfg.audit, cfg.data.classes)
+    report = build_cache(cfg.preprocess, cfg.data, manifest, split_file, tmp / "work/preprocess", workers=1,
+                         log=lambda msg: None)  # fmt: skip
+    cache = PreprocessedCache(report.dir)
+    torch.manual_seed(0)
+    model = create_model(cfg.model, len(CLASSES))
+    run = write_run(tmp / "runs/tiny", cfg, model, cache.preprocessor(), classes=CLASSES, split_file=split_file,
+                    preprocess_dir=cache.dir)  # fmt: skip
+    _binary_set(tmp / "lgg", 6, with_patients=True)
+    _binary_set(tmp / "nav", 4, with_patients=False)
+    return run.dir
+
+
+def test_corruptions_are_deterministic_and_keep_uint8():
+    bench = load_bench()
+    rng = np.random.default_rng(0)
+    images = np.zeros((3, 48, 48), np.uint8)
+    images[:, 8:40, 8:40] = rng.integers(60, 220, (3, 32, 32))
+    assert len(bench.CORRUPTIONS) >= 8 and all(len(v) == 3 for v in bench.CORRUPTIONS.values())
+    for name in bench.CORRUPTIONS:
+        for level in (1, 3):
+            a = bench.corrupt_images(images, name, level)
+            assert a.dtype == np.uint8 and a.shape == images.shape
+            assert np.array_equal(a, bench.corrupt_images(images, name, level)), name
+            assert not np.array_equal(a, images), (name, level)
+        mild = np.abs(bench.corrupt_images(images, name, 1).astype(int) - images).mean()
+        strong = np.abs(bench.corrupt_images(images, name, 3).astype(int) - images).mean()
+        assert strong >= mild * 0.9, name  # severity 3 changes at least about as much as severity 1
+
+
+def test_patient_bootstrap_and_summary():
+    bench = load_bench()
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(40), np.zeros(40)].astype(int)
+    p = np.clip(y * 0.6 + rng.uniform(0, 0.5, 80), 0, 1)
+    ci = bench.bootstrap_ci(y, p, 0.5, [f"pt{i % 8}" for i in range(80)], 200)
+    full = bench.tumour_scores(y, p, 0.5)
+    assert ci["auc"][0] <= full["auc"] <= ci["auc"][1] <= 1.0
+    rows = lambda drops: {"severities": [{"severity": i + 1, "drop": d, "auc_drop": 0.0} for i, d in enumerate(drops)],  # noqa: E731
+                          "mean_drop": float(np.mean(drops))}  # fmt: skip
+    s = bench.summarise({"a": rows([1, 2, 3]), "b": rows([0, 10, 2])})
+    assert s["worst_corruption"] == "b" and s["worst_cell"] == {"corruption": "b", "severity": 2, "drop": 10}
+    assert s["mean_drop"] == pytest.approx(3.0) and s["n_conditions"] == 6
+
+
+def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
+    bench = load_bench()
+    out = tmp_path / "robustness.json"
+    root = tiny_run.parents[1]
+    argv = ["--run", str(tiny_run), "--out", str(out), "--runtime", "torch", "--bootstrap", "20",
+            "--ood-train", "40", "--lgg", str(root / "lgg"), "--navoneel", str(root / "nav"),
+            "--cache-dir", str(tmp_path / "cache"), "--corruptions", "jpeg,contrast_inversion,rician_noise"]  # fmt: skip
+    assert bench.main(argv) == 0
+    r = json.loads(out.read_text())
+    assert r["run"] == "tiny" and r["machine"] and "git_commit" in r
+    assert set(r["corruptions"]) == {"jpeg", "contrast_inversion", "rician_noise"}
+    for c in r["corruptions"].values():
+        assert [s["severity"] for s in c["severities"]] == [1, 2, 3]
+        assert all(0 <= s["accuracy"] <= 1 and set(s["ood_flagged"]) == {"mahalanobis", "energy"} for s in c["severities"])
+    assert r["summary"]["n_conditions"] == 9
+    lgg, nav = r["external"]["lgg-flair"], r["external"]["navoneel"]
+    assert lgg["n"] == 12 and lgg["n_groups"] == 3 and lgg["groups"].startswith("patients")
+    assert nav["groups"] == "images" and nav["overlap_removed"]["n_readable"] == 8
+    assert r["ood"]["mahalanobis"]["threshold"] > 0
+    # cached external sets and manifests are reused
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()).count(".npz") == 2
+    assert bench.main(argv) == 0
+    assert json.loads(out.read_text())["external"]["lgg-flair"]["auc"] == lgg["auc"]
+
+
+def test_figures(tiny_run: Path, tmp_path: Path):
+    bench = load_bench()
+    assert bench.main(["--run", str(tiny_run), "--figures", "--figures-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "augment_examples.png").stat().st_size > 1000
+    assert (tmp_path / "robustness_corruptions.png").stat().st_size > 1000
