@@ -24,6 +24,7 @@ _IMAGE_ERRORS: dict[str, tuple[int, str]] = {
     "truncated": (422, "truncated_image"),
     "too_large": (413, "image_too_large"),
     "unreadable": (422, "unreadable_image"),
+    "degenerate": (422, "degenerate_image"),  # decodes but holds no usable picture (blank, a strip, ...)
 }
 
 _STATUS_CODES: dict[int, str] = {
@@ -75,7 +76,9 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
     for e in errors[:5]:
         loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "header")]
         where = ".".join(loc) or "request"
-        if e.get("type") == "missing":
+        if "Expected UploadFile" in str(e.get("msg", "")):
+            parts.append(f"field '{where}' must be a file upload (a multipart part with a filename), not a text value")
+        elif e.get("type") == "missing":
             parts.append(f"missing field '{where}' (send the image as multipart/form-data field '{where}')")
         else:
             parts.append(f"{where}: {e.get('msg', 'invalid value')}")

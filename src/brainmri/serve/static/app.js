@@ -9,6 +9,7 @@ const PLAIN = {
   unsupported_media_type: "This file is not an image the model can read (JPEG, PNG, BMP, TIFF, DICOM or NIfTI).",
   unreadable_image: "The image could not be decoded; it may be damaged.",
   truncated_image: "The image file is incomplete (truncated); try re-exporting or re-downloading it.",
+  degenerate_image: "The file decodes but holds no usable picture (blank, tiny or a thin strip).",
   image_too_large: "The image has too many pixels for this server.",
   payload_too_large: "The file is larger than this server accepts.",
   preprocess_failed: "The image was read but could not be prepared for the model.",
