@@ -14,7 +14,8 @@ Per condition: 4-class accuracy, tumour AUC of p_tumour = 1 - p(no_tumor), ECE, 
 at the run's tumour threshold, and how many images each out-of-domain score flags (Mahalanobis on pooled
 features fitted on training images, energy on logits; thresholds pass 95% of validation images).
 Drops are clean minus corrupted, in accuracy points. External: lgg-flair (all of it, FLAIR, other
-source; patient-level bootstrap CIs from ``labels.csv``) and navoneel with its overlap with the run's
+source; patient-level bootstrap CIs from ``labels.csv``; pHash near-matches with training images are
+counted, not removed: they are coincidences across sources) and navoneel with its overlap with the run's
 train + val removed (``Run.load_external``), both tumour vs no tumour.
 
 ``--figures`` also draws ``docs/img/augment_examples.png`` (one real test slice under each training
@@ -280,18 +281,31 @@ def build_manifest_file(root: Path, cfg, out: Path) -> Path:
     return out
 
 
-def external_images(run, root: Path, cache_dir: Path):
-    """(SplitImages of ``root`` minus the training overlap, preprocessed with the run's preprocessor), cached."""
-    from brainmri.runs import SplitImages
+def external_images(run, root: Path, cache_dir: Path, remove_overlap: bool = True):
+    """SplitImages of ``root`` preprocessed with the run's preprocessor (cached), minus the training overlap.
+
+    ``remove_overlap=False`` keeps every readable image (``overlap`` still says what would be removed):
+    for a set from another source, pHash matches with training images are coincidences, not copies.
+    """
+    from brainmri.data.manifest import read_manifest
+    from brainmri.runs import SplitImages, images_from_files
 
     pre_hash = hashlib.sha256((run.dir / "preprocessor.json").read_bytes()).hexdigest()[:12]
-    cached = cache_dir / f"{root.name}_{run.name}_{pre_hash}.npz"
+    kind = "dedup" if remove_overlap else "all"
+    cached = cache_dir / f"{root.name}_{kind}_{run.name}_{pre_hash}.npz"
     if cached.is_file():
         z = np.load(cached, allow_pickle=False)
         meta = json.loads(str(z["meta"]))
         return SplitImages(meta["ids"], meta["paths"], z["images"], z["labels"], meta["label_names"], meta["overlap"])
     manifest = build_manifest_file(root, run.cfg, cache_dir / f"{root.name}_manifest.csv")
-    data = run.load_external(manifest)
+    if remove_overlap:
+        data = run.load_external(manifest)
+    else:
+        frame = read_manifest(manifest)
+        frame = frame[frame["readable"].astype(str).str.lower() == "true"]
+        _, overlap = run.without_training_overlap(frame, str(manifest))
+        data = images_from_files(frame, run.preprocessor(), run.classes)
+        data.overlap = {**overlap, "kept": True}
     meta = {k: getattr(data, k) for k in ("ids", "paths", "label_names", "overlap")}
     np.savez_compressed(cached, images=data.images, labels=data.labels, meta=json.dumps(meta))
     return data
@@ -401,18 +415,31 @@ def evaluate_external(run, model, scorer: Scorer, roots: dict[str, Path], cache_
         if not root.is_dir():
             out[name] = {"skipped": f"{root} not found"}
             continue
-        data = external_images(run, root, cache_dir)
+        data = external_images(run, root, cache_dir, remove_overlap=name != "lgg-flair")
         y = np.array([label != NO_TUMOR for label in data.label_names], dtype=int)
         groups = patient_groups(data.ids, root)
         logits, feats = model(data.images)
         r = scorer.binary(logits, feats, y, groups, n_boot)
         r["groups"] = "patients (labels.csv)" if (root / "labels.csv").is_file() else "images"
-        r["overlap_removed"] = {k: v for k, v in (data.overlap or {}).items() if k != "removed_ids"}
+        r["overlap"] = {k: v for k, v in (data.overlap or {}).items() if k != "removed_ids"}
         out[name] = r
         ci = r["ci95"] and r["ci95"]["auc"]
         print(f"  {name}: n {r['n']}, AUC {r['auc'] or float('nan'):.3f} {ci}, sens {r['sensitivity']:.3f}, "
               f"spec {r['specificity']:.3f}, OOD flagged {r['ood_flagged']}")  # fmt: skip
     return out
+
+
+def enter_project_of(run) -> str | None:
+    """chdir to the folder the run's split file names its manifest relative to (paths in split.json are
+    relative to the project that ran the pipeline, e.g. ``work/data/manifest.csv``); returns it, or None."""
+    manifest = Path(json.loads(Path(run.info["split_file"]).read_text())["manifest"])
+    if manifest.is_absolute() or manifest.is_file():
+        return None
+    for root in Path(run.info["split_file"]).resolve().parents:
+        if (root / manifest).is_file():
+            os.chdir(root)
+            return str(root)
+    return None
 
 
 def git_commit() -> str | None:
@@ -431,8 +458,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     setup_torch(args.threads)
     cv2.setNumThreads(1)
     t_start = time.perf_counter()
-    run = Run.load(args.run)
-    cache_dir = Path(args.cache_dir)
+    run = Run.load(Path(args.run).resolve())
+    cache_dir = Path(args.cache_dir).resolve()
+    project = enter_project_of(run)
     cache_dir.mkdir(parents=True, exist_ok=True)
     model = FeatureModel(run, args.runtime, cache_dir)
     test, val = run.load_images("test"), run.load_images("val")
@@ -455,7 +483,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"limit": args.limit, "n_test": len(keep), "seed": SEED, "runtime": args.runtime,
                      "runtime_parity_max_abs_logit_diff": parity, "operating_point": op,
                      "applied_to": "preprocessed uint8 slices (preprocessor output), rounded back to uint8",
-                     "probabilities": "softmax(logits / temperature)", "bootstrap": args.bootstrap},
+                     "probabilities": "softmax(logits / temperature)", "bootstrap": args.bootstrap,
+                     "relative_paths_resolved_in": project},
         "clean": clean, "summary": summarise(corr), "corruptions": corr, "external": external, "ood": ood_info,
         "seconds": round(time.perf_counter() - t_start, 1), "load_avg": list(os.getloadavg()),
         "machine": machine_facts(),
@@ -486,7 +515,7 @@ def augment_panels(img: np.ndarray, other: np.ndarray) -> list[tuple[str, np.nda
         ("non-monotone remap", A.IntensityRemap(np.array([0, 0.9, 0.3, 0.75, 0.2]))),
         ("inversion in head mask", A.ContrastInversion()),
         ("Fourier amplitude: other slice", A.FourierAmplitudeMix(0.1, 1.0, other=other)),
-        ("Fourier amplitude: jittered", A.FourierAmplitudeMix(0.1, 1.0, jitter=0.8, seed=3)),
+        ("Fourier amplitude: jittered", A.FourierAmplitudeMix(0.1, 1.0, jitter=0.3, seed=3)),
         ("bias field c=0.6", A.BiasField(rng.uniform(-0.6, 0.6, 9))), ("gamma 1.8", A.Gamma(1.8)),
         ("blur sigma 1.2", A.GaussianBlur(1.2)), ("down-up x3", A.Resample(3.0)),
         ("slice thickness x4 (rows)", A.Resample(4.0, axis=0)), ("Gaussian noise 0.03", A.GaussianNoise(0.03, 1)),
@@ -512,16 +541,21 @@ def draw_grid(panels: list[tuple[str, np.ndarray]], cols: int, out: Path, title:
         ax.imshow(im, cmap="gray", vmin=0, vmax=1)
         ax.set_title(t, fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.3 * rows)))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100 if rows <= 5 else 72)
     plt.close(fig)
+    from PIL import Image
+
+    Image.open(out).convert("L").save(out, optimize=True)  # grayscale PNG: a third of the RGBA size
 
 
 def write_figures(run_dir: str, out_dir: Path) -> None:
     from brainmri.runs import Run
 
-    run = Run.load(run_dir)
+    run = Run.load(Path(run_dir).resolve())
+    out_dir = out_dir.resolve()
+    enter_project_of(run)
     test = run.load_images("test")
     glioma = np.flatnonzero(test.labels == run.classes.index("glioma"))
     i = int(glioma[len(glioma) // 2]) if len(glioma) else 0
@@ -566,6 +600,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.out = str(Path(args.out).resolve())
     if args.figures:
         write_figures(args.run, Path(args.figures_dir))
         return 0

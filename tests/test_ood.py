@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from brainmri.calibrate.ood import EnergyOOD, MahalanobisOOD, ood_from_dict
+from brainmri.calibrate.ood import EnergyOOD, MahalanobisOOD, decode_array, ood_from_dict
 from brainmri.errors import NotFittedError
 
 D, C = 160, 4
@@ -56,6 +56,9 @@ def test_mahalanobis_round_trip_and_state_size():
     assert np.allclose(back.score(xh), ood.score(xh))
     assert np.array_equal(back.predict(xh)[0], ood.predict(xh)[0])
     assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in (back.precision_, back.components_))
+    assert np.array_equal(back.components_, ood.components_) and np.array_equal(back.precision_, ood.precision_)
+    listed = {**d, **{k: decode_array(d[k]).tolist() for k in ("pca_mean", "components", "class_means", "precision")}}
+    assert np.allclose(ood_from_dict(listed).score(xh), ood.score(xh))  # plain float lists are accepted too
 
 
 def test_unfitted_and_bad_inputs_are_clear_errors():

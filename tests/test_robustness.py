@@ -124,7 +124,8 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
     assert r["summary"]["n_conditions"] == 9
     lgg, nav = r["external"]["lgg-flair"], r["external"]["navoneel"]
     assert lgg["n"] == 12 and lgg["n_groups"] == 3 and lgg["groups"].startswith("patients")
-    assert nav["groups"] == "images" and nav["overlap_removed"]["n_readable"] == 8
+    assert lgg["overlap"]["kept"] is True
+    assert nav["groups"] == "images" and nav["overlap"]["n_readable"] == 8
     assert r["ood"]["mahalanobis"]["threshold"] > 0
     # cached external sets and manifests are reused
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()).count(".npz") == 2

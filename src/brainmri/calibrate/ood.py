@@ -19,11 +19,13 @@ Two scores, higher = further from the training domain, each with a threshold fit
 Both follow scikit-learn's conventions (``fit`` stores ``*_`` attributes, :class:`NotFittedError` when
 used unfitted) and round-trip through JSON with ``to_dict()/from_dict()``; :func:`ood_from_dict` restores
 either kind. Fitting uses numpy and scikit-learn; scoring uses numpy only (every fitted quantity is
-stored as a float32 array), so a deployed bundle needs neither torch nor scikit-learn to score.
+a float32 array, stored in JSON as base64 bytes, see :func:`encode_array`), so a deployed bundle needs
+neither torch nor scikit-learn to score.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,6 +47,25 @@ def _as_matrix(x: Any, name: str, n_cols: int | None = None) -> np.ndarray:
 
 def _f32(a: Any) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
+
+
+def encode_array(a: np.ndarray | None) -> dict[str, Any] | None:
+    """A float32 array as JSON: ``{"dtype", "shape", "base64"}`` (little-endian bytes; exact and ~4x smaller
+    than a list of decimal floats: 128 x 1280 principal axes take 0.9 MB instead of 3.9 MB)."""
+    if a is None:
+        return None
+    data = np.ascontiguousarray(a, dtype="<f4")
+    return {"dtype": "float32", "shape": list(data.shape), "base64": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def decode_array(v: Any) -> np.ndarray | None:
+    """Inverse of :func:`encode_array`; also accepts a plain (nested) list of numbers."""
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        raw = np.frombuffer(base64.b64decode(v["base64"]), dtype="<f4")
+        return raw.reshape(v["shape"]).astype(np.float32)
+    return _f32(v)
 
 
 def _principal_axes(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +213,6 @@ class MahalanobisOOD(OODScore):
 
     def to_dict(self) -> dict[str, Any]:
         self.check_fitted()
-        arr = lambda a: None if a is None else a.tolist()  # noqa: E731
         return {
             "kind": self.kind,
             "n_components": self.n_components,
@@ -202,10 +222,10 @@ class MahalanobisOOD(OODScore):
             "shrinkage": self.shrinkage_,
             "residual": self.residual,
             "residual_var": self.residual_var_,
-            "pca_mean": arr(self.pca_mean_),
-            "components": arr(self.components_),
-            "class_means": arr(self.class_means_),
-            "precision": arr(self.precision_),
+            "pca_mean": encode_array(self.pca_mean_),
+            "components": encode_array(self.components_),
+            "class_means": encode_array(self.class_means_),
+            "precision": encode_array(self.precision_),
             **self._threshold_dict(),
         }
 
@@ -213,10 +233,9 @@ class MahalanobisOOD(OODScore):
     def from_dict(cls, d: dict[str, Any]) -> MahalanobisOOD:
         obj = cls(d.get("n_components"), d.get("normalize", False), d.get("residual", True))
         obj.residual_var_ = d.get("residual_var")
-        opt = lambda k: None if d.get(k) is None else _f32(d[k])  # noqa: E731
         obj.n_features_in_, obj.classes_, obj.shrinkage_ = d["n_features_in"], d.get("classes"), d.get("shrinkage")
-        obj.pca_mean_, obj.components_ = opt("pca_mean"), opt("components")
-        obj.class_means_, obj.precision_ = _f32(d["class_means"]), _f32(d["precision"])
+        obj.pca_mean_, obj.components_ = decode_array(d.get("pca_mean")), decode_array(d.get("components"))
+        obj.class_means_, obj.precision_ = decode_array(d["class_means"]), decode_array(d["precision"])
         obj._restore_threshold(d)
         return obj
 

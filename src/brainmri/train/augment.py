@@ -309,23 +309,29 @@ class FourierAmplitudeMix(Transform):
     """Low-frequency amplitude mixing (see :func:`fourier_amplitude_mix`).
 
     The other amplitude is that of ``other`` (an image, e.g. another training slice) if given, else
-    this image's own amplitude multiplied by exp(N(0, jitter^2)) per frequency, drawn from ``seed``
-    (a generated style; FACT's amplitude perturbation).
+    this image's own amplitude multiplied by exp(N(0, jitter^2)) per frequency except the mean (DC)
+    term, drawn from ``seed`` (a generated style; FACT's amplitude perturbation). ``keep_background``:
+    pixels outside the head mask (:func:`head_mask`) keep their value, so the ringing the swap causes
+    there does not paint a texture on the air around the head.
     """
 
     beta: float = 0.1
     lam: float = 1.0
     other: np.ndarray | None = None
-    jitter: float = 0.5
+    jitter: float = 0.3
     seed: int = 0
+    keep_background: bool = True
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         if self.other is not None:
             other = low_band_amplitude(self.other, self.beta)
         else:
             own = low_band_amplitude(img, self.beta)
-            other = own * np.exp(np.random.default_rng(self.seed).normal(0, self.jitter, own.shape))
-        return fourier_amplitude_mix(img, other, self.beta, self.lam)
+            gain = np.exp(np.random.default_rng(self.seed).normal(0, self.jitter, own.shape))
+            gain[0, 0] = 1.0
+            other = own * gain
+        out = fourier_amplitude_mix(img, other, self.beta, self.lam)
+        return np.where(head_mask(img), out, img) if self.keep_background else out
 
 
 # ----------------------------------------------------------------------------- random wrappers
@@ -534,7 +540,7 @@ class RandFourierAmplitudeMix(RandomTransform):
         if self._bank is not None and len(self._bank) and self._bank.shape[1:] == tuple(shape):
             other = self._bank[int(rng.integers(len(self._bank)))].astype(np.float32) / 255.0
             return FourierAmplitudeMix(self.beta, lam, other=other)
-        return FourierAmplitudeMix(self.beta, lam, jitter=0.5, seed=int(rng.integers(2**31)))
+        return FourierAmplitudeMix(self.beta, lam, jitter=0.3, seed=int(rng.integers(2**31)))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "partner": "bank" if self._bank is not None else "jittered own amplitude"}
