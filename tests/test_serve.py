@@ -143,7 +143,20 @@ def test_gradcam_overlay_and_clear_501_without_torch(client, images, monkeypatch
     p = post(client, images[2], gradcam="true").json()["prediction"]
     overlay = Image.open(io.BytesIO(base64.b64decode(p["gradcam_png_base64"])))
     assert overlay.size == (SIZE, SIZE) and overlay.mode == "RGB"
-    monkeypatch.setitem(__import__("sys").modules, "pytorch_grad_cam", None)  # as in an ONNX-only install
+    import sys
+
+    from brainmri.errors import BrainMRIError
+
+    # as in an install without torch, for a bundle without class-activation outputs
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    service = client.app.state.service
+    if hasattr(service.predictor, "gradcam_maps"):
+
+        def no_torch(*args, **kwargs):
+            raise BrainMRIError("Grad-CAM needs torch for this bundle (no class-activation output)")
+
+        monkeypatch.setattr(service.predictor, "gradcam_maps", no_torch)
     assert_error(post(client, images[2], gradcam="true"), 501, "gradcam_unavailable", "gradcam needs")
 
 

@@ -210,25 +210,39 @@ class InferenceService:
     # ------------------------------------------------------------------ Grad-CAM
 
     def gradcam_overlays(self, images: np.ndarray, targets: list[int]) -> list[str | None]:
-        """Grad-CAM overlays (RGB PNG, base64) on the model input; 501 where this install cannot draw them."""
+        """Grad-CAM overlays (RGB PNG, base64) on the model input; 501 where this install cannot draw them.
+
+        Uses ``Predictor.gradcam_maps`` when the inference layer has it (class activation maps from the
+        ONNX graph when the bundle exports them, no torch), else pytorch-grad-cam on the bundle's torch model.
+        """
         if not self.settings.gradcam:
             raise ApiError(501, "gradcam_disabled", "gradcam is switched off on this server (ServeSettings.gradcam)")
         try:
-            import pytorch_grad_cam  # noqa: F401
-            import torch  # noqa: F401
+            from brainmri.models.cam import overlay
 
-            from brainmri.models.cam import compute_cams, overlay
-        except ImportError as exc:
+            with self._gradcam_lock:  # hooks on one shared torch model: one Grad-CAM at a time
+                maps = self._gradcam_maps(images, targets)
+        except (ImportError, BrainMRIError) as exc:
+            reason = f"{exc.name} is missing" if isinstance(exc, ImportError) else str(exc)
             raise ApiError(
                 501,
                 "gradcam_unavailable",
-                f"gradcam needs the torch runtime (torch and grad-cam installed); this server has ONNX Runtime"
-                f" only ({exc.name} is missing). Ask without gradcam=true.",
+                f"gradcam needs the torch runtime (torch and grad-cam installed) or a bundle exported with class"
+                f" activation maps; this server cannot draw it ({reason}). Ask without gradcam=true.",
             ) from None
-        with self._gradcam_lock:  # hooks on one shared torch model: one Grad-CAM at a time
-            model = self.predictor.torch_runtime().model
-            maps = compute_cams(model, images, targets=targets, method=self.predictor.config.gradcam_method)
         return [png_base64(overlay(image, cam)) for image, cam in zip(images, maps, strict=True)]
+
+    def _gradcam_maps(self, images: np.ndarray, targets: list[int]) -> np.ndarray:
+        maps_fn = getattr(self.predictor, "gradcam_maps", None)
+        if maps_fn is not None:
+            return maps_fn(images, np.asarray(targets))
+        import pytorch_grad_cam  # noqa: F401
+        import torch  # noqa: F401
+
+        from brainmri.models.cam import compute_cams
+
+        model = self.predictor.torch_runtime().model
+        return compute_cams(model, images, targets=targets, method=self.predictor.config.gradcam_method)
 
     # ------------------------------------------------------------------ payloads
 
