@@ -27,6 +27,7 @@ STAGE_CLI_MODULES = (
     "brainmri.preprocess.cli",
     "brainmri.train.cli",
     "brainmri.evaluate.cli",
+    "brainmri.evaluate.external_cli",
     "brainmri.bundle.cli",
     "brainmri.infer.cli",
     "brainmri.workflow",

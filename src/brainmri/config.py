@@ -312,6 +312,69 @@ class PredictConfig(Section):
     format: Literal["json", "csv"] = "json"
 
 
+class ExternalConfig(Section):
+    """``brainmri validate``: the external-validation protocol (docs/external.md)."""
+
+    calibration_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    """Share of the external set (whole patients, or whole near-duplicate clusters) in the calibration part."""
+    seed: int = 42
+    """Seed of the grouped, stratified calibration/evaluation split and of the bootstrap resamples."""
+    min_images: int = Field(30, ge=2)
+    """Fewer usable images than this (after overlap removal) is an error, not a number."""
+    skip_unreadable: bool = False
+    """False: an unreadable file is an error naming it. True: such files are left out and listed."""
+    patients: str | None = None
+    """CSV ``file,patient`` giving patient ids (a CSV data file or a folder's labels.csv may hold them too)."""
+    split_file: str | None = None
+    """Existing external split file to reuse (ids must match); None: create one in the output folder."""
+    target_sensitivity: float = Field(0.95, gt=0.0, le=1.0)
+    """Threshold (a): the largest threshold reaching this sensitivity on the calibration part."""
+    cost_ratio: float = Field(5.0, gt=0.0)
+    """Threshold (c): a false negative costs this many false positives; minimises expected cost on calibration."""
+    refit_temperature: bool = False
+    """Also re-fit the temperature on the calibration part (tumour-vs-no-tumour NLL); reported separately."""
+    bootstrap: int = Field(1000, ge=0)
+    """Bootstrap resamples (of patients when known, else of slices) behind AUC and the patient-level CIs."""
+    ece_bins: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=1)
+    out_dir: str | None = None
+    """Output folder; None: RUN/reports/external/<set name>/."""
+
+
+class AdaptConfig(Section):
+    """``brainmri adapt``: fine-tune on the calibration part of an external set, keeping the source skill."""
+
+    run_name: str | None = None
+    """Name of the new run folder (under paths.runs_dir); None: <run>-adapted-<set name>."""
+    epochs: int = Field(6, ge=1)
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = 1e-4
+    batch_size: int = Field(32, ge=2)
+    replay_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+    """Share of every batch drawn from the source training split (replay); the rest are external images."""
+    w_ext: float = Field(1.0, ge=0.0)
+    """Weight of BCE(p_tumour = 1 - softmax(z)[no_tumor], y_tumour) on external images."""
+    w_src: float = Field(1.0, ge=0.0)
+    """Weight of the 4-class cross-entropy on replayed source images."""
+    w_kd: float = Field(1.0, ge=0.0)
+    """Weight of KL(original model || adapted model) on replayed source images (distillation)."""
+    kd_temperature: float = Field(2.0, gt=0.0)
+    trainable: list[str] = Field(default_factory=lambda: ["blocks.5", "blocks.6", "conv_head", "bn2"])
+    """Backbone module-name prefixes that train (the head always trains); empty: everything."""
+    batchnorm: Literal["freeze", "update"] = "freeze"
+    """``freeze``: every BatchNorm keeps its running statistics; ``update``: BN of trainable modules re-estimates
+    them on the mixed (external + replay) batches."""
+    balance: bool = True
+    """Weight external tumour / no-tumour slices inversely to their frequency in the BCE term."""
+    hflip: bool = True
+    holdout_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    """Share of the calibration part (whole patients / clusters) held out for early stopping and thresholds."""
+    patience: int = Field(2, ge=1)
+    """Epochs without a lower held-out BCE before stopping."""
+    seed: int = 42
+    threads: int | None = Field(None, ge=1)
+
+
 class Config(Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -322,6 +385,8 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    external: ExternalConfig = Field(default_factory=ExternalConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
 
     @field_validator("data")
     @classmethod
