@@ -312,7 +312,7 @@ def test_request_id_and_json_access_log(client: TestClient, images: list[bytes],
 def test_settings_and_cli_defaults() -> None:
     import argparse
 
-    from brainmri.cli import common_parser
+    from brainmri.cliargs import common_parser
     from brainmri.serve.cli import register
 
     parser = argparse.ArgumentParser()

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from brainmri.cli import common_parser
+from brainmri.cliargs import common_parser
 from brainmri.config import load_config
 from brainmri.errors import BrainMRIError
 from brainmri.serve.cli import register
