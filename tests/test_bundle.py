@@ -125,6 +125,7 @@ def test_uncalibrated_run_exports_defaults_and_says_so(
     # same weights as the session bundle: reuse its graph to save an export (the parity check still runs)
     def reuse_graph(model, size, path, opset):
         shutil.copy(bundle_dir / "model.onnx", path)
+        return list(json.loads((bundle_dir / CARD_FILE).read_text())["outputs"])
 
     monkeypatch.setattr(export_module, "export_onnx", reuse_graph)
     out = tmp_path / "bundles" / "plain"

@@ -237,3 +237,20 @@ def test_parity_on_real_images(predictor: Predictor, bundle_dir: Path, brain_tum
     torch_preds = Predictor.from_bundle(bundle_dir, runtime="torch").predict(paths)
     for a, b in zip(onnx_preds, torch_preds, strict=True):
         assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in CLASSES) <= 1e-4
+
+
+def test_onnx_bundle_gives_overlays_and_domain_flags_without_torch_cam(bundle_dir: Path, tmp_path: Path) -> None:
+    """The graph's class activation maps give the overlay (ONNX runtime); they match the torch runtime's."""
+    images, _ = phantom_images(1, seed=5)
+    onnx = Predictor.from_bundle(bundle_dir)
+    x = np.stack([onnx.preprocessor(a) for a in images])
+    heads = onnx.runtime.outputs(x[:, None].astype(np.float32) / 255.0)
+    assert set(heads) >= {"logits", "features", "cams"}
+    targets = heads["logits"].argmax(1)
+    via_onnx = onnx.gradcam_maps(x, targets, heads)
+    torch_pred = Predictor.from_bundle(bundle_dir, runtime="torch")
+    via_torch = torch_pred.gradcam_maps(x, targets)
+    assert via_onnx.shape == (len(x), onnx.size, onnx.size)
+    np.testing.assert_allclose(via_onnx, via_torch, atol=1e-3)
+    preds = onnx.predict_images(x, gradcam_dir=tmp_path / "cams")
+    assert all(p.gradcam and Path(p.gradcam).is_file() for p in preds)

@@ -276,6 +276,10 @@ class EvaluateConfig(Section):
     """Tumour-vs-no-tumour threshold: the largest threshold reaching this sensitivity on validation."""
     threshold_max: float = Field(0.5, gt=0.0, le=1.0)
     """Cap on that threshold: it may only make the tumour call more sensitive than p_tumour >= 0.5."""
+    ood: bool = True
+    """Fit the out-of-domain score (Mahalanobis on training features) and save it as RUN/ood.json."""
+    ood_quantile: float = Field(0.95, gt=0.0, le=1.0)
+    """Out-of-domain threshold: this fraction of in-domain validation images pass."""
 
     @field_validator("conformal_alphas")
     @classmethod

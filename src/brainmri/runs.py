@@ -22,6 +22,7 @@ RUN_JSON = "run.json"
 WEIGHTS_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "preprocessor.json"
 CALIBRATION_FILE = "calibration.json"
+OOD_FILE = "ood.json"
 
 
 @dataclass
@@ -66,6 +67,11 @@ class Run:
     @property
     def calibration_path(self) -> Path:
         return self.dir / CALIBRATION_FILE
+
+    @property
+    def ood_path(self) -> Path:
+        """The out-of-domain score fitted by evaluation (``brainmri.calibrate.ood``)."""
+        return self.dir / OOD_FILE
 
     def build_model(self):  # -> BrainClassifier
         """The trained model (best checkpoint) in eval mode, on CPU."""
@@ -208,6 +214,23 @@ def predict_logits(model, images: np.ndarray, batch_size: int = 64, desc: str | 
             out.append(model(x).float().cpu().numpy())
     n_classes = getattr(model, "num_classes", 0)
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+
+def predict_features(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+    """Pooled pre-logit features (N, F) of uint8 (N, S, S) images: what the out-of-domain score is fitted on."""
+    import torch
+
+    from brainmri.utils import progress
+
+    starts = range(0, len(images), batch_size)
+    if desc is not None:
+        starts = progress(starts, desc=desc, total=len(starts), leave=True)
+    out = []
+    with torch.inference_mode():
+        for start in starts:
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).float().div_(255.0)
+            out.append(model.forward_features(x.unsqueeze(1)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def write_run(

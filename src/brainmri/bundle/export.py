@@ -33,20 +33,31 @@ from brainmri.errors import BundleError
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"
+CAMS_NAME = "cams"
 PARITY_TOLERANCE = 1e-4
 
 
-def export_onnx(model, size: int, path: Path, opset: int = ONNX_OPSET) -> None:
-    """Write ``model`` (eval mode) to ``path`` as a single-file ONNX graph with a dynamic batch axis."""
+def export_onnx(model, size: int, path: Path, opset: int = ONNX_OPSET) -> list[str]:
+    """Write ``model`` (eval mode) to ``path`` as a single-file ONNX graph with a dynamic batch axis.
+
+    The graph computes ``DeployedHeads``: logits, pooled features (out-of-domain score) and, when the head
+    is average pooling + linear, class activation maps (Grad-CAM overlays without torch). Returns the
+    output names.
+    """
     import torch
 
+    from brainmri.models.classifier import DeployedHeads
+
+    heads = DeployedHeads(model).eval()
+    outputs = [OUTPUT_NAME, FEATURES_NAME] + ([CAMS_NAME] if heads.with_cam else [])
     example = torch.rand(2, 1, size, size)  # batch 2: torch.export specialises sizes 0 and 1
     program = torch.onnx.export(
-        model,
+        heads,
         (example,),
         dynamo=True,
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=outputs,
         opset_version=opset,
         dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
         external_data=False,
@@ -54,6 +65,7 @@ def export_onnx(model, size: int, path: Path, opset: int = ONNX_OPSET) -> None:
         verbose=False,
     )
     program.save(str(path), external_data=False)
+    return outputs
 
 
 def onnx_parity(model, onnx_bytes: bytes, size: int, batch: int = 3, seed: int = 0) -> float:
@@ -119,8 +131,10 @@ def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        parity = _write_model_files(model, run.cfg.model.backbone, size, tmp, opset)
+        parity, outputs = _write_model_files(model, run.cfg.model.backbone, size, tmp, opset)
         card = build_card(run, out.name, model, preprocessor, calibration, size=size, opset=opset, parity=parity)
+        card["outputs"] = _outputs_spec(outputs, len(run.classes))
+        card["ood"] = _read_ood(run.ood_path)
         _write_readme_and_card(card, tmp)
         _replace_dir(tmp, out)
     finally:
@@ -129,12 +143,12 @@ def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path
     return out
 
 
-def _write_model_files(model, backbone: str, size: int, folder: Path, opset: int) -> float:
-    """``model.onnx`` (checked, and compared with torch) and ``model.safetensors``; returns the ONNX parity."""
+def _write_model_files(model, backbone: str, size: int, folder: Path, opset: int) -> tuple[float, list[str]]:
+    """``model.onnx`` (checked, compared with torch) and ``model.safetensors``; returns parity and output names."""
     import onnx
     from safetensors.torch import save as save_safetensors
 
-    export_onnx(model, size, folder / ONNX_FILE, opset)
+    outputs = export_onnx(model, size, folder / ONNX_FILE, opset)
     onnx_bytes = (folder / ONNX_FILE).read_bytes()
     onnx.checker.check_model(onnx.load_from_string(onnx_bytes))
     parity = onnx_parity(model, onnx_bytes, size)
@@ -142,7 +156,7 @@ def _write_model_files(model, backbone: str, size: int, folder: Path, opset: int
         raise BundleError(f"ONNX export does not reproduce the torch model: max |Δp| = {parity:.2e}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     (folder / WEIGHTS_FILE).write_bytes(save_safetensors(state, metadata={"format": "pt", "backbone": backbone}))
-    return parity
+    return parity, outputs
 
 
 def _write_readme_and_card(card: dict[str, Any], folder: Path) -> None:
@@ -213,6 +227,29 @@ def _io_spec(size: int, n_classes: int) -> dict[str, Any]:
             "meaning": "logits; probabilities = softmax(logits / calibration.temperature)",
         },
     }
+
+
+def _outputs_spec(names: list[str], n_classes: int) -> dict[str, Any]:
+    """Every output of the graph (``output`` above names the logits, kept for older readers)."""
+    spec = {
+        OUTPUT_NAME: {"shape": ["batch", n_classes], "meaning": "logits"},
+        FEATURES_NAME: {"shape": ["batch", "F"], "meaning": "pooled pre-logit features (out-of-domain score)"},
+        CAMS_NAME: {"shape": ["batch", n_classes, "h", "w"], "meaning": "class activation maps (sum_k w_ck A_k)"},
+    }
+    return {name: spec[name] for name in names}
+
+
+def _read_ood(path: Path) -> dict[str, Any] | None:
+    """The run's fitted out-of-domain score (``ood.json``, written by evaluation), checked, or None."""
+    import json
+
+    from brainmri.calibrate.ood import ood_from_dict
+
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    ood_from_dict(d)  # refuses a malformed file before it is sealed into a bundle
+    return d
 
 
 def _model_spec(run: Any, model, opset: int, parity: float) -> dict[str, Any]:

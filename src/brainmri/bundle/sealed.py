@@ -186,6 +186,15 @@ class Bundle:
 
         return PostHocCalibration.from_dict(self.calibration)
 
+    def ood(self):  # -> brainmri.calibrate.ood.OODScore | None
+        """The fitted out-of-domain score, or None for a bundle exported without one."""
+        d = self.card.get("ood")
+        if not d:
+            return None
+        from brainmri.calibrate.ood import ood_from_dict
+
+        return ood_from_dict(d)
+
     def preprocessor(self):  # -> brainmri.preprocess.Preprocessor
         from brainmri.preprocess import Preprocessor
 

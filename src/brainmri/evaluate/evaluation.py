@@ -31,6 +31,7 @@ from brainmri.calibrate.probabilities import softmax, tumour_labels
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
 from brainmri.evaluate.assess import assess, conformal_sets, headline
+from brainmri.evaluate.domain import fit_ood
 from brainmri.labels import NO_TUMOR
 from brainmri.utils import atomic_write_json, atomic_write_text
 
@@ -225,6 +226,8 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | No
 
     cal, val, val_logits = fit_on_val(run, model, ecfg)
     cal.save(run.calibration_path)
+    if ecfg.ood:
+        fit_ood(run, model, val_part(run), quantile=ecfg.ood_quantile, batch_size=ecfg.batch_size)
     ev = _evaluated_split(run, model, ecfg, cal, name, manifest, val, val_logits)
     metrics = assess(ev.logits, ev.probs, ev.data.label_names, run.classes, ecfg, thresholds=cal.threshold,
                      sets=ev.sets, qhat=ev.qhat)  # fmt: skip

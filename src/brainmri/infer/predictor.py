@@ -63,6 +63,11 @@ class Prediction:
     mc_dropout: dict[str, Any] | None = None
     """``{"passes": N, "mean": {class: p}, "std": {class: p}}`` when MC dropout was asked for."""
     gradcam: str | None = None
+    in_domain: bool | None = None
+    """False when the image is unlike the training images (out-of-domain score above the bundle's
+    threshold, which 95% of in-domain validation images pass); None for a bundle without the score."""
+    ood_score: float | None = None
+    """Out-of-domain score (Mahalanobis distance of the model's features; larger = further from training)."""
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,6 +99,7 @@ class Predictor:
         elif self.config.conformal_alpha is not None:
             raise ConfigError(f"{bundle.dir}: not calibrated, so no conformal sets (predict.conformal_alpha is set)")
         self._torch: Runtime | None = self.runtime if self.runtime.name == "torch" else None
+        self.ood = bundle.ood()
 
     @classmethod
     def from_bundle(
@@ -168,7 +174,10 @@ class Predictor:
             raise ConfigError(f"expected uint8 images (B, {self.size}, {self.size}), got {images.dtype} {images.shape}")
         sources = sources or [f"<image {start_index + i}>" for i in range(len(images))]
         x = images[:, None].astype(np.float32) / np.float32(255.0)
-        probs = self.probabilities(self.logits(x, tta))
+        heads = self.runtime.outputs(x)
+        use_tta = self.config.tta if tta is None else tta
+        probs = self.probabilities(self.logits(x, True) if use_tta else heads["logits"])
+        domain = self.domain_scores(heads)
         passes = self.config.mc_dropout if mc_dropout is None else mc_dropout
         mc = None
         if passes:
@@ -178,8 +187,9 @@ class Predictor:
         cams = None
         out_dir = gradcam_dir if gradcam_dir is not None else self.config.gradcam_dir
         if out_dir:
-            cams = self._gradcam(images, probs.argmax(axis=1), Path(out_dir), sources, start_index)
-        preds = self.decide(probs, sources, mc, cams)
+            maps = self.gradcam_maps(images, probs.argmax(axis=1), heads)
+            cams = self._save_overlays(images, maps, probs.argmax(axis=1), Path(out_dir), sources, start_index)
+        preds = self.decide(probs, sources, mc, cams, domain)
         share = (time.perf_counter() - start) * 1000.0 / max(1, len(images))
         for p in preds:
             p.time_ms = share
@@ -191,8 +201,12 @@ class Predictor:
         sources: list[str],
         mc: np.ndarray | None = None,
         cams: list[str] | None = None,
+        domain: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> list[Prediction]:
-        """Predictions from calibrated probabilities (N, C): label, tumour call, conformal set, entropy, review."""
+        """Predictions from calibrated probabilities (N, C): label, tumour call, conformal set, entropy, review.
+
+        ``domain``: ``(in_domain, score)`` from :meth:`domain_scores`; an out-of-domain image is sent to review.
+        """
         member = self.conformal.predict_sets(probs) if self.conformal is not None else None
         entropy = normalised_entropy(probs)
         threshold = self.threshold
@@ -208,6 +222,9 @@ class Predictor:
                 reasons.append("conformal set is empty (input unlike the calibration data)")
             if entropy[i] > self.config.review_entropy:
                 reasons.append(f"entropy {entropy[i]:.3f} > {self.config.review_entropy}")
+            if domain is not None and not domain[0][i]:
+                reasons.append(f"unlike the training images (out-of-domain score {domain[1][i]:.1f} > "
+                               f"{self.ood.threshold_:.1f})")  # fmt: skip
             mc_entry = None
             if mc is not None:
                 mc_entry = {
@@ -231,23 +248,50 @@ class Predictor:
                     time_ms=0.0,
                     mc_dropout=mc_entry,
                     gradcam=cams[i] if cams else None,
+                    in_domain=None if domain is None else bool(domain[0][i]),
+                    ood_score=None if domain is None else float(domain[1][i]),
                 )
             )
         return out
 
-    def _gradcam(
-        self, images: np.ndarray, targets: np.ndarray, out_dir: Path, sources: list[str], start_index: int
-    ) -> list[str]:
+    def domain_scores(self, heads: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(in_domain, score)`` per image from the runtime's ``features``; None without a fitted score."""
+        if self.ood is None or "features" not in heads:
+            return None
+        return self.ood.predict(heads["features"])
+
+    def gradcam_maps(self, images: np.ndarray, targets: np.ndarray, heads: dict[str, np.ndarray] | None = None):
+        """Heat maps (N, S, S) in [0, 1] explaining ``targets``.
+
+        From the graph's class activation maps when the bundle has them and plain Grad-CAM is asked for
+        (CAM equals Grad-CAM at the last feature map; no torch needed), else pytorch-grad-cam on the torch model.
+        """
+        from brainmri.models.cam import cams_from_maps
+
+        if self.config.gradcam_method == "gradcam":
+            heads = heads if heads is not None else self.runtime.outputs(images[:, None].astype(np.float32) / 255.0)
+            if "cams" in heads:
+                return cams_from_maps(heads["cams"], targets, self.size)
         try:
-            from brainmri.models.cam import compute_cams, overlay
+            from brainmri.models.cam import compute_cams
+
+            model = self.torch_runtime().model
         except ImportError:
-            raise BrainMRIError("Grad-CAM is not available in this installation (brainmri.models.cam)") from None
+            raise BrainMRIError(
+                "Grad-CAM needs torch for this bundle (no class-activation output, or gradcam++ asked for); "
+                "install brainmri[train]"
+            ) from None
+        return compute_cams(model, images, targets=[int(t) for t in targets], method=self.config.gradcam_method)
+
+    def _save_overlays(
+        self, images: np.ndarray, cams: np.ndarray, targets: np.ndarray, out_dir: Path, sources: list[str], start: int
+    ) -> list[str]:
         from PIL import Image
 
+        from brainmri.models.cam import overlay
         from brainmri.utils import atomic_path
 
-        model = self.torch_runtime().model
-        cams = compute_cams(model, images, targets=[int(t) for t in targets], method=self.config.gradcam_method)
+        start_index = start
         paths = []
         for i, (image, cam) in enumerate(zip(images, cams, strict=True)):
             stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(sources[i]).name.split(".")[0]) or "image"

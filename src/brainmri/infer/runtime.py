@@ -33,7 +33,11 @@ def register_runtime(name: str) -> Callable[[type[Runtime]], type[Runtime]]:
 
 
 class Runtime:
-    """Interface: ``logits(x float32 (B, 1, S, S)) -> float32 (B, C)``."""
+    """Interface: ``logits(x float32 (B, 1, S, S)) -> float32 (B, C)``; ``outputs(x)`` -> every head by name.
+
+    ``outputs`` returns ``logits`` and, for bundles exported with them, ``features`` (B, F) (the
+    out-of-domain score's input) and ``cams`` (B, C, h, w) (class activation maps).
+    """
 
     name = "runtime"
 
@@ -43,6 +47,9 @@ class Runtime:
 
     def logits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"logits": self.logits(x)}
 
 
 @register_runtime("onnx")
@@ -63,11 +70,17 @@ class OnnxRuntime(Runtime):
                 f"{bundle.dir / ONNX_FILE}: input shape {inp.shape}, card says [batch, 1, {size}, {size}]"
             )
         self.input_name = inp.name
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_name = self.output_names[0]
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         return self.session.run([self.output_name], {self.input_name: x})[0]
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        values = self.session.run(self.output_names, {self.input_name: x})
+        return dict(zip(self.output_names, values, strict=True)) | {"logits": values[0]}
 
 
 @register_runtime("torch")
@@ -84,6 +97,17 @@ class TorchRuntime(Runtime):
 
         with torch.inference_mode():
             return self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        from brainmri.models.classifier import DeployedHeads
+
+        heads = DeployedHeads(self.model).eval()
+        with torch.inference_mode():
+            values = heads(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        names = ["logits", "features", "cams"][: len(values)]
+        return {n: v.float().numpy() for n, v in zip(names, values, strict=True)}
 
 
 def create_runtime(name: str, bundle: Bundle, **kwargs: Any) -> Runtime:
