@@ -10,9 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_bundle_support import build_run, phantom_images, write_png  # noqa: E402
-
-from brainmri.bundle import export_bundle  # noqa: E402
+from brainmri.bundle import export_bundle
+from test_bundle_support import build_run, phantom_images, write_png
 
 
 def main(out: Path) -> None:

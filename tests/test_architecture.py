@@ -126,7 +126,11 @@ def test_functions_are_short():
 
 @pytest.mark.parametrize(
     "module, expected",
-    [("brainmri.infer.cli", COMMAND_RANK), ("brainmri.calibrate.posthoc", RANK["calibrate"]), ("brainmri.runs", RANK["runs"])],
+    [
+        ("brainmri.infer.cli", COMMAND_RANK),
+        ("brainmri.calibrate.posthoc", RANK["calibrate"]),
+        ("brainmri.runs", RANK["runs"]),
+    ],
 )
 def test_layer_of(module, expected):
     assert layer_of(module)[1] == expected
