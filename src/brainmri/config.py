@@ -261,7 +261,8 @@ class EvaluateConfig(Section):
     split: str = "test"
     """``test``, ``val`` (optimistic: calibration is fitted there) or a manifest CSV of an external set."""
     bootstrap: int = Field(1000, ge=0)
-    """Percentile-bootstrap resamples behind every 95% CI (0: no CIs)."""
+    """Percentile-bootstrap resamples behind the 95% CIs of AUC, accuracy, F1, ECE, NLL, Brier (0: none).
+    Proportions (sensitivity, specificity, PPV, NPV, coverage) get exact Clopper–Pearson intervals instead."""
     seed: int = 42
     """Seed of the bootstrap resamples (the same resamples before and after calibration)."""
     batch_size: int = Field(64, ge=1)
@@ -473,12 +474,3 @@ def config_to_yaml(cfg: Config) -> str:
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
     """Write the resolved config (atomic) so the outputs beside it can be reproduced."""
     return atomic_write_text(Path(path), config_to_yaml(cfg))
-
-
-def section_hash(section: BaseModel) -> str:
-    """Stable short hash of a config section (used to key caches)."""
-    import hashlib
-    import json
-
-    blob = json.dumps(section.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
