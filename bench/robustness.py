@@ -573,12 +573,67 @@ def write_figures(run_dir: str, out_dir: Path) -> None:
     print(f"wrote {out_dir / 'augment_examples.png'}, {out_dir / 'robustness_corruptions.png'}")
 
 
+# ----------------------------------------------------------------------------- markdown
+
+
+def _f(v, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _severity_cols(rows: list[dict[str, Any]], key: str, digits: int = 3) -> str:
+    return " / ".join(_f(x[key], digits) for x in rows)
+
+
+def _with_ci(e: dict[str, Any], key: str) -> str:
+    lo, hi = ((e.get("ci95") or {}).get(key)) or (None, None)
+    return f"{_f(e[key])} [{_f(lo)}, {_f(hi)}]"
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """The result as markdown tables (for docs/robustness.md)."""
+    c, s = r["clean"], r["summary"]
+    flags = c["ood_flagged"]
+    lines = [
+        f"Run `{r['run']}`, {r['settings']['n_test']} test images, commit {str(r['git_commit'])[:7]}, "
+        f"{r['seconds']:.0f} s on {r['machine'].get('cores', '?')} cores (load {r['load_avg'][0]:.1f}).",
+        "",
+        f"Clean: accuracy {_f(c['accuracy'])}, tumour AUC {_f(c['tumour_auc'])}, ECE {_f(c['ece'])}; OOD flagged: "
+        f"Mahalanobis {_f(flags.get('mahalanobis'))}, energy {_f(flags.get('energy'))}.",
+        f"MRI-C: mean drop **{s['mean_drop']:.1f}** points; worst corruption **{s['worst_corruption']}** "
+        f"({s['worst_corruption_drop']:.1f}); worst cell {s['worst_cell']['corruption']} "
+        f"s{s['worst_cell']['severity']} ({s['worst_cell']['drop']:.1f}).",
+        "",
+        "| corruption | acc s1 / s2 / s3 | drop s1 / s2 / s3 | tumour AUC s1 / s2 / s3 | Mahalanobis flags |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in r["corruptions"].items():
+        rows = v["severities"]
+        maha = " / ".join(_f(x["ood_flagged"].get("mahalanobis"), 2) for x in rows)
+        lines.append(
+            f"| {name} | {_severity_cols(rows, 'accuracy')} | {_severity_cols(rows, 'drop', 1)} | "
+            f"{_severity_cols(rows, 'tumour_auc')} | {maha} |"
+        )
+    lines += ["", "| external set | n (tumour) | groups | AUC [95% CI] | sens [CI] | spec [CI] | OOD flagged M / E |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, e in r["external"].items():
+        if "skipped" in e:
+            continue
+        of = e["ood_flagged"]
+        lines.append(
+            f"| {name} | {e['n']} ({e['n_tumour']}) | {e['n_groups']} {e['groups'].split()[0]} | "
+            f"{_with_ci(e, 'auc')} | {_with_ci(e, 'sensitivity')} | {_with_ci(e, 'specificity')} | "
+            f"{_f(of.get('mahalanobis'), 2)} / {_f(of.get('energy'), 2)} |"
+        )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- command line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="run folder (runs/<name>)")
+    p.add_argument("--run", help="run folder (runs/<name>)")
+    p.add_argument("--render", metavar="JSON", help="only print a result file as markdown tables and exit")
     p.add_argument("--limit", type=int, default=None, help="class-stratified subsample of the test split")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "robustness.json"))
     p.add_argument("--corruptions", default="", help=f"comma-separated subset of {','.join(CORRUPTIONS)}")
@@ -600,6 +655,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(render_markdown(json.loads(Path(args.render).read_text())))
+        return 0
+    if not args.run:
+        raise SystemExit("--run is required (or --render JSON)")
     args.out = str(Path(args.out).resolve())
     if args.figures:
         write_figures(args.run, Path(args.figures_dir))

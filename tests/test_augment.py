@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -129,6 +131,7 @@ def test_describe_lists_active_transforms_and_preset():
     assert preset["intensity_remap"]["prob"] == APPEARANCE_PRESET["intensity_remap"]
     assert preset["bias_field"]["coefficient"] > 0.4
     assert {"thickness", "rician_noise", "fourier_mix"} <= set(preset)
+    assert json.loads(json.dumps(preset)) == json.loads(json.dumps(preset, sort_keys=True))  # JSON-able for the log
     assert effective_config(AugmentConfig()) == AugmentConfig()
 
 

@@ -131,6 +131,8 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()).count(".npz") == 2
     assert bench.main(argv) == 0
     assert json.loads(out.read_text())["external"]["lgg-flair"]["auc"] == lgg["auc"]
+    md = bench.render_markdown(r)
+    assert "| contrast_inversion |" in md and "| lgg-flair | 12 (6) | 3 patients |" in md
 
 
 def test_figures(tiny_run: Path, tmp_path: Path):
