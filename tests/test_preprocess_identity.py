@@ -1,0 +1,158 @@
+"""Guard: the preprocessing output must not move by a single pixel (train/inference identity).
+
+A model is trained on the cached uint8 output of ``Preprocessor.__call__``; any speed-up of the chain
+has to leave those bytes unchanged. This test runs the CPU recipe's preprocessor (``configs/cpu-fast.yaml``:
+192 px, preset ``full``) and a few other presets on ~30 real slices of mixed sizes and modes
+(brain-tumor-mri, lgg-flair, navoneel; also as 8-bit RGB arrays, the colour path) and compares sha256
+digests with ``tests/data/preprocess_identity.json``, recorded from the code before the speed-up of
+issue 12 part 8.
+
+Regenerate the fixture only for a deliberate change of output pixels (which also bumps
+``PIPELINE_VERSION`` and needs a new cache and a retrain):
+``.venv/bin/python tests/test_preprocess_identity.py --write``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "data" / "preprocess_identity.json"
+if str(REPO / "tests") not in sys.path:  # run as a script (--write)
+    sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import shared_data_path  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+# (relative path under shared/data, how to feed it): "gray" = read_image(...).array (float32 2D, what
+# every stage feeds), "rgb" = the decoded file as an 8-bit RGB array (to_grayscale's colour path)
+BTM = "brain-tumor-mri/Training/"
+FILES: tuple[tuple[str, str], ...] = (
+    # odd sizes / modes: 150x198 RGB, 300x168, 1920x1080 PNG named .jpg, 1375x1446, RGBA, palette
+    (BTM + "notumor/Tr-no_0419.jpg", "gray"),
+    (BTM + "notumor/Tr-no_1500.jpg", "gray"),
+    (BTM + "notumor/Tr-no_1005.jpg", "gray"),
+    (BTM + "notumor/Tr-no_0138.jpg", "gray"),
+    (BTM + "notumor/Tr-no_1011.jpg", "gray"),
+    (BTM + "notumor/Tr-no_1019.jpg", "gray"),
+    (BTM + "notumor/Tr-no_1012.jpg", "gray"),
+    (BTM + "meningioma/Tr-me_0585.jpg", "gray"),
+    # typical 512x512 slices of each class
+    (BTM + "glioma/Tr-gl_0010.jpg", "gray"),
+    (BTM + "glioma/Tr-gl_0500.jpg", "gray"),
+    (BTM + "glioma/Tr-gl_1200.jpg", "rgb"),
+    (BTM + "meningioma/Tr-me_0010.jpg", "gray"),
+    (BTM + "meningioma/Tr-me_0700.jpg", "gray"),
+    (BTM + "meningioma/Tr-me_1300.jpg", "rgb"),
+    (BTM + "notumor/Tr-no_0020.jpg", "gray"),
+    (BTM + "notumor/Tr-no_0800.jpg", "gray"),
+    (BTM + "pituitary/Tr-pi_0010.jpg", "gray"),
+    (BTM + "pituitary/Tr-pi_0600.jpg", "gray"),
+    (BTM + "pituitary/Tr-pi_1400.jpg", "rgb"),
+    # lgg-flair (256x256 PNG, FLAIR, often small brains)
+    ("lgg-flair/tumor/TCGA_CS_4942_19970222_10.png", "gray"),
+    ("lgg-flair/tumor/TCGA_CS_4942_19970222_12.png", "gray"),
+    ("lgg-flair/no_tumor/TCGA_CS_4942_19970222_17.png", "gray"),
+    ("lgg-flair/no_tumor/TCGA_CS_4942_19970222_15.png", "rgb"),
+    # navoneel (small JPEGs, L / RGB / RGBA)
+    ("navoneel/brain_tumor_dataset/no/1 no.jpeg", "gray"),
+    ("navoneel/brain_tumor_dataset/no/29 no.jpg", "gray"),
+    ("navoneel/brain_tumor_dataset/no/No18.jpg", "gray"),
+    ("navoneel/brain_tumor_dataset/no/N3.jpg", "gray"),
+    ("navoneel/brain_tumor_dataset/yes/Y100.JPG", "gray"),
+    ("navoneel/brain_tumor_dataset/yes/Y3.jpg", "rgb"),
+    ("navoneel/brain_tumor_dataset/yes/Y183.jpg", "gray"),
+)
+# Nyúl is fitted on these (deterministic; disjoint from FILES)
+FIT_FILES: tuple[str, ...] = (
+    BTM + "glioma/Tr-gl_0100.jpg",
+    BTM + "glioma/Tr-gl_0900.jpg",
+    BTM + "meningioma/Tr-me_0100.jpg",
+    BTM + "meningioma/Tr-me_0900.jpg",
+    BTM + "notumor/Tr-no_0100.jpg",
+    BTM + "notumor/Tr-no_1200.jpg",
+    BTM + "pituitary/Tr-pi_0100.jpg",
+    BTM + "pituitary/Tr-pi_0900.jpg",
+    "lgg-flair/tumor/TCGA_CS_4942_19970222_11.png",
+    "navoneel/brain_tumor_dataset/yes/Y11.jpg",
+)
+# the CPU recipe's chain, then other presets that share its steps (crop, n4_fast, Nyúl without skull)
+VARIANTS: dict[str, list[str]] = {
+    "cpu-fast": [],
+    "crop": ["preprocess.preset=crop"],
+    "crop+n4+nyul": ["preprocess.preset=crop+n4+nyul"],
+    "full-zero-outside": ["preprocess.skull.zero_outside=true"],
+}
+
+
+def _load(root: Path, rel: str, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    from brainmri.io.reader import read_image
+
+    if mode == "rgb":
+        with Image.open(root / rel) as im:
+            return np.asarray(im.convert("RGB"))
+    return read_image(root / rel).array
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(f"{a.dtype}{a.shape}".encode() + np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def compute(root: Path) -> dict[str, dict[str, str]]:
+    """{variant: {"nyul": digest of the fitted landmarks, "<file>|<mode>": digest of the uint8 output}}."""
+    from brainmri.config import load_config
+    from brainmri.preprocess import Preprocessor
+
+    fit_arrays = [_load(root, rel, "gray") for rel in FIT_FILES]
+    inputs = {f"{rel}|{mode}": _load(root, rel, mode) for rel, mode in FILES}
+    out: dict[str, dict[str, str]] = {}
+    for name, overrides in VARIANTS.items():
+        cfg = load_config(REPO / "configs" / "cpu-fast.yaml", overrides)
+        pre = Preprocessor.from_config(cfg.preprocess).fit(fit_arrays)
+        digests: dict[str, str] = {}
+        if pre.nyul is not None:
+            digests["nyul"] = _digest(np.asarray(pre.nyul.standard_landmarks_, np.float64))
+        for key, array in inputs.items():
+            y = pre(array)
+            assert y.dtype == np.uint8 and y.shape == (cfg.preprocess.size, cfg.preprocess.size)
+            digests[key] = _digest(y)
+        out[name] = digests
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_root() -> Path:
+    root = shared_data_path()
+    missing = [rel for rel in [*(r for r, _ in FILES), *FIT_FILES] if not (root / rel).is_file()]
+    if missing:
+        pytest.skip(f"real data not found under {root} (missing e.g. {missing[0]}); set BRAINMRI_SHARED_DATA")
+    return root
+
+
+def test_preprocess_output_is_bit_identical(data_root: Path) -> None:
+    expected = json.loads(FIXTURE.read_text(encoding="utf-8"))["digests"]
+    got = compute(data_root)
+    assert set(got) == set(expected)
+    changed = [f"{v}: {k}" for v in expected for k in expected[v] if got[v].get(k) != expected[v][k]]
+    assert not changed, f"{len(changed)} preprocessing outputs changed bytes, e.g. {changed[:5]}"
+
+
+if __name__ == "__main__":
+    if "--write" not in sys.argv:
+        raise SystemExit("usage: test_preprocess_identity.py --write  (records the current outputs)")
+    digests = compute(shared_data_path())
+    FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+    FIXTURE.write_text(
+        json.dumps({"config": "configs/cpu-fast.yaml", "variants": VARIANTS, "digests": digests}, indent=1) + "\n",
+        encoding="utf-8",
+    )
+    print(f"-> {FIXTURE} ({sum(len(v) for v in digests.values())} digests)")
