@@ -5,8 +5,8 @@
 #   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/bundles/cpu-fast:/bundle:ro" brainmri
 #   docker run --rm -v "$PWD/bundles/cpu-fast:/bundle:ro" -v "$PWD/scans:/data:ro" brainmri brainmri predict /bundle /data
 #
-# Offline builds (no PyPI in the build): put wheels for linux/cp311 in ./wheelhouse (scripts/docker_smoke.sh
-# does, with `pip wheel`); the build then installs from there only. BASE_IMAGE must provide python3.11
+# Offline builds (no PyPI in the build): put wheels for linux/cp311, brainmri's own included, in ./wheelhouse
+# (scripts/docker_smoke.sh does, with `pip wheel ".[serve]"`); the build then installs from there only. BASE_IMAGE must provide python3.11
 # with venv (the default, or a Debian bookworm image with python3 and python3-venv).
 # Grad-CAM needs torch, which this image leaves out: gradcam=true answers 501 with the reason.
 
@@ -20,8 +20,8 @@ WORKDIR /src
 COPY pyproject.toml wheelhouse* /wheels/
 COPY pyproject.toml README.md /src/
 COPY src /src/src
-RUN if ls /wheels/*.whl >/dev/null 2>&1; then \
-        /opt/venv/bin/pip install --no-index --find-links /wheels "/src[serve]"; \
+RUN if ls /wheels/brainmri-*.whl >/dev/null 2>&1; then \
+        /opt/venv/bin/pip install --no-index --find-links /wheels "brainmri[serve]"; \
     else \
         /opt/venv/bin/pip install "/src[serve]"; \
     fi \

@@ -141,11 +141,11 @@ def _add_predict_routes(app: FastAPI, service: InferenceService) -> None:
         tta: Tta = False,
         gradcam: Gradcam = False,
         preview: Preview = False,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         data, name = await _read(file)
         service.check_upload(data, name)
         result = await service.submit(service.predict_one, data, name, Options(threshold, tta, gradcam, preview))
-        return {"request_id": request_id_of(request), "model": service.model_info, **result}
+        return JSONResponse({"request_id": request_id_of(request), "model": service.model_info, **result})
 
     @app.post("/v1/predict/batch", tags=["predict"], summary="classify several images; errors per file")
     async def predict_batch(
@@ -155,13 +155,13 @@ def _add_predict_routes(app: FastAPI, service: InferenceService) -> None:
         tta: Tta = False,
         gradcam: Gradcam = False,
         preview: Preview = False,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         if len(files) > settings.max_batch_files:
             raise ApiError(413, "too_many_files", f"{len(files)} files; at most {settings.max_batch_files} per batch")
         uploads = [await _read(f, i) for i, f in enumerate(files)]
         options = Options(threshold, tta, gradcam, preview)
         result = await service.submit(service.predict_many, uploads, options)
-        return {"request_id": request_id_of(request), "model": service.model_info, **result}
+        return JSONResponse({"request_id": request_id_of(request), "model": service.model_info, **result})
 
     @app.post("/predict", tags=["predict"], summary="reference-design shape (predicted_class, confidence, ...)")
     async def predict_reference(
