@@ -23,7 +23,9 @@ ALL_FILES = [*BUNDLE_FILES, CARD_FILE]
 def test_export_writes_a_self_describing_bundle(bundle_dir: Path) -> None:
     import onnx
 
-    assert sorted(p.name for p in bundle_dir.iterdir()) == sorted(ALL_FILES)
+    assert sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()) == sorted(
+        ALL_FILES
+    )
     bundle = Bundle.load(bundle_dir)
     card = bundle.card
     assert card["classes"] == CLASSES
@@ -72,7 +74,7 @@ def test_missing_or_unlisted_files_are_refused(bundle_dir: Path, tmp_path: Path)
     copy = tmp_path / "b"
     shutil.copytree(bundle_dir, copy)
     (copy / "extra.bin").write_bytes(b"x")
-    with pytest.raises(BundleError, match=r"extra\.bin"):
+    with pytest.warns(UserWarning, match=r"extra\.bin"):  # named, not refused (test_bundle_interop.py)
         Bundle.load(copy)
     (copy / "extra.bin").unlink()
     (copy / "model.safetensors").unlink()

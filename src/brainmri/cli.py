@@ -62,6 +62,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "kfold": ("brainmri kfold --folds 5 --config configs/cpu-fast.yaml",),
     "export": ("brainmri export runs/cpu-fast --out bundles/cpu-fast",),
+    "bundle info": ("brainmri bundle info bundles/cpu-fast",),
+    "bundle verify": ("brainmri bundle verify bundles/cpu-fast",),
     "predict": (
         "brainmri predict bundles/cpu-fast scan.jpg",
         "brainmri predict bundles/cpu-fast scans/ --format csv --out predictions.csv --tta --gradcam overlays/",

@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from brainmri.bundle.card import data_fingerprint, package_versions, read_calibration, read_reports, render_readme
+from brainmri.bundle.interop import hf_front_matter, monai_metadata, onnx_metadata, write_onnx_metadata
 from brainmri.bundle.sealed import (
     BUNDLE_FILES,
     CARD_FILE,
     FORMAT,
     FORMAT_VERSION,
+    METADATA_FILE,
     ONNX_FILE,
     ONNX_OPSET,
     README_FILE,
@@ -111,7 +113,8 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path:
     """Export the run at ``run`` (a folder or a loaded :class:`brainmri.runs.Run`) to the folder ``out``.
 
-    Writes ``model.onnx``, ``model.safetensors``, ``README.md`` and ``card.json`` into a temporary sibling
+    Writes ``model.onnx``, ``model.safetensors``, ``README.md``, ``configs/metadata.json`` and ``card.json``
+    into a temporary sibling
     folder and renames it into place only when everything succeeded.
     """
     from brainmri.runs import Run
@@ -160,10 +163,20 @@ def _write_model_files(model, backbone: str, size: int, folder: Path, opset: int
 
 
 def _write_readme_and_card(card: dict[str, Any], folder: Path) -> None:
-    """Hash the model files into ``card["files"]``, render ``README.md`` from the card, hash it, seal the card."""
+    """ONNX ``metadata_props``; hash the model files into ``card["files"]``; ``configs/metadata.json`` (MONAI
+    style) and ``README.md`` (Hugging Face front matter + model card) from the card, hashed; seal the card."""
+    import json
+
+    weights_sha256 = sha256_bytes((folder / WEIGHTS_FILE).read_bytes())
+    write_onnx_metadata(folder / ONNX_FILE, onnx_metadata(card, weights_sha256))
     files = {name: (folder / name).read_bytes() for name in (ONNX_FILE, WEIGHTS_FILE)}
     card["files"] = {name: {"sha256": sha256_bytes(b), "bytes": len(b)} for name, b in files.items()}
-    readme = render_readme(card).encode("utf-8")
+    metadata = monai_metadata(card, version=str(card["versions"].get("brainmri") or "0"))
+    meta_bytes = (json.dumps(metadata, indent=2) + "\n").encode("utf-8")
+    (folder / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (folder / METADATA_FILE).write_bytes(meta_bytes)
+    card["files"][METADATA_FILE] = {"sha256": sha256_bytes(meta_bytes), "bytes": len(meta_bytes)}
+    readme = (hf_front_matter(card) + render_readme(card)).encode("utf-8")
     (folder / README_FILE).write_bytes(readme)
     card["files"][README_FILE] = {"sha256": sha256_bytes(readme), "bytes": len(readme)}
     assert sorted(card["files"]) == sorted(BUNDLE_FILES)

@@ -1,10 +1,13 @@
 """A model bundle on disk: read it only after every byte has been checked.
 
-Layout (``bundles/<name>/``): ``model.onnx``, ``model.safetensors``, ``README.md`` and ``card.json``.
+Layout (``bundles/<name>/``): ``model.onnx``, ``model.safetensors``, ``README.md``, ``configs/metadata.json``
+(format version 2; version 1 bundles have no ``configs/``) and ``card.json``.
 ``card.json`` lists the sha256 and size of every other file and seals itself: its ``card_sha256`` field
 is the sha256 of the card's own bytes with that field's value replaced by 64 zeros. So a changed
 byte anywhere in the folder (including the card) is refused, with a :class:`BundleError` naming the
-file. This protects integrity (corruption, accidental edits), not authenticity: someone who can
+file. Hidden files and folders (``.DS_Store``, ``.gitattributes``, a hub ``.cache/``) are ignored;
+any other file the card does not list is named in a :class:`BundleWarning`, not refused (it is never read).
+This protects integrity (corruption, accidental edits), not authenticity: someone who can
 rewrite the card can rewrite its seal too. Pin a bundle by its ``card_sha256`` (every prediction
 reports it) when provenance matters.
 
@@ -16,25 +19,33 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from brainmri.errors import BundleError
 
 FORMAT = "brainmri-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CARD_FILE = "card.json"
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.safetensors"
 README_FILE = "README.md"
-BUNDLE_FILES = (ONNX_FILE, WEIGHTS_FILE, README_FILE)
+METADATA_FILE = "configs/metadata.json"
+BUNDLE_FILES = (ONNX_FILE, WEIGHTS_FILE, README_FILE, METADATA_FILE)
 """Files the card hashes; with ``card.json`` itself these are exactly the files of a bundle."""
+FILES_BY_VERSION = {1: (ONNX_FILE, WEIGHTS_FILE, README_FILE), 2: BUNDLE_FILES}
+"""Format 2 added ``configs/metadata.json`` (MONAI-style); version 1 bundles still load."""
 ONNX_OPSET = 18
 SEAL_FIELD = "card_sha256"
 _ZERO_SEAL = "0" * 64
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REQUIRED_CARD_KEYS = ("format", "format_version", "classes", "input", "preprocessing", "model", "calibration", "files")
+
+
+class BundleWarning(UserWarning):
+    """A bundle loaded, but something beside it deserves attention (an unexpected, unread file)."""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -73,6 +84,21 @@ def _check_seal(raw: bytes, where: Path) -> tuple[dict[str, Any], str]:
     return card, digest
 
 
+def unexpected_files(folder: Path, listed: tuple[str, ...]) -> list[str]:
+    """Files under ``folder`` (relative, ``/``-separated) that are not ``listed`` and not hidden.
+
+    Hidden means any path part starting with ``.``: ``.DS_Store``, ``.gitattributes``, ``.cache/`` (hub
+    download caches), ``.git/``. Those are what file managers and model hubs put beside a bundle.
+    """
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_dir() or rel in listed or any(part.startswith(".") for part in rel.split("/")):
+            continue
+        out.append(rel)
+    return out
+
+
 @dataclass
 class Bundle:
     """A verified bundle folder. Build with :meth:`Bundle.load`; file bytes via :meth:`read` (re-verified)."""
@@ -80,13 +106,16 @@ class Bundle:
     dir: Path
     card: dict[str, Any]
     card_sha256: str
+    unexpected: list[str] = field(default_factory=list)
+    """Files beside the bundle that the card does not list (not hidden; never read), relative paths."""
 
     @classmethod
     def load(cls, path: str | Path) -> Bundle:
         """Open ``path`` and verify the card's seal and the size and sha256 of every file it lists.
 
         Raises :class:`BundleError` naming the file for: a missing folder or file, a changed byte in
-        any file, a file the card does not list, or a bundle format newer than this version reads.
+        any file, or a bundle format newer than this version reads. Hidden files are ignored; any other
+        file the card does not list is named in a :class:`BundleWarning` and in ``unexpected``.
         """
         d = Path(path)
         if not d.is_dir():
@@ -105,15 +134,16 @@ class Bundle:
         missing = [k for k in _REQUIRED_CARD_KEYS if k not in card]
         if missing:
             raise BundleError(f"{card_path}: missing fields {missing}")
-        files = card["files"]
-        if not isinstance(files, dict) or sorted(files) != sorted(BUNDLE_FILES):
-            raise BundleError(f"{card_path}: 'files' must list exactly {list(BUNDLE_FILES)}")
+        files, expected = card["files"], FILES_BY_VERSION.get(version, BUNDLE_FILES)
+        if not isinstance(files, dict) or sorted(files) != sorted(expected):
+            raise BundleError(f"{card_path}: 'files' must list exactly {list(expected)} (format version {version})")
         bundle = cls(d, card, digest)
-        for name in BUNDLE_FILES:
+        for name in expected:
             bundle._verify_file(name)
-        extra = sorted(p.name for p in d.iterdir() if p.name not in (*BUNDLE_FILES, CARD_FILE))
-        if extra:
-            raise BundleError(f"{d / extra[0]}: unexpected file in bundle (not listed in {CARD_FILE})")
+        bundle.unexpected = unexpected_files(d, (*expected, CARD_FILE))
+        for name in bundle.unexpected:
+            warnings.warn(f"{d / name}: unexpected file in bundle (not listed in {CARD_FILE}; ignored)",
+                          BundleWarning, stacklevel=2)  # fmt: skip
         return bundle
 
     def _expected(self, name: str) -> dict[str, Any]:
