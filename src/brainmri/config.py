@@ -357,6 +357,8 @@ class AdaptConfig(Section):
     batch_size: int = Field(32, ge=2)
     replay_fraction: float = Field(0.5, ge=0.0, lt=1.0)
     """Share of every batch drawn from the source training split (replay); the rest are external images."""
+    replay_pool: int = Field(800, ge=0)
+    """Source training images kept for replay (class-stratified, seeded sample; 0: all of them)."""
     w_ext: float = Field(1.0, ge=0.0)
     """Weight of BCE(p_tumour = 1 - softmax(z)[no_tumor], y_tumour) on external images."""
     w_src: float = Field(1.0, ge=0.0)
