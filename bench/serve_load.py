@@ -127,7 +127,8 @@ async def run_load(port: int, requests: list[bytes], concurrency: int, duration:
 def start_server(bundle: Path, port: int, workers: int) -> subprocess.Popen:
     env = {**os.environ, "BRAINMRI_NO_PROGRESS": "1"}
     env.pop("BRAINMRI_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(bundle), str(port), str(workers)], env=env)
+    cmd = [sys.executable, "-c", SERVER, str(bundle), str(port), str(workers)]
+    proc = subprocess.Popen(cmd, env=env)
     import urllib.request
 
     for _ in range(600):  # up to 60 s for the bundle to load, verify and warm up
@@ -168,7 +169,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def choose_bundle(arg: str | None, work: Path, data: Path) -> tuple[Path, str]:
+def choose_bundle(arg: str | None, work: Path, data: Path, keep: str | None = None) -> tuple[Path, str]:
     if arg:
         return Path(arg), f"given: {arg}"
     default = REPO / "bundles" / "cpu-fast"
@@ -177,9 +178,13 @@ def choose_bundle(arg: str | None, work: Path, data: Path) -> tuple[Path, str]:
     from latency import build_default_bundle, default_sizes, real_images
 
     size = min(default_sizes())
+    note = f"untrained efficientnet_lite0 (weights=offline), {size} px, default preprocessing (no bundle given)"
+    work = Path(keep) if keep else work
+    if (work / f"bundle{size}" / "card.json").is_file():
+        return work / f"bundle{size}", note
     print(f"no bundle given and no bundles/cpu-fast: exporting an untrained efficientnet_lite0 at {size} px ...")
-    bundle = build_default_bundle(work, size, real_images(data, 20))
-    return bundle, f"untrained efficientnet_lite0 (weights=offline), {size} px, default preprocessing (no bundle given)"
+    work.mkdir(parents=True, exist_ok=True)
+    return build_default_bundle(work, size, real_images(data, 20)), note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=16, help="concurrent keep-alive clients (default 16)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server inference threads")
     ap.add_argument("--max-requests", type=int, default=100_000, help="stop after this many requests")
+    ap.add_argument("--bundle-out", default=None, help="keep the exported default bundle here (reuse it next time)")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "serve_load.json"))
     args = ap.parse_args(argv)
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = real_images(data, 64)
     with tempfile.TemporaryDirectory(prefix="brainmri-serve-load-") as tmp:
-        bundle, bundle_note = choose_bundle(args.bundle, Path(tmp), data)
+        bundle, bundle_note = choose_bundle(args.bundle, Path(tmp), data, args.bundle_out)
         port = free_port()
         requests = [request_bytes(port, f.name, f.read_bytes()) for f in files]
         load_start = [round(x, 2) for x in os.getloadavg()]
@@ -224,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         "images": f"{len(files)} files of {data / 'brain-tumor-mri' / 'Training'}, cycled",
         "concurrency": args.concurrency,
         "duration_s": args.duration,
-        "server": {"workers": args.workers, "ort_threads_per_worker": 1, "processes": 1, "host": "127.0.0.1"},
+        "server": {
+            "workers": args.workers,
+            "ort_threads_per_worker": 1,
+            "processes": 1,
+            "host": "127.0.0.1",
+        },
         **summarise(raw),
         "aims": AIMS,
         "cpu_count": os.cpu_count(),
