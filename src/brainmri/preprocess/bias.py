@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from brainmri.preprocess.base import Slice, Step, otsu_threshold, sample_pixels
+from brainmri.preprocess.base import Slice, Step, otsu_threshold, percentile, sample_pixels
 from brainmri.preprocess.resize import resize_image
 
 _FLOOR = 1e-3  # N4 works on log intensities: tissue values are floored here
@@ -16,18 +16,21 @@ def tissue_mask(s: Slice, threshold: float = 0.05) -> np.ndarray:
     fg = s.ensure_foreground(threshold)
     img = s.image
     t = otsu_threshold(sample_pixels(img))
-    mask = (img > t) & fg & (img < 0.99)  # saturated pixels carry no bias information
-    if mask.sum() < 0.01 * mask.size:  # degenerate histogram: use the whole foreground
+    mask = img > t
+    mask &= fg
+    mask &= img < 0.99  # saturated pixels carry no bias information
+    if np.count_nonzero(mask) < 0.01 * mask.size:  # degenerate histogram: use the whole foreground
         mask = fg.copy()
     return mask
 
 
 def _apply_field(image: np.ndarray, log_field: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Divide by the field normalised to mean 1 (in the log domain, over ``mask``); rescale into [0, 1]."""
-    log_field = log_field - np.float32(log_field[mask].mean() if mask.any() else log_field.mean())
-    field = np.exp(log_field).astype(np.float32)
+    any_mask = mask.any()
+    log_field = log_field - np.float32(log_field[mask].mean() if any_mask else log_field.mean())
+    field = np.exp(log_field, dtype=np.float32)
     out = image / field
-    hi = float(np.percentile(sample_pixels(out[mask], 65_536), 99.9)) if mask.any() else float(out.max())
+    hi = float(percentile(sample_pixels(out[mask], 65_536), 99.9)) if any_mask else float(out.max())
     if hi > 1.0:
         out *= np.float32(1.0 / hi)
     np.clip(out, 0.0, 1.0, out=out)
@@ -160,7 +163,7 @@ class FastBiasCorrection(_BiasFieldStep):
         k = 2 * int(np.ceil(3 * sigma)) + 1
 
         def blur(a: np.ndarray) -> np.ndarray:
-            return cv2.GaussianBlur(a.astype(np.float32), (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
+            return cv2.GaussianBlur(a.astype(np.float32, copy=False), (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
 
         yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
         basis = [np.ones(shape, np.float32), (yy - shape[0] / 2) / sigma, (xx - shape[1] / 2) / sigma]

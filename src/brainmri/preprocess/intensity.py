@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from brainmri.preprocess.base import Slice, Step, sample_pixels
+from brainmri.preprocess.base import Slice, Step, percentile, sample_pixels
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's convert("L")
 
@@ -55,16 +55,20 @@ class ToUnitRange(Step):
 
     def scale(self, array: np.ndarray) -> tuple[np.ndarray, float, float]:
         a = to_grayscale(array)
-        lo, hi = float(a.min()), float(a.max())
+        lo = hi = 0.0
+        usable = False
         if self.method == "percentile":
-            plo, phi = np.percentile(sample_pixels(a, 65_536), [self.low, self.high])
+            plo, phi = percentile(sample_pixels(a, 65_536), [self.low, self.high])
             if phi > plo:
-                lo, hi = float(plo), float(phi)
+                lo, hi, usable = float(plo), float(phi), True
+        if not usable:  # min-max (asked for, or the percentile range is empty)
+            lo, hi = float(a.min()), float(a.max())
         if hi <= lo:
             return np.zeros(a.shape, np.float32), lo, hi
-        out = (a - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        out = np.subtract(a, np.float32(lo), dtype=np.float32)
+        out *= np.float32(1.0 / (hi - lo))
         np.clip(out, 0.0, 1.0, out=out)
-        return out.astype(np.float32, copy=False), lo, hi
+        return out, lo, hi
 
     def __call__(self, s: Slice) -> Slice:
         s.image, lo, hi = self.scale(s.image)

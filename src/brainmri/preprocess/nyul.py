@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from brainmri.errors import NotFittedError
-from brainmri.preprocess.base import Slice, Step, sample_pixels
+from brainmri.preprocess.base import Slice, Step, percentile, sample_pixels
 
 _MIN_PIXELS = 64  # fewer mask pixels than this: landmarks are taken over the whole image
 
@@ -75,8 +75,8 @@ class NyulStandardizer(Step):
 
     def landmarks(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """The image's intensity percentiles inside ``mask`` (whole image if the mask is tiny)."""
-        values = image[mask] if mask is not None and int(mask.sum()) >= _MIN_PIXELS else image.ravel()
-        return np.percentile(sample_pixels(values, 65_536), self.percentiles).astype(np.float64)
+        values = image[mask] if mask is not None and np.count_nonzero(mask) >= _MIN_PIXELS else image.ravel()
+        return percentile(sample_pixels(values, 65_536), self.percentiles).astype(np.float64)
 
     def fit_landmarks(self, landmarks: Iterable[Sequence[float]]) -> NyulStandardizer:
         """Learn the standard landmarks from per-image landmarks (as returned by :meth:`landmarks`)."""
@@ -126,8 +126,10 @@ class NyulStandardizer(Step):
         lo_slope = (y[1] - y[0]) / (x[1] - x[0])
         hi_slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
         below, above = image < x[0], image > x[-1]
-        out[below] = (y[0] + (image[below] - x[0]) * lo_slope).astype(np.float32)
-        out[above] = (y[-1] + (image[above] - x[-1]) * hi_slope).astype(np.float32)
+        if below.any():
+            out[below] = (y[0] + (image[below] - x[0]) * lo_slope).astype(np.float32)
+        if above.any():
+            out[above] = (y[-1] + (image[above] - x[-1]) * hi_slope).astype(np.float32)
         np.clip(out, 0.0, 1.0, out=out)
         return out
 

@@ -77,26 +77,27 @@ class SkullStrip(Step):
 
     def brain_mask(self, image: np.ndarray, foreground: np.ndarray) -> tuple[np.ndarray, str | None]:
         """(mask, fallback reason or None)."""
-        values = image[foreground]
-        if values.size < 16:
+        if np.count_nonzero(foreground) < 16:
             return foreground, "foreground too small"
         side = min(image.shape)
         smooth = cv2.GaussianBlur(image, (0, 0), max(0.5, self.smooth * side))
         t = dark_threshold(sample_pixels(smooth[foreground], 16_384), self.tissue_ratio)
-        tissue = (smooth > t) & foreground
+        tissue = smooth > t
+        tissue &= foreground
         if not tissue.any():
             return foreground, "no tissue above the threshold"
         r_erode = max(1, round(self.erode * side))
         r_dilate = max(1, round((self.erode + self.margin) * side))
-        core = cv2.erode(tissue.astype(np.uint8), disk(r_erode)).astype(bool)
+        core = cv2.erode(tissue.view(np.uint8), disk(r_erode))  # uint8 0/1; bool views avoid copies
         if not core.any():
-            core = tissue
+            core = tissue.view(np.uint8)
         brain = largest_component(core)
         if not brain.any():
             return foreground, "no connected component"
-        brain = cv2.dilate(brain.astype(np.uint8), disk(r_dilate)).astype(bool)
-        brain = fill_holes(brain) & foreground
-        fraction = brain.sum() / max(1, foreground.sum())
+        brain = cv2.dilate(brain.view(np.uint8), disk(r_dilate))
+        brain = fill_holes(brain)
+        brain &= foreground
+        fraction = np.count_nonzero(brain) / max(1, np.count_nonzero(foreground))
         if fraction < self.min_fraction:
             return foreground, f"mask covers {fraction:.1%} of the foreground (< {self.min_fraction:.0%})"
         return brain, None
@@ -112,7 +113,7 @@ class SkullStrip(Step):
         info = {
             "fallback": reason is not None,
             "reason": reason or "",
-            "fraction": float(mask.sum() / max(1, fg.sum())),
+            "fraction": float(np.count_nonzero(mask) / max(1, np.count_nonzero(fg))),
         }
         if s.trace:
             info["mask"] = mask.copy()
