@@ -40,11 +40,46 @@ def _csv(classes: list[str], rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _predict_studies(cfg: Config, args: argparse.Namespace) -> int:
+    """``--study``: each input is a DICOM series folder (several series: each predicted) or a NIfTI volume."""
+    from brainmri.errors import BrainMRIError
+    from brainmri.infer.predictor import Predictor
+    from brainmri.infer.study import predict_studies
+    from brainmri.utils import atomic_write_text
+
+    if cfg.predict.format != "json":
+        print("error: --study writes JSON (one entry per series, every slice inside)", file=sys.stderr)
+        return 2
+    axis = int(args.axis) if args.axis is not None and args.axis.isdigit() else args.axis
+    options = {"method": args.aggregate, "top_k": args.top_k, "montage_dir": args.montage}
+    studies, errors = [], []
+    with Predictor.from_bundle(args.bundle, config=cfg.predict) as predictor:
+        for source in args.inputs:
+            try:
+                found, skipped = predict_studies(predictor, source, axis=axis, volume=args.volume, **options)
+            except BrainMRIError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                errors.append({"source": source, "error": str(exc)})
+                continue
+            studies += [s.to_dict() for s in found]
+            errors += [{"source": line.split(": ", 1)[0], "error": line, "kind": "skipped"} for line in skipped]
+        settings = predictor.settings() | {"study": options}
+    text = json.dumps({"settings": settings, "studies": studies, "errors": errors}, indent=2) + "\n"
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"{len(studies)} series predicted, {len(errors)} errors -> {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 1 if any("kind" not in e for e in errors) else 0
+
+
 def _predict(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.infer.inputs import Failure, expand_inputs
     from brainmri.infer.predictor import Predictor
     from brainmri.utils import atomic_write_text, progress
 
+    if args.study:
+        return _predict_studies(cfg, args)
     pc = cfg.predict
     rows: list[dict[str, Any]] = []
     failed = 0
@@ -98,4 +133,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_config_flag(p, "--runtime", "predict.runtime", choices=["onnx", "torch"], help="inference runtime")
     add_config_flag(p, "--batch-size", "predict.batch_size", type=int, metavar="B", help="images per model call")
     add_config_flag(p, "--workers", "predict.workers", type=int, metavar="W", help="decode/preprocess threads")
+    g = p.add_argument_group("studies (--study)")
+    g.add_argument("--study", action="store_true", help="each INPUT is a DICOM series folder (several series: "
+                   "each predicted) or a NIfTI volume: predict every slice and aggregate per series")  # fmt: skip
+    g.add_argument("--axis", default=None, help="NIfTI slice axis: axial, coronal, sagittal or 0-2 "
+                   "(default: the acquisition axis)")  # fmt: skip
+    g.add_argument("--volume", type=int, default=None, metavar="K", help="volume K of a 4-D NIfTI")
+    g.add_argument("--aggregate", default="topk_mean", choices=["topk_mean", "max", "noisy_or"],
+                   help="study tumour probability from the slices' (default topk_mean)")  # fmt: skip
+    g.add_argument("--top-k", type=int, default=3, metavar="K", help="driving slices (and k of topk_mean)")
+    g.add_argument("--montage", default=None, metavar="DIR", help="write a Grad-CAM montage of the driving slices")
     p.set_defaults(handler=_predict)

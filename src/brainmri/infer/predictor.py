@@ -352,6 +352,21 @@ class Predictor:
                     raise _ERRORS.get(r.kind, UnreadableImageError)(r.source, r.reason)
         return results
 
+    def predict_study(self, source: str | Path, **kwargs: Any):  # -> brainmri.infer.study.StudyPrediction
+        """Every slice of one DICOM series folder or NIfTI volume, and the study's answer (``infer.study``).
+
+        Keyword arguments: ``series_uid``, ``axis``, ``volume``, ``method``, ``top_k``, ``montage_dir``.
+        """
+        from brainmri.infer.study import predict_study
+
+        return predict_study(self, source, **kwargs)
+
+    def predict_studies(self, source: str | Path, **kwargs: Any):  # -> (list[StudyPrediction], skipped files)
+        """Each series in ``source`` (a folder may hold several), labelled by SeriesInstanceUID (``infer.study``)."""
+        from brainmri.infer.study import predict_studies
+
+        return predict_studies(self, source, **kwargs)
+
     def close(self) -> None:
         """Stop the decode/preprocess worker threads (if any were started)."""
         self.loader.close()
