@@ -135,6 +135,9 @@ def test_threshold_preview_tta(client: TestClient, images: list[bytes]) -> None:
     preview = Image.open(io.BytesIO(base64.b64decode(p["preview_png_base64"])))
     assert preview.size == (SIZE, SIZE) and preview.mode == "L"
     assert_error(post(client, images[1], threshold=1.5), 422, "invalid_request", "threshold")
+    mc = post(client, images[1], mc_dropout=4).json()["prediction"]["uncertainty"]["mc_dropout"]
+    assert mc["passes"] == 4 and set(mc["std"]) == set(CLASSES)
+    assert_error(post(client, images[1], mc_dropout=1), 422, "invalid_request", "at least 2")
 
 
 def test_gradcam_overlay_and_clear_501_without_torch(client, images, monkeypatch) -> None:

@@ -41,6 +41,9 @@ Threshold = Annotated[
 ]
 Tta = Annotated[bool, Query(description="average over 10 flipped and shifted views")]
 Gradcam = Annotated[bool, Query(description="add a Grad-CAM overlay PNG (base64); needs torch on the server")]
+McDropout = Annotated[
+    int, Query(ge=0, le=50, description="MC-dropout passes (mean and sd of probabilities); needs torch on the server")
+]
 Preview = Annotated[bool, Query(description="add the preprocessed model input as a PNG (base64)")]
 
 
@@ -141,10 +144,12 @@ def _add_predict_routes(app: FastAPI, service: InferenceService) -> None:
         tta: Tta = False,
         gradcam: Gradcam = False,
         preview: Preview = False,
+        mc_dropout: McDropout = 0,
     ) -> JSONResponse:
         data, name = await _read(file)
         service.check_upload(data, name)
-        result = await service.submit(service.predict_one, data, name, Options(threshold, tta, gradcam, preview))
+        options = Options(threshold, tta, gradcam, preview, mc_dropout)
+        result = await service.submit(service.predict_one, data, name, options)
         return JSONResponse({"request_id": request_id_of(request), "model": service.model_info, **result})
 
     @app.post("/v1/predict/batch", tags=["predict"], summary="classify several images; errors per file")
@@ -155,11 +160,12 @@ def _add_predict_routes(app: FastAPI, service: InferenceService) -> None:
         tta: Tta = False,
         gradcam: Gradcam = False,
         preview: Preview = False,
+        mc_dropout: McDropout = 0,
     ) -> JSONResponse:
         if len(files) > settings.max_batch_files:
             raise ApiError(413, "too_many_files", f"{len(files)} files; at most {settings.max_batch_files} per batch")
         uploads = [await _read(f, i) for i, f in enumerate(files)]
-        options = Options(threshold, tta, gradcam, preview)
+        options = Options(threshold, tta, gradcam, preview, mc_dropout)
         result = await service.submit(service.predict_many, uploads, options)
         return JSONResponse({"request_id": request_id_of(request), "model": service.model_info, **result})
 

@@ -40,6 +40,7 @@ class Options:
     tta: bool = False
     gradcam: bool = False
     preview: bool = False
+    mc_dropout: int = 0
 
 
 def png_base64(image: np.ndarray) -> str:
@@ -72,7 +73,7 @@ class InferenceService:
         }
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="brainmri-serve")
         self._lock = threading.Lock()
-        self._gradcam_lock = threading.Lock()
+        self._torch_lock = threading.Lock()  # one shared torch model: Grad-CAM hooks, MC-dropout mode
         self._pending = 0
         self.ready = False
         self._warm_up()
@@ -190,7 +191,7 @@ class InferenceService:
         self, images: np.ndarray, names: list[str], metas: list[dict], options: Options, timings: dict[str, float]
     ) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
-        preds = self.predictor.predict_images(images, names, tta=options.tta, mc_dropout=0)
+        preds = self._predictions(images, names, options)
         timings["model"] = (time.perf_counter() - t0) * 1000.0
         cams: list[str | None] = [None] * len(preds)
         if options.gradcam:
@@ -207,6 +208,22 @@ class InferenceService:
             out.append(payload)
         return out
 
+    def _predictions(self, images: np.ndarray, names: list[str], options: Options) -> list[Prediction]:
+        if not options.mc_dropout:
+            return self.predictor.predict_images(images, names, tta=options.tta, mc_dropout=0)
+        if options.mc_dropout < 2:
+            raise ApiError(422, "invalid_request", "mc_dropout: at least 2 passes (or 0 for none)")
+        try:
+            with self._torch_lock:
+                return self.predictor.predict_images(images, names, tta=options.tta, mc_dropout=options.mc_dropout)
+        except ImportError as exc:
+            raise ApiError(
+                501,
+                "mc_dropout_unavailable",
+                f"mc_dropout needs the torch runtime (torch and timm installed); {exc.name} is missing on this"
+                " server. Ask without mc_dropout.",
+            ) from None
+
     # ------------------------------------------------------------------ Grad-CAM
 
     def gradcam_overlays(self, images: np.ndarray, targets: list[int]) -> list[str | None]:
@@ -220,7 +237,7 @@ class InferenceService:
         try:
             from brainmri.models.cam import overlay
 
-            with self._gradcam_lock:  # hooks on one shared torch model: one Grad-CAM at a time
+            with self._torch_lock:
                 maps = self._gradcam_maps(images, targets)
         except (ImportError, BrainMRIError) as exc:
             reason = f"{exc.name} is missing" if isinstance(exc, ImportError) else str(exc)
@@ -262,7 +279,12 @@ class InferenceService:
             "threshold_source": "request" if threshold is not None else "bundle",
             "conformal_set": pred.conformal_set,
             "conformal_alpha": pred.conformal_alpha,
-            "uncertainty": {"entropy": pred.entropy, "review": pred.review, "review_reasons": pred.review_reasons},
+            "uncertainty": {
+                "entropy": pred.entropy,
+                "review": pred.review,
+                "review_reasons": pred.review_reasons,
+                "mc_dropout": pred.mc_dropout,
+            },
         }
         for field in OPTIONAL_FIELDS:
             if hasattr(pred, field):
