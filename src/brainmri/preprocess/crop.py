@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from brainmri.preprocess.base import Slice, Step, foreground_mask
@@ -37,9 +38,8 @@ class BrainCrop(Step):
             info.update(box=[0, 0, h, w], fallback=True)
             s.info[self.name] = info
             return s
-        ys = np.flatnonzero(fg.any(axis=1))
-        xs = np.flatnonzero(fg.any(axis=0))
-        y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        bx, by, bw, bh = cv2.boundingRect(fg.view(np.uint8))  # box of the non-zero pixels, one pass
+        y0, y1, x0, x1 = by, by + bh, bx, bx + bw
         my = round(self.margin * (y1 - y0))
         mx = round(self.margin * (x1 - x0))
         y0, y1 = max(0, y0 - my), min(h, y1 + my)
@@ -48,7 +48,7 @@ class BrainCrop(Step):
         s.foreground = np.ascontiguousarray(fg[y0:y1, x0:x1])
         if s.brain is not None:
             s.brain = np.ascontiguousarray(s.brain[y0:y1, x0:x1])
-        info.update(box=[y0, x0, y1, x1], fallback=False, foreground_fraction=float(fg.mean()))
+        info.update(box=[y0, x0, y1, x1], fallback=False, foreground_fraction=np.count_nonzero(fg) / fg.size)
         if s.trace:
             info["foreground"] = s.foreground.copy()
         s.info[self.name] = info

@@ -130,8 +130,14 @@ class Preprocessor:
         return self.fit_landmarks(self.landmarks(a) for a in images)
 
     # ------------------------------------------------------------------------------------- apply
-    def run(self, array: np.ndarray, trace: bool = False) -> tuple[np.ndarray, Slice, list[tuple[str, np.ndarray]]]:
-        """(uint8 output, final slice with per-step info, [(step name, image after it)] when tracing)."""
+    def run(
+        self, array: np.ndarray, trace: bool = False, final_masks: bool = True
+    ) -> tuple[np.ndarray, Slice, list[tuple[str, np.ndarray]]]:
+        """(uint8 output, final slice with per-step info, [(step name, image after it)] when tracing).
+
+        ``final_masks=False`` drops the masks before the last step (resize + pad), which only maps them
+        to the output grid: ``__call__`` does not return them, so it skips that work (same pixels).
+        """
         if not self.is_fitted:
             raise NotFittedError(
                 "this preprocessor uses Nyúl standardisation and is not fitted: call fit() on the training "
@@ -139,7 +145,10 @@ class Preprocessor:
             )
         s = Slice(np.asarray(array), trace=trace)
         stages: list[tuple[str, np.ndarray]] = []
+        last = self.steps[-1]
         for step in self.steps:
+            if step is last and not final_masks and not trace:
+                s.foreground = s.brain = None
             s = step(s)
             if trace:
                 stages.append((step.name, s.image.copy()))
@@ -147,7 +156,7 @@ class Preprocessor:
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
         """Raw decoded image (any scale, 2D or colour) -> uint8 (size, size)."""
-        return self.run(array)[0]
+        return self.run(array, final_masks=False)[0]
 
     # ----------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:
