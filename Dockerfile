@@ -38,7 +38,8 @@ COPY --chown=root:root ${BUNDLE} /bundle
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    BRAINMRI_NO_PROGRESS=1
+    BRAINMRI_NO_PROGRESS=1 \
+    HOME=/tmp
 USER brainmri
 WORKDIR /tmp
 EXPOSE 8000
