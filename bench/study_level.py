@@ -177,8 +177,17 @@ def study_level(patients: dict[str, list[dict[str, Any]]], t: float, method: str
     }
 
 
-def choose(results: list[dict[str, Any]]) -> dict[str, Any]:
+def choose(results: list[dict[str, Any]], slices: dict[str, Any]) -> dict[str, Any]:
+    """The aggregate with the best window AUC, or none when nothing (not even single slices) beats chance."""
     best = max(r["windows"]["auc"]["value"] for r in results)
+    if best <= 0.5 or slices["auc"]["ci_low"] <= 0.5:
+        return {
+            "aggregate": None,
+            "k": None,
+            "rule": "none chosen: with this bundle lgg-flair slices are not separated better than chance "
+            f"(slice AUC {slices['auc']['value']:.3f} [{slices['auc']['ci_low']:.3f}, {slices['auc']['ci_high']:.3f}],"
+            f" best window AUC {best:.3f}), so the data cannot rank the aggregates",
+        }
     close = [r for r in results if r["windows"]["auc"]["value"] >= best - 0.005]
     pick = max(close, key=lambda r: (r["windows"]["specificity"]["value"], r["windows"]["auc"]["value"]))
     return {"aggregate": pick["aggregate"], "k": pick["k"], "rule": "highest window AUC; within 0.005: higher "
@@ -193,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     ap.add_argument("--data", type=Path, default=SHARED / "lgg-flair")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "study_level.json")
+    ap.add_argument("--note", default=None, help="what the bundle is (recorded in the JSON)")
     args = ap.parse_args(argv)
     patients = read_patients(args.data)
     settings, seconds = predict_all(args.bundle, patients)
@@ -200,13 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     patients = {n: [r for r in rs if r["p"] is not None] for n, rs in patients.items()}
     t = float(settings["threshold"])
     results = [study_level(patients, t, m, k) for m, k in CANDIDATES]
+    slices = slice_level(patients, t)
     n_slices = sum(len(rs) for rs in patients.values())
     in_domain = [r["in_domain"] for rs in patients.values() for r in rs if r["in_domain"] is not None]
     doc = {
         "bench": "study_level",
         "bundle": str(args.bundle),
         "bundle_card_sha256": settings["bundle_card_sha256"],
-        "bundle_trained": bool(Bundle.load(args.bundle).card.get("metrics")),
+        "bundle_evaluated": bool(Bundle.load(args.bundle).card.get("metrics")),
+        "bundle_calibrated": bool(settings["calibrated"]),
+        "note": args.note,
         "data": str(args.data),
         "threshold": t,
         "n_patients": len(patients),
@@ -216,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "predict_seconds": round(seconds, 1),
         "study_negatives": "none: every lgg-flair patient has a glioma; see 'windows' for the size-matched "
         "lesion-free proxy and the module docstring for why brain-tumor-mri notumor slices are not used",
-        "slice_level": slice_level(patients, t),
+        "slice_level": slices,
         "study_level": results,
-        "chosen": choose(results),
+        "chosen": choose(results, slices),
         "machine": machine_facts(),
     }
     atomic_write_json(args.out, doc)
