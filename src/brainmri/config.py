@@ -366,8 +366,9 @@ class AdaptConfig(Section):
     w_kd: float = Field(1.0, ge=0.0)
     """Weight of KL(original model || adapted model) on replayed source images (distillation)."""
     kd_temperature: float = Field(2.0, gt=0.0)
-    trainable: list[str] = Field(default_factory=lambda: ["blocks.5", "blocks.6", "conv_head", "bn2"])
-    """Backbone module-name prefixes that train (the head always trains); empty: everything."""
+    trainable: list[str] = Field(default_factory=lambda: ["blocks.6", "conv_head", "bn2"])
+    """Backbone module-name prefixes that train (the head always trains); empty: everything. The frozen part's
+    outputs are computed once and cached, so a shorter trainable tail makes every epoch cheaper."""
     batchnorm: Literal["freeze", "update"] = "freeze"
     """``freeze``: every BatchNorm keeps its running statistics; ``update``: BN of trainable modules re-estimates
     them on the mixed (external + replay) batches."""

@@ -290,6 +290,7 @@ def adapt_model(
     """Fine-tune ``model`` in place with the hybrid loss; returns it with the best held-out epoch's weights."""
     no_tumor = classes.index(NO_TUMOR)
     k = frozen_depth(model, list(acfg.trainable))
+    model.to(memory_format=torch.channels_last)  # about 3x faster depthwise convolutions on CPU (bench/train.py)
     t0 = time.perf_counter()
     cached = cache_inputs(model, data, acfg, k)
     log(
@@ -322,7 +323,7 @@ def adapt_model(
     model.load_state_dict(best_state)
     for p in model.parameters():
         p.requires_grad = True
-    return model.eval(), history
+    return model.eval().to(memory_format=torch.contiguous_format), history
 
 
 # ------------------------------------------------------------------------------------------------ the command
