@@ -6,7 +6,10 @@ Usage: ``.venv/bin/python bench/latency.py [BUNDLE ...] [--sizes 224,192] [--dat
 - single image: ``Predictor.predict(path)`` on one real file at a time (decode -> preprocess -> model ->
   calibrated output and decision), ONNX Runtime and torch alternating file by file (both see the same
   machine load); p50/p95 over 3 rounds of ``--single`` files (each round's p50 is kept too); plus the
-  p50 of each stage (decode, preprocess, model batch 1, calibration + decision) measured alone;
+  p50 of each stage (decode, preprocess, model batch 1, calibration + decision) measured alone, per
+  image in ``stages_per_image_ms`` (with the preprocessing thread's CPU ms, which other jobs on the
+  cores do not inflate), and ``ratios``: preprocess / model, single p50 / model and folder ms per image /
+  model, model = ONNX batch-1 p50 (issue 12: preprocessing should cost at most half of the model);
 - folder: ``Predictor.predict(folder)`` on ``--folder`` real files (batch 32, decode + preprocess in
   ``--workers`` threads, and with none), images/s over the whole call; one folder run per round, after
   each single-image round; the best of the 3 is reported (all are kept): other jobs on the shared cores
@@ -37,6 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 AIM_SINGLE_P50_MS = 15.0
 AIM_FOLDER_IMAGES_PER_S = 100.0
+AIM_PREPROCESS_TO_MODEL = 0.5
 RUNTIMES = ("onnx", "torch")
 ROUNDS = 3
 
@@ -118,29 +122,57 @@ def time_single(predictors: dict[str, Any], files: list[Path], warmup: int = 5) 
     return times
 
 
-def time_stages(predictors: dict[str, Any], files: list[Path]) -> dict[str, float]:
-    """p50 of each stage alone: decode, preprocess, model (batch 1) per runtime, calibration + decision."""
+def time_stages(predictors: dict[str, Any], files: list[Path]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Each stage alone, per image: decode, preprocess (wall and thread CPU ms), model (batch 1) per runtime,
+    calibration + decision, and their sum with the ONNX model (``total_onnx``). Returns (p50 per stage, rows)."""
     from brainmri.io import read_image
 
     first = next(iter(predictors.values()))
-    ms: dict[str, list[float]] = {"decode": [], "preprocess": [], "calibrate_decide": []}
-    ms.update({f"model_{name}": [] for name in predictors})
+    rows: list[dict[str, Any]] = []
     for p in files:
         t0 = time.perf_counter()
         arr = read_image(p).array
         t1 = time.perf_counter()
+        c1 = time.thread_time()
         x = first.preprocessor(arr)[None, None].astype(np.float32) / 255
+        c2 = time.thread_time()
         t2 = time.perf_counter()
-        ms["decode"].append((t1 - t0) * 1000)
-        ms["preprocess"].append((t2 - t1) * 1000)
+        row: dict[str, Any] = {
+            "file": p.name,
+            "shape": list(arr.shape),
+            "decode": (t1 - t0) * 1000,
+            "preprocess": (t2 - t1) * 1000,
+            "preprocess_cpu": (c2 - c1) * 1000,
+        }
         for name, predictor in predictors.items():
             t3 = time.perf_counter()
             logits = predictor.runtime.logits(x)
-            ms[f"model_{name}"].append((time.perf_counter() - t3) * 1000)
+            row[f"model_{name}"] = (time.perf_counter() - t3) * 1000
         t4 = time.perf_counter()
         first.decide(first.probabilities(logits), [str(p)])
-        ms["calibrate_decide"].append((time.perf_counter() - t4) * 1000)
-    return {k: percentiles(v)["p50_ms"] for k, v in ms.items()}
+        row["calibrate_decide"] = (time.perf_counter() - t4) * 1000
+        if "model_onnx" in row:
+            row["total_onnx"] = row["decode"] + row["preprocess"] + row["model_onnx"] + row["calibrate_decide"]
+        rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+    keys = [k for k in rows[0] if k not in ("file", "shape")] if rows else []
+    return {k: percentiles([r[k] for r in rows])["p50_ms"] for k in keys}, rows
+
+
+def ratios(out: dict[str, Any]) -> dict[str, float | None]:
+    """Preprocessing, single-image p50 and folder time per image, each over the ONNX model-only p50 (batch 1)."""
+    stages = out["stages_p50_ms"]
+    model = stages.get("model_onnx")
+    if not model:
+        return {}
+    folder_ms = {name: 1000 / v["images_per_s"] for name, v in out["folder"].items() if v["images_per_s"] > 0}
+    return {
+        "model_onnx_p50_ms": model,
+        "preprocess_to_model": round(stages["preprocess"] / model, 3),
+        "preprocess_cpu_to_model": round(stages["preprocess_cpu"] / model, 3),
+        "decode_to_model": round(stages["decode"] / model, 3),
+        "single_p50_to_model": round(out["single"]["onnx"]["p50_ms"] / model, 3),
+        **{f"folder_{name}_ms_per_image_to_model": round(ms / model, 3) for name, ms in folder_ms.items()},
+    }
 
 
 def time_folder(predictor: Any, folder: Path, n: int) -> dict[str, Any]:
@@ -177,7 +209,7 @@ def bench_bundle(bundle: Path, single_files: list[Path], folder: Path, n_folder:
         **predictors,
         "onnx_no_workers": Predictor.from_bundle(bundle, config=PredictConfig(workers=0)),
     }
-    out["stages_p50_ms"] = time_stages(predictors, single_files[:30])
+    out["stages_p50_ms"], out["stages_per_image_ms"] = time_stages(predictors, single_files[:30])
     for predictor in folder_predictors.values():  # warm up: threads, first batch
         predictor.predict(sorted(folder.iterdir())[: predictor.config.batch_size + 1])
     singles, folders = [], []
@@ -196,7 +228,9 @@ def bench_bundle(bundle: Path, single_files: list[Path], folder: Path, n_folder:
     out["folder_rounds_images_per_s"] = {name: [f[name]["images_per_s"] for f in folders] for name in folder_predictors}
     for predictor in folder_predictors.values():
         predictor.close()
+    out["ratios"] = ratios(out)
     out["aims_met"] = {
+        "preprocess_le_half_model": out["ratios"].get("preprocess_to_model", 1e9) <= AIM_PREPROCESS_TO_MODEL,
         "single_p50_le_15ms": out["single"]["onnx"]["p50_ms"] <= AIM_SINGLE_P50_MS,
         "folder_ge_100_images_per_s": max(v["images_per_s"] for v in out["folder"].values()) >= AIM_FOLDER_IMAGES_PER_S,
     }
@@ -227,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "latency",
         "data": str(data / "brain-tumor-mri" / "Training"),
-        "aims": {"single_p50_ms": AIM_SINGLE_P50_MS, "folder_images_per_s": AIM_FOLDER_IMAGES_PER_S},
+        "aims": {
+            "single_p50_ms": AIM_SINGLE_P50_MS,
+            "folder_images_per_s": AIM_FOLDER_IMAGES_PER_S,
+            "preprocess_to_model": AIM_PREPROCESS_TO_MODEL,
+        },
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "machine": machine_facts(),
         "git": git_state(),
@@ -257,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         single = ", ".join(f"{k} {v['p50_ms']} ms" for k, v in r["single"].items())
         folder = ", ".join(f"{k} {v['images_per_s']} img/s" for k, v in r["folder"].items())
         print(f"{r['size']} px: single p50 {single}; folder {folder}; stages p50 {r['stages_p50_ms']}")
+        print(f"  ratios to the model-only time: {r['ratios']}")
     print(f"-> {args.out}")
     return 0
 
