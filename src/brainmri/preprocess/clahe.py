@@ -30,7 +30,9 @@ class Clahe(Step):
         self.tiles = int(tiles)
 
     def __call__(self, s: Slice) -> Slice:
-        u8 = np.round(np.clip(s.image, 0.0, 1.0) * 255.0).astype(np.uint8)
+        scaled = np.clip(s.image, 0.0, 1.0)
+        scaled *= 255.0
+        u8 = np.round(scaled, out=scaled).astype(np.uint8)
         clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=(self.tiles, self.tiles))
         out = clahe.apply(u8)
         out[u8 == 0] = 0

@@ -22,6 +22,8 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     nh, nw = shape
     if mask.shape == (nh, nw):
         return mask
+    if mask.dtype == bool:  # 0/1 bytes: uint8 views both ways, no copies
+        return cv2.resize(mask.view(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST).view(bool)
     return cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
