@@ -315,13 +315,16 @@ def test_request_id_and_json_access_log(client: TestClient, images: list[bytes],
 def test_settings_and_cli_defaults() -> None:
     import argparse
 
-    from brainmri.cliargs import common_parser
+    from brainmri.cliargs import common_parser, flag_overrides
+    from brainmri.config import load_config
     from brainmri.serve.cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"), common_parser())
-    args = parser.parse_args(["serve", "bundles/x", "--workers", "3"])
-    assert args.bundle == "bundles/x" and args.workers == 3 and args.host is None
+    args = parser.parse_args(["serve", "bundles/x", "--workers", "3", "--no-gradcam", "--cors-origin", "https://a.b"])
+    cfg = load_config(None, flag_overrides(args))  # every flag is a shortcut for a serve.* config key
+    assert args.bundle == "bundles/x" and cfg.serve.workers == 3 and cfg.serve.host == "127.0.0.1"
+    assert cfg.serve.gradcam is False and cfg.serve.cors_origins == ["https://a.b"]
     s = ServeSettings()
     assert s.host == "127.0.0.1" and s.cors_origins == [] and s.api_key is None
     with pytest.raises(ValueError, match="workers"):

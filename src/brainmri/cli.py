@@ -30,6 +30,7 @@ STAGE_CLI_MODULES = (
     "brainmri.evaluate.external_cli",
     "brainmri.bundle.cli",
     "brainmri.infer.cli",
+    "brainmri.serve.cli",
     "brainmri.workflow",
 )
 
@@ -67,6 +68,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "predict": (
         "brainmri predict bundles/cpu-fast scan.jpg",
         "brainmri predict bundles/cpu-fast scans/ --format csv --out predictions.csv --tta --gradcam overlays/",
+    ),
+    "serve": (
+        "brainmri serve bundles/cpu-fast",
+        "BRAINMRI_API_KEY=secret brainmri serve bundles/cpu-fast --host 0.0.0.0 --port 8080 --workers 2",
     ),
     "pipeline": ("brainmri pipeline --config configs/cpu-fast.yaml --data ../shared/data/brain-tumor-mri",),
 }

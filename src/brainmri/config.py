@@ -383,6 +383,38 @@ class AdaptConfig(Section):
     threads: int | None = Field(None, ge=1)
 
 
+class ServeConfig(Section):
+    """``brainmri serve``: limits and switches of the HTTP service; safe defaults (localhost, no CORS).
+
+    The API key is deliberately not a config key (a config file is saved next to outputs): it comes from
+    ``$BRAINMRI_API_KEY`` only.
+    """
+
+    host: str = "127.0.0.1"
+    """Interface to bind; the default answers only this machine (use 0.0.0.0 in a container)."""
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(2, ge=1, le=64)
+    """Inference jobs running at once (threads: decode, preprocessing and ONNX Runtime release the GIL)."""
+    threads: int = Field(1, ge=1, le=64)
+    """ONNX Runtime intra-op threads per job; workers x threads should not exceed the cores."""
+    queue_limit: int = Field(32, ge=0)
+    """Requests allowed to wait for a worker; beyond it the service answers 503 with Retry-After."""
+    timeout_s: float = Field(30.0, gt=0)
+    """Longest a request may wait for and run its inference before it gets 504."""
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    """Largest request body (all files of a batch together); larger ones get 413 before they are read."""
+    max_pixels: int = Field(40_000_000, ge=1)
+    """Largest image (width x height) decoded, checked from the header: the decompression-bomb guard."""
+    max_batch_files: int = Field(16, ge=1)
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed by CORS; empty (the default): no CORS headers, browsers allow same-origin only."""
+    gradcam: bool = True
+    """Allow ``gradcam=true`` (from the bundle's class activation maps; torch only for gradcam++)."""
+    access_log: bool = True
+    """One JSON line per request on the ``brainmri.serve.access`` logger (stderr): no file names, no data."""
+    retry_after_s: int = Field(1, ge=1)
+
+
 class Config(Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -395,6 +427,7 @@ class Config(Section):
     predict: PredictConfig = Field(default_factory=PredictConfig)
     external: ExternalConfig = Field(default_factory=ExternalConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("data")
     @classmethod
