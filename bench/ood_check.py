@@ -1,0 +1,130 @@
+"""How the deployed out-of-domain gate behaves: the fraction of images a bundle flags ``in_domain: false``.
+
+Runs the bundle through the public Predictor (the deployed path: decode, preprocess, ONNX Runtime, the
+sealed Mahalanobis score) on
+- in-domain: the held-out test split of the bundle's own training data (expected ~5% flagged: the threshold
+  passes 95% of validation images);
+- not MRI at all: photographs shipped with pip packages (scikit-learn's sample images, matplotlib's sample
+  photo) and generated images (noise, textures, gradients, checkerboards, text-like stripes) — should be flagged;
+- other MRI sources: lgg-flair (FLAIR, another hospital) and navoneel.
+
+    python bench/ood_check.py bundles/cpu-robust --split work/data/split.json -> bench/results/ood_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(REPO.parent / "shared" / "data")
+
+
+def generated_images(n: int = 60, size: int = 256, seed: int = 0) -> list[np.ndarray]:
+    """Non-MRI images: uniform and Gaussian noise, smooth random fields, gradients, checkerboards, stripes."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for i in range(n):
+        kind = i % 6
+        if kind == 0:
+            img = rng.uniform(0, 255, (size, size))
+        elif kind == 1:
+            img = np.clip(rng.normal(128, 40, (size, size)), 0, 255)
+        elif kind == 2:
+            img = cv2.GaussianBlur(rng.uniform(0, 255, (size, size)), (0, 0), rng.uniform(3, 20))
+            img = (img - img.min()) / (np.ptp(img) + 1e-6) * 255
+        elif kind == 3:
+            a = rng.uniform(0, 2 * np.pi)
+            img = (np.cos(a) * xx + np.sin(a) * yy) * 180 + 40
+        elif kind == 4:
+            k = int(rng.integers(4, 32))
+            img = ((np.floor(xx * k) + np.floor(yy * k)) % 2) * 200 + 30
+        else:
+            img = (np.sin(xx * rng.uniform(10, 80)) > 0) * 220 + rng.uniform(0, 30, (size, size))
+        out.append(img.astype(np.float32))
+    return out
+
+
+def photographs() -> list[tuple[str, np.ndarray]]:
+    """Photographs that pip packages ship (no download): scikit-learn's two, matplotlib's Grace Hopper."""
+    out = []
+    try:
+        from sklearn.datasets import load_sample_images
+
+        for name, img in zip(("sklearn china.jpg", "sklearn flower.jpg"), load_sample_images().images, strict=True):
+            out.append((name, img.astype(np.float32)))
+    except Exception as exc:  # the photos are a bonus; say why they are missing
+        print(f"note: scikit-learn sample images unavailable ({exc})", file=sys.stderr)
+    try:
+        import matplotlib.cbook as cbook
+        from PIL import Image
+
+        with cbook.get_sample_data("grace_hopper.jpg") as f:
+            out.append(("matplotlib grace_hopper.jpg", np.asarray(Image.open(f)).astype(np.float32)))
+    except Exception as exc:
+        print(f"note: matplotlib sample photo unavailable ({exc})", file=sys.stderr)
+    return out
+
+
+def flagged(predictor, inputs: list) -> dict:
+    preds = [p for p in predictor.predict(inputs) if hasattr(p, "in_domain")]
+    flags = [p.in_domain is False for p in preds]
+    return {"n": len(preds), "flagged": float(np.mean(flags)) if flags else None,
+            "median_score": float(np.median([p.ood_score for p in preds])) if preds else None}  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle")
+    ap.add_argument("--split", required=True, help="split.json of the bundle's training data (test split used)")
+    ap.add_argument("--limit", type=int, default=300, help="images per MRI set")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "ood_check.json"))
+    args = ap.parse_args()
+
+    import brainmri
+    from brainmri.data.manifest import read_manifest
+    from brainmri.data.split import read_split, split_frame
+    from brainmri.utils import atomic_write_json, machine_facts
+
+    rng = np.random.default_rng(0)
+    split = read_split(args.split)
+    test = list(split_frame(read_manifest(split["manifest"]), split, "test")["path"])
+    lgg = sorted(str(p) for p in (SHARED / "lgg-flair").rglob("*.png"))
+    nav = sorted(str(p) for p in (SHARED / "navoneel").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+    def sample(paths: list[str]) -> list[str]:
+        return [paths[i] for i in sorted(rng.choice(len(paths), min(args.limit, len(paths)), replace=False))]
+
+    photos = photographs()
+    with brainmri.load_bundle(args.bundle) as predictor:
+        if predictor.ood is None:
+            raise SystemExit(f"{args.bundle}: exported without an out-of-domain score (run brainmri evaluate first)")
+        result = {
+            "benchmark": "ood_check (bench/ood_check.py)",
+            "bundle": str(args.bundle),
+            "bundle_card_sha256": predictor.bundle.card_sha256,
+            "threshold": predictor.ood.threshold_,
+            "sets": {
+                "in-domain test split": flagged(predictor, sample(test)),
+                "photographs (pip sample images)": flagged(predictor, [a for _, a in photos]),
+                "generated noise/texture/pattern images": flagged(predictor, generated_images()),
+                "lgg-flair (FLAIR, other hospital)": flagged(predictor, sample(lgg)),
+                "navoneel": flagged(predictor, sample(nav)),
+            },
+            "photographs": [name for name, _ in photos],
+            "machine": machine_facts(),
+        }
+    atomic_write_json(args.out, result)
+    for name, r in result["sets"].items():
+        print(f"{name:45s} n={r['n']:4d} flagged {r['flagged']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
