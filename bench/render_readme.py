@@ -133,7 +133,7 @@ def block_evaluation() -> str | None:
     if s is None:
         return None
     lines = [f"From `{EVAL_SUMMARY.relative_to(ROOT)}` (copied from the CPU-recipe run's `reports/summary.json`):", ""]
-    lines.append("| metric | value (95% bootstrap CI) |")
+    lines.append("| metric | value (95% CI: exact for proportions, bootstrap otherwise) |")
     lines.append("|---|---|")
     for key, value in s.items():
         if isinstance(value, dict) and "value" in value:
@@ -177,7 +177,107 @@ def block_external() -> str | None:
     )
 
 
+def _bench_module(name: str):
+    """Another benchmark script of this folder (its own renderer is the one home of its table)."""
+    import importlib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    return importlib.import_module(name)
+
+
+def block_robustness() -> str | None:
+    r = _load(RESULTS / "robustness.json")
+    if r is None:
+        return None
+    c, sm = r["clean"], r["summary"]
+    ext = r.get("external", {})
+    lines = [
+        f"From `bench/results/robustness.json` (run `{r['run']}`, {r['settings'].get('n_test')} test images, "
+        f"{_machine(r)}): clean accuracy {_pct(c['accuracy'])}, tumour AUC {c['tumour_auc']:.3f}; over "
+        f"{sm['n_conditions']} corruption × severity conditions the mean accuracy drop is **{sm['mean_drop']:.1f} "
+        f"points**, the worst corruption ({sm['worst_corruption']}) drops {sm['worst_corruption_drop']:.1f} points "
+        "(issue aims: ≤ 3 and ≤ 8).",
+    ]
+    for name, e in ext.items():
+        ci = e.get("ci95", {}).get("auc", [None, None])
+        lines.append(
+            f"Zero-shot on {name} ({e['n']} images, {e.get('groups')}): tumour AUC **{e['auc']:.3f}** "
+            f"({ci[0]:.3f}–{ci[1]:.3f}), sensitivity {_pct(e['sensitivity'])}, specificity {_pct(e['specificity'])}."
+        )
+    return "\n".join(lines)
+
+
+def block_robustness_table() -> str | None:
+    r = _load(RESULTS / "robustness.json")
+    return None if r is None else _bench_module("robustness").render_markdown(r)
+
+
+def block_ood_check() -> str | None:
+    r = _load(RESULTS / "ood_check.json")
+    if r is None:
+        return None
+    lines = [
+        f"From `bench/results/ood_check.json` (`python bench/ood_check.py BUNDLE`, bundle `{r['bundle']}`): share of "
+        "images the deployed gate flags `in_domain: false`.",
+        "",
+        "| images | n | flagged |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {v['n']} | {_pct(v['flagged'])} |" for name, v in r["sets"].items()]
+    return "\n".join(lines)
+
+
+def block_external_validation() -> str | None:
+    r = _load(RESULTS / "external.json")
+    return None if r is None else _bench_module("external").render_md(r)
+
+
+def block_study_level() -> str | None:
+    r = _load(RESULTS / "study_level.json")
+    if r is None:
+        return None
+    sl = r["slice_level"]
+    chosen = r.get("chosen", {})
+    text = (
+        f"From `bench/results/study_level.json` (`python bench/study_level.py`; {r['n_patients']} lgg-flair patients as "
+        f"volumes, {r['n_slices']} slices, threshold {r['threshold']}): slice-level tumour AUC {_ci(sl['auc'], False)}, "
+        f"sensitivity {_ci(sl['sensitivity'])}, specificity {_ci(sl['specificity'])}. "
+    )
+    if chosen.get("aggregate"):
+        text += f"Study aggregate chosen by measurement: `{chosen['aggregate']}` (k = {chosen.get('k')}). "
+    else:
+        text += f"No aggregate could be chosen by measurement: {chosen.get('rule')}. "
+    return text + r.get("study_negatives", "")
+
+
+def block_serve() -> str | None:
+    load, fuzz = _load(RESULTS / "serve_load.json"), _load(RESULTS / "fuzz.json")
+    if load is None:
+        return None
+    lat = load["latency_ms"]
+    text = (
+        f"From `bench/results/serve_load.json` ({load['bundle']}; {load['concurrency']} concurrent clients for "
+        f"{load['duration_s']:.0f} s, {load['cpu_count']} cores, load average at start "
+        f"{load.get('load_average_at_start')}): **{load['requests_per_s']:.1f} requests/s**, p50 {lat['p50']:.0f} ms, "
+        f"p99 {lat['p99']:.0f} ms, {load['errors']} errors in {load['requests']:,} requests (aims: ≥ 60 requests/s, "
+        "p99 ≤ 250 ms, 0 errors)."
+    )
+    if fuzz is not None:
+        api = fuzz["api"]
+        text += (
+            f" Fuzzing (`bench/results/fuzz.json`): {api['inputs']:,} malformed uploads → {api['crashes']} crashes, "
+            f"{api['5xx']} server errors, {api['errors_not_naming_the_problem']} errors that do not name the problem."
+        )
+    return text
+
+
 BLOCKS = {
+    "robustness": block_robustness,
+    "robustness_table": block_robustness_table,
+    "ood_check": block_ood_check,
+    "external_validation": block_external_validation,
+    "study_level": block_study_level,
+    "serve": block_serve,
     "external": block_external,
     "bundle_check": block_bundle_check,
     "import_audit": block_import_audit,
