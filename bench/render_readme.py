@@ -239,8 +239,8 @@ def block_study_level() -> str | None:
     sl = r["slice_level"]
     chosen = r.get("chosen", {})
     text = (
-        f"From `bench/results/study_level.json` (`python bench/study_level.py`; {r['n_patients']} lgg-flair patients as "
-        f"volumes, {r['n_slices']} slices, threshold {r['threshold']}): slice-level tumour AUC {_ci(sl['auc'], False)}, "
+        f"From `bench/results/study_level.json` ({r['n_patients']} lgg-flair patients as "
+        f"volumes, {r['n_slices']} slices, threshold {r['threshold']}): slice tumour AUC {_ci(sl['auc'], False)}, "
         f"sensitivity {_ci(sl['sensitivity'])}, specificity {_ci(sl['specificity'])}. "
     )
     if chosen.get("aggregate"):
