@@ -63,7 +63,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def patched(monkeypatch):
     from brainmri.runs import Run
 
-    parts = {"val": _images(48, 0), "test": _images(40, 1000)}
+    parts = {"train": _images(64, 3000), "val": _images(48, 0), "test": _images(40, 1000)}
     monkeypatch.setattr(Run, "load_images", lambda self, which: parts[which])
     binary = ["tumor"] * 12 + ["no_tumor"] * 8
     monkeypatch.setattr(Run, "load_external", lambda self, path: _images(20, 5000, binary))
@@ -82,6 +82,8 @@ def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
 
     cal = json.loads((tiny_run / "calibration.json").read_text())
     assert cal["fitted_on"] == "val" and cal["n"] == 48
+    ood = json.loads((tiny_run / "ood.json").read_text())  # the out-of-domain score: fitted on train, 95% of val pass
+    assert ood["kind"] == "mahalanobis" and ood["quantile"] == 0.95 and ood["threshold"] > 0
     assert cal["temperature"] > 0 and 0 <= cal["threshold"] <= 1
     assert set(cal["conformal"]) == {"0.1", "0.05"} and cal["conformal"]["0.1"]["method"] == "lac"
 
