@@ -155,7 +155,8 @@ def block_bundle_check() -> str | None:
     if c is None:
         return None
     return (
-        f"From `docs/results/bundle_check.json` (written by the pipeline's last stage): the exported bundle, run "
+        f"From `docs/results/bundle_check.json` (written by the pipeline's last stage): the exported bundle "
+        f"`{c.get('bundle', '')}`, run "
         f"through {c['runtime']} on all {c['n_test']} test images, scores accuracy {_pct(c['bundle_accuracy'])} "
         f"against {_pct(c['evaluation_accuracy'])} reported by `brainmri evaluate`; "
         f"{c['predictions_differing_from_evaluation']} predictions differ."

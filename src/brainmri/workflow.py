@@ -133,6 +133,8 @@ def verify_bundle(bundle_dir: Path, split_file: Path, run_dir: Path, out: Path) 
     reported = summary.get("accuracy")
     reported = reported.get("value") if isinstance(reported, dict) else reported
     check = {
+        "bundle": bundle_dir.name,
+        "bundle_card_sha256": predictor.bundle.card_sha256,
         "n_test": len(test),
         "bundle_accuracy": float((test["label"].to_numpy() == pd.Series(bundle_labels).to_numpy()).mean()),
         "evaluation_accuracy": reported,
