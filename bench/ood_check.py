@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,18 @@ def photographs() -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def photo_files(photos: list[tuple[str, np.ndarray]], folder: Path) -> list[str]:
+    """The photographs as JPEG files: colour uploads go through the reader's grayscale conversion like a user's."""
+    from PIL import Image
+
+    paths = []
+    for i, (_, img) in enumerate(photos):
+        path = folder / f"photo{i}.jpg"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
 def flagged(predictor, inputs: list) -> dict:
     preds = [p for p in predictor.predict(inputs) if hasattr(p, "in_domain")]
     flags = [p.in_domain is False for p in preds]
@@ -102,7 +115,7 @@ def main() -> int:
         return [paths[i] for i in sorted(rng.choice(len(paths), min(args.limit, len(paths)), replace=False))]
 
     photos = photographs()
-    with brainmri.load_bundle(args.bundle) as predictor:
+    with brainmri.load_bundle(args.bundle) as predictor, tempfile.TemporaryDirectory() as tmp:
         if predictor.ood is None:
             raise SystemExit(f"{args.bundle}: exported without an out-of-domain score (run brainmri evaluate first)")
         result = {
@@ -112,7 +125,7 @@ def main() -> int:
             "threshold": predictor.ood.threshold_,
             "sets": {
                 "in-domain test split": flagged(predictor, sample(test)),
-                "photographs (pip sample images)": flagged(predictor, [a for _, a in photos]),
+                "photographs (pip sample images)": flagged(predictor, photo_files(photos, Path(tmp))),
                 "generated noise/texture/pattern images": flagged(predictor, generated_images()),
                 "lgg-flair (FLAIR, other hospital)": flagged(predictor, sample(lgg)),
                 "navoneel": flagged(predictor, sample(nav)),
