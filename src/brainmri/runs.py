@@ -194,30 +194,8 @@ def images_from_files(frame, preprocessor, classes: list[str]) -> SplitImages:
     return SplitImages(list(frame["id"]), list(frame["path"]), stacked, labels, names)
 
 
-def predict_logits(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
-    """Logits (N, C) of a torch model for uint8 (N, S, S) images; no gradients, eval mode kept as is.
-
-    ``desc``: show a progress bar over the batches under that name (it stays on screen when done).
-    """
-    import torch
-
-    from brainmri.utils import progress
-
-    starts = range(0, len(images), batch_size)
-    if desc is not None:
-        starts = progress(starts, desc=desc, total=len(starts), leave=True)
-    out = []
-    with torch.inference_mode():
-        for start in starts:
-            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            x = batch.float().div_(255.0).unsqueeze(1)
-            out.append(model(x).float().cpu().numpy())
-    n_classes = getattr(model, "num_classes", 0)
-    return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
-
-
-def predict_features(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
-    """Pooled pre-logit features (N, F) of uint8 (N, S, S) images: what the out-of-domain score is fitted on."""
+def _batched(fn, images: np.ndarray, batch_size: int, desc: str | None, width: int) -> np.ndarray:
+    """``fn`` (a torch module call) over uint8 (N, S, S) images in batches, as float (B, 1, S, S) in [0, 1]."""
     import torch
 
     from brainmri.utils import progress
@@ -229,8 +207,21 @@ def predict_features(model, images: np.ndarray, batch_size: int = 64, desc: str 
     with torch.inference_mode():
         for start in starts:
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).float().div_(255.0)
-            out.append(model.forward_features(x.unsqueeze(1)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+            out.append(fn(x.unsqueeze(1)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+
+def predict_logits(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+    """Logits (N, C) of a torch model for uint8 (N, S, S) images; no gradients, eval mode kept as is.
+
+    ``desc``: show a progress bar over the batches under that name (it stays on screen when done).
+    """
+    return _batched(model, images, batch_size, desc, getattr(model, "num_classes", 0))
+
+
+def predict_features(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+    """Pooled pre-logit features (N, F) of uint8 (N, S, S) images: what the out-of-domain score is fitted on."""
+    return _batched(model.forward_features, images, batch_size, desc, 0)
 
 
 def write_run(
