@@ -291,11 +291,10 @@ class Predictor:
         from brainmri.models.cam import overlay
         from brainmri.utils import atomic_path
 
-        start_index = start
         paths = []
         for i, (image, cam) in enumerate(zip(images, cams, strict=True)):
             stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(sources[i]).name.split(".")[0]) or "image"
-            path = out_dir / f"{start_index + i:06d}_{stem}_{self.classes[int(targets[i])]}.png"
+            path = out_dir / f"{start + i:06d}_{stem}_{self.classes[int(targets[i])]}.png"
             with atomic_path(path) as tmp:
                 Image.fromarray(np.asarray(overlay(image, cam))).save(tmp, format="PNG")
             paths.append(str(path))
