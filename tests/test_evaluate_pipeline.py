@@ -2,7 +2,6 @@
 
 Phantom PNGs -> manifest (data import) -> split -> preprocessing cache -> ``write_run`` with an untrained
 timm ``test_efficientnet`` -> ``brainmri evaluate`` on test and on an external binary (yes/no) set.
-Skipped while the preprocessing cache module is not installed.
 """
 
 from __future__ import annotations
@@ -12,12 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
-pytest.importorskip("brainmri.preprocess.cache")
-
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
-SIZE = 64
+from external_support import tiny_run
 
 
 def _binary_set(root: Path, n: int = 6) -> Path:
@@ -34,42 +29,12 @@ def _binary_set(root: Path, n: int = 6) -> Path:
 
 
 def test_evaluate_real_stages(tmp_path: Path) -> None:
-    import torch
-
     from brainmri.cli import main
-    from brainmri.config import load_config
     from brainmri.data.manifest import build_manifest, write_manifest
-    from brainmri.data.phantoms import write_phantom_dataset
-    from brainmri.data.split import run_split
-    from brainmri.models import create_model
-    from brainmri.preprocess.cache import PreprocessedCache, build_cache
-    from brainmri.runs import write_run
 
-    overrides = [
-        f"paths.work_dir={tmp_path / 'work'}",
-        f"paths.runs_dir={tmp_path / 'runs'}",
-        "preprocess.preset=raw",
-        f"preprocess.size={SIZE}",
-        "preprocess.workers=1",
-        "data.workers=1",
-        "split.folds=2",
-        "model.backbone=test_efficientnet",
-        "model.weights=none",
-    ]
-    cfg = load_config(None, overrides)
-    data = write_phantom_dataset(tmp_path / "data", n_per_class=10, size=SIZE, seed=3)
-    df = build_manifest([str(data)], cfg.data, cfg.audit, workers=1)
-    manifest = write_manifest(df, tmp_path / "work/data/manifest.csv")
-    split_file = tmp_path / "work/data/split.json"
-    run_split(manifest, split_file, cfg.split, cfg.audit, cfg.data.classes)
-    report = build_cache(
-        cfg.preprocess, cfg.data, manifest, split_file, tmp_path / "work/preprocess", workers=1, log=lambda msg: None
-    )
-    cache = PreprocessedCache(report.dir)
-    torch.manual_seed(0)
-    model = create_model(cfg.model, len(CLASSES))
-    run = write_run(tmp_path / "runs/tiny", cfg, model, cache.preprocessor(), classes=CLASSES,
-                    split_file=split_file, preprocess_dir=cache.dir)  # fmt: skip
+    run = tiny_run(tmp_path)  # phantoms -> manifest -> split -> cache -> untrained run, through the real stages
+    cfg, split_file = run.cfg, Path(run.info["split_file"])
+    manifest = json.loads(split_file.read_text())["manifest"]
 
     common = ["--set", "evaluate.bootstrap=50", "--set", "evaluate.gallery_max=3"]
     assert main(["evaluate", str(run.dir), *common]) == 0
