@@ -311,6 +311,11 @@ class PredictConfig(Section):
     """Conformal miscoverage level; None: the bundle's ``default_alpha`` (the first of evaluate.conformal_alphas)."""
     review_entropy: float = 0.5
     """Normalised entropy above which a prediction is flagged for review."""
+    adapt_bn: str | None = None
+    """AdaBN test-time adaptation: None off; ``inputs``: re-estimate BatchNorm statistics on the images being
+    predicted (transductive, label-free); else a file or folder of the target site's images to estimate them on."""
+    adapt_bn_min_images: int = Field(16, ge=2)
+    """AdaBN refuses fewer readable target images than this (too few give noisy statistics)."""
     gradcam_dir: str | None = None
     """Folder for Grad-CAM overlay PNGs (torch runtime); None: no Grad-CAM."""
     gradcam_method: Literal["gradcam", "gradcam++"] = "gradcam"
