@@ -31,6 +31,7 @@ STAGE_CLI_MODULES = (
     "brainmri.bundle.cli",
     "brainmri.infer.cli",
     "brainmri.serve.cli",
+    "brainmri.report.cli",
     "brainmri.workflow",
 )
 
@@ -73,6 +74,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "brainmri serve bundles/cpu-fast",
         "BRAINMRI_API_KEY=secret brainmri serve bundles/cpu-fast --host 0.0.0.0 --port 8080 --workers 2",
     ),
+    "report": ("brainmri report runs/cpu-fast", "brainmri report runs/cpu-fast --out report.html --work-dir work"),
     "pipeline": ("brainmri pipeline --config configs/cpu-fast.yaml --data ../shared/data/brain-tumor-mri",),
 }
 

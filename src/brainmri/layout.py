@@ -16,6 +16,7 @@ from typing import Any
 
 MANIFEST_FILE = "manifest.csv"
 SPLIT_FILE = "split.json"
+BENCH_RESULTS_DIR = Path("bench") / "results"  # benchmark results (relative to the repository root / cwd)
 
 
 @dataclass(frozen=True)
