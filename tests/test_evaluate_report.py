@@ -72,7 +72,8 @@ def patched(monkeypatch):
 def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
     from brainmri.cli import main
 
-    rc = main(["evaluate", str(tiny_run), "--set", "evaluate.bootstrap=100", "--set", "evaluate.gallery_max=4"])
+    rc = main(["evaluate", str(tiny_run), "--set", "evaluate.bootstrap=100", "--set", "evaluate.gallery_max=4",
+               "--set", "evaluate.conformal_alphas=[0.1,0.05]"])  # fmt: skip
     assert rc == 0
     out = tiny_run / "reports"
     for f in ("metrics.json", "predictions.csv", "classification_report.txt", "summary.json", "config.yaml",

@@ -238,7 +238,9 @@ def _calibration_section(cal: dict[str, Any]) -> list[str]:
     for alpha, entry in cal["conformal"].items():
         lines.append(
             f"- Conformal prediction sets at alpha={alpha} ({entry['method'].upper()}): qhat {_qhat(entry['qhat'])}"
-            f" (target coverage {1 - float(alpha):.0%}, marginal, on exchangeable data)"
+            f" (target coverage {1 - float(alpha):.0%}, "
+            + ("per class (Mondrian)" if entry.get("mondrian") else "marginal")
+            + ", on exchangeable data)"
             + (", the default" if float(alpha) == cal["default_alpha"] else "")
             + "."
         )

@@ -12,11 +12,14 @@ This is what prediction, export and serving load (``PostHocCalibration.load(run.
     {"version": 1, "classes": [...], "fitted_on": "val", "n": 612,
      "temperature": 1.37,
      "threshold": 0.21,                      # on calibrated p_tumour = 1 - p(no_tumor)
-     "conformal": {"0.1": {"method": "lac", "qhat": 0.62, "allow_empty": false}, "0.05": {...}},
+     "conformal": {"0.1": {"method": "lac", "qhat": 0.62, "allow_empty": false, "mondrian": false}, ...},
      "default_alpha": 0.1,
      "details": {"temperature": {...}, "threshold": {...}, "conformal": {...}, "source": {...}}}
 
-``qhat`` null means +inf (every class in every set: too few calibration samples for that alpha).
+``qhat`` null means +inf (every class in every set: too few calibration samples for that alpha). A conformal
+entry may also hold ``qhat_per_class`` (Mondrian: the sets use these, ``qhat`` is the marginal one, for
+reference) and ``lam``, ``k_reg``, ``k_reg_fitted`` (RAPS); files written before those existed load as
+marginal (``ConformalPredictor.from_dict``).
 All three are fitted on the validation split only: the temperature first on the logits, then the
 threshold and conformal quantiles on the *calibrated* validation probabilities.
 """
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from brainmri.calibrate.base import FittedMixin
-from brainmri.calibrate.conformal import ConformalPredictor, alpha_key
+from brainmri.calibrate.conformal import RAPS_K_REG, RAPS_LAMBDA, ConformalPredictor, alpha_key
 from brainmri.calibrate.probabilities import tumour_labels, tumour_probability
 from brainmri.calibrate.temperature import TemperatureScaler
 from brainmri.calibrate.threshold import ThresholdSelector
@@ -53,12 +56,20 @@ class PostHocCalibration(FittedMixin):
         *,
         alphas: Sequence[float] = (0.1, 0.05),
         conformal_method: str = "lac",
+        conformal_mondrian: bool = False,
+        raps_lambda: float = RAPS_LAMBDA,
+        raps_k_reg: int | None = RAPS_K_REG,
         target_sensitivity: float = 0.95,
         max_threshold: float = 0.5,
     ) -> None:
         self.classes = list(classes)
         self.alphas = [float(a) for a in alphas]
         self.conformal_method = conformal_method
+        self.conformal_options: dict[str, Any] = {
+            "mondrian": conformal_mondrian,
+            "lam": raps_lambda,
+            "k_reg": raps_k_reg,
+        }
         self.target_sensitivity = float(target_sensitivity)
         self.max_threshold = float(max_threshold)
         self.temperature_: TemperatureScaler | None = None
@@ -75,6 +86,9 @@ class PostHocCalibration(FittedMixin):
             classes,
             alphas=ecfg.conformal_alphas,
             conformal_method=ecfg.conformal_method,
+            conformal_mondrian=ecfg.conformal_mondrian,
+            raps_lambda=ecfg.conformal_raps_lambda,
+            raps_k_reg=ecfg.conformal_raps_k_reg,
             target_sensitivity=ecfg.threshold_target_sensitivity,
             max_threshold=ecfg.threshold_max,
         )
@@ -91,7 +105,9 @@ class PostHocCalibration(FittedMixin):
             if yt.any():  # no tumour slice in validation: no threshold can be chosen (stays None)
                 pt = tumour_probability(probs, self.classes)
                 self.threshold_ = ThresholdSelector(self.target_sensitivity, self.max_threshold).fit(pt, yt)
-        self.conformal_ = {a: ConformalPredictor(a, self.conformal_method).fit(probs, y) for a in self.alphas}
+        self.conformal_ = {
+            a: ConformalPredictor(a, self.conformal_method, **self.conformal_options).fit(probs, y) for a in self.alphas
+        }
         self.fitted_on_, self.n_fit_, self.source_ = fitted_on, len(z), dict(source or {})
         return self
 
@@ -149,10 +165,7 @@ class PostHocCalibration(FittedMixin):
             "n": self.n_fit_,
             "temperature": self.temperature,
             "threshold": self.threshold,
-            "conformal": {
-                k: {"method": v["method"], "qhat": v["qhat"], "allow_empty": v["allow_empty"]}
-                for k, v in conformal.items()
-            },
+            "conformal": {k: {f: x for f, x in v.items() if f not in ("alpha", "n")} for k, v in conformal.items()},
             "default_alpha": self.default_alpha,
             "details": {
                 "temperature": self.temperature_.to_dict(),
@@ -177,12 +190,15 @@ class PostHocCalibration(FittedMixin):
             alphas = list(conformal)
             default = float(d.get("default_alpha", alphas[0] if alphas else 0.1))
             alphas.sort(key=lambda a: (not math.isclose(a, default), a))
-            methods = {p.method for p in conformal.values()} or {"lac"}
+            first = next(iter(conformal.values()), ConformalPredictor())
             tdet = details.get("threshold") or {}
             obj = cls(
                 d["classes"],
                 alphas=alphas,
-                conformal_method=methods.pop(),
+                conformal_method=first.method,
+                conformal_mondrian=first.mondrian,
+                raps_lambda=first.lam,
+                raps_k_reg=first.k_reg,
                 target_sensitivity=float(tdet.get("target_sensitivity", 0.95)),
                 max_threshold=float(tdet.get("max_threshold", 1.0)),
             )

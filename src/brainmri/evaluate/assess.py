@@ -2,7 +2,8 @@
 
 Nothing here reads or writes files or runs a model: :func:`assess` takes logits, calibrated probabilities,
 labels and prediction sets and returns the ``metrics.json`` body; :func:`headline` picks the numbers the
-README quotes; :func:`conformal_sets` turns fitted conformal predictors into prediction sets.
+README quotes; :func:`conformal_sets` turns fitted conformal predictors into prediction sets (every method,
+marginal and Mondrian); :func:`primary_variant` names the configured one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.calibrate.conformal import METHODS, ConformalPredictor, alpha_key
+from brainmri.calibrate.conformal import ConformalPredictor, alpha_key, variant_key, variants
 from brainmri.calibrate.posthoc import PostHocCalibration
 from brainmri.calibrate.probabilities import softmax, tumour_labels, tumour_probability
 from brainmri.config import EvaluateConfig
@@ -22,27 +23,40 @@ from brainmri.labels import NO_TUMOR, TUMOR
 
 UNCALIBRATED_THRESHOLD = 0.5
 
-Sets = dict[str, dict[str, np.ndarray]]  # {method: {alpha_key: bool (N, C)}}
+Sets = dict[str, dict[str, np.ndarray]]  # {variant: {alpha_key: bool (N, C)}}, variant e.g. lac, raps_mondrian
+
+
+def primary_variant(ecfg: EvaluateConfig) -> str:
+    """The report key of the configured (deployed) conformal variant, e.g. ``lac`` or ``lac_mondrian``."""
+    return variant_key(ecfg.conformal_method, ecfg.conformal_mondrian)
 
 
 def conformal_sets(
     cal: PostHocCalibration, val_probs: np.ndarray, val_labels: np.ndarray, probs: np.ndarray
-) -> tuple[Sets, dict[str, dict[str, float | None]]]:
-    """Prediction sets of ``probs`` for both conformal methods and every alpha of ``cal``, and their qhat.
+) -> tuple[Sets, dict[str, dict[str, Any]]]:
+    """Prediction sets of ``probs`` for every method (lac, aps, raps) x (marginal, Mondrian) and every alpha
+    of ``cal``, and their qhat (Mondrian: the list of per-class ones).
 
-    The configured method's sets come from the predictors already fitted in ``cal`` (what
-    ``calibration.json`` holds and deployment uses). The other method, reported for comparison only, is
-    fitted here on the same calibrated validation probabilities ``val_probs`` and labels ``val_labels``.
-    qhat ``None`` means +inf (every class in every set).
+    The configured variant's sets come from the predictors already fitted in ``cal`` (what
+    ``calibration.json`` holds and deployment uses). The others, reported for comparison only, are fitted
+    here on the same calibrated validation probabilities ``val_probs`` and labels ``val_labels``, with the
+    same RAPS parameters. qhat ``None`` means +inf (every class in every set).
     """
-    sets: Sets = {m: {} for m in METHODS}
-    qhat: dict[str, dict[str, float | None]] = {m: {} for m in METHODS}
-    for m in METHODS:
+    opts = {k: v for k, v in cal.conformal_options.items() if k != "mondrian"}
+    deployed = variant_key(cal.conformal_method, cal.conformal_options["mondrian"])
+    sets: Sets = {}
+    qhat: dict[str, dict[str, Any]] = {}
+    for m, mondrian in variants():
+        key = variant_key(m, mondrian)
+        sets[key], qhat[key] = {}, {}
         for a in cal.alphas:
-            fitted = m == cal.conformal_method
-            predictor = cal.predictor(a) if fitted else ConformalPredictor(a, m).fit(val_probs, val_labels)
-            sets[m][alpha_key(a)] = predictor.predict_sets(probs)
-            qhat[m][alpha_key(a)] = predictor.to_dict()["qhat"]
+            if key == deployed:
+                predictor = cal.predictor(a)
+            else:
+                predictor = ConformalPredictor(a, m, mondrian=mondrian, **opts).fit(val_probs, val_labels)
+            sets[key][alpha_key(a)] = predictor.predict_sets(probs)
+            d = predictor.to_dict()
+            qhat[key][alpha_key(a)] = d["qhat_per_class"] if mondrian else d["qhat"]
     return sets, qhat
 
 
@@ -82,7 +96,7 @@ def assess(
         out |= _multiclass_view(probs_raw[known], probs_cal[known], y[known], classes, ecfg, boot)
         if sets is not None:
             out["conformal"] = _conformal_view(sets, known, y[known], classes, qhat, boot)
-            out["conformal"]["primary_method"] = ecfg.conformal_method
+            out["conformal"]["primary_method"] = primary_variant(ecfg)
     if NO_TUMOR in classes:
         view = _tumour_view(probs_raw, probs_cal, label_names, classes, ecfg, thresholds, boot)
         if view is not None:
@@ -116,7 +130,8 @@ def _conformal_view(
     qhat: dict[str, dict[str, Any]] | None,
     boot: dict[str, int],
 ) -> dict[str, Any]:
-    """Coverage and set sizes of every method and alpha on the rows with a 4-class label."""
+    """Coverage and set sizes of every variant and alpha on the rows with a 4-class label (overall and per
+    class; Mondrian variants promise coverage per class, marginal ones only overall)."""
     return {
         m: {
             a: set_metrics(s[known], y_known, classes, **boot) | ({"qhat": qhat[m][a]} if qhat else {})
@@ -172,9 +187,9 @@ def headline(metrics: dict[str, Any], ecfg: EvaluateConfig, temperature: float |
         conf = metrics.get("conformal")
         if conf:
             a = alpha_key(ecfg.conformal_alphas[0])
-            c = conf[ecfg.conformal_method][a]
+            c = conf[primary_variant(ecfg)][a]
             h["conformal"] = {
-                "method": ecfg.conformal_method,
+                "method": primary_variant(ecfg),
                 "alpha": float(a),
                 "target_coverage": 1 - float(a),
                 "coverage": c["coverage"],

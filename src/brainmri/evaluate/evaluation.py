@@ -30,7 +30,7 @@ from brainmri.calibrate.posthoc import PostHocCalibration
 from brainmri.calibrate.probabilities import softmax, tumour_labels
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
-from brainmri.evaluate.assess import assess, conformal_sets, headline
+from brainmri.evaluate.assess import assess, conformal_sets, headline, primary_variant
 from brainmri.evaluate.domain import fit_ood
 from brainmri.labels import NO_TUMOR
 from brainmri.utils import atomic_write_json, atomic_write_text
@@ -310,7 +310,7 @@ def _write_reports(
 ) -> None:
     """``metrics.json``, ``predictions.csv``, ``classification_report.txt``, ``summary.json``, ``config.yaml``."""
     atomic_write_json(out / "metrics.json", metrics)
-    frame = _predictions_frame(ev.data, ev.logits, ev.probs, cal, ev.sets[ecfg.conformal_method], run.classes)
+    frame = _predictions_frame(ev.data, ev.logits, ev.probs, cal, ev.sets[primary_variant(ecfg)], run.classes)
     atomic_write_text(out / "predictions.csv", frame.to_csv(index=False))
     report = _classification_report(ev, run.classes, title, metrics["optimistic"], metrics["binary_labels_only"])
     atomic_write_text(out / "classification_report.txt", report)

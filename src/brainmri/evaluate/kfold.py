@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.calibrate.conformal import METHODS, alpha_key
+from brainmri.calibrate.conformal import alpha_key, variant_key, variants
 from brainmri.calibrate.posthoc import PostHocCalibration
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
@@ -86,8 +86,9 @@ def cross_fit(
     probs = np.zeros_like(z)
     thresholds = np.full(len(z), np.nan)
     keys = [alpha_key(a) for a in ecfg.conformal_alphas]
-    sets = {m: {a: np.zeros(z.shape, bool) for a in keys} for m in METHODS}
-    qhat: dict[str, dict[str, list[float | None]]] = {m: {a: [] for a in keys} for m in METHODS}
+    names = [variant_key(m, mondrian) for m, mondrian in variants()]
+    sets = {m: {a: np.zeros(z.shape, bool) for a in keys} for m in names}
+    qhat: dict[str, dict[str, list[Any]]] = {m: {a: [] for a in keys} for m in names}
     temperatures = []
     for h, rows in enumerate(halves):
         other = halves[1 - h]
@@ -98,7 +99,7 @@ def cross_fit(
         if cal.threshold is not None:
             thresholds[rows] = cal.threshold
         half_sets, half_qhat = conformal_sets(cal, cal.probabilities(z[other]), y[other], probs[rows])
-        for m in METHODS:
+        for m in names:
             for a in keys:
                 sets[m][a][rows] = half_sets[m][a]
                 qhat[m][a].append(half_qhat[m][a])
