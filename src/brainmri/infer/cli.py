@@ -17,10 +17,11 @@ from brainmri.cliargs import add_config_flag
 from brainmri.config import Config
 
 
-def _csv(classes: list[str], rows: list[dict[str, Any]]) -> str:
+def _csv(classes: list[str], rows: list[dict[str, Any]], adaptation: dict[str, Any] | None = None) -> str:
     columns = ["source", "label", *[f"p_{c}" for c in classes], "tumor_probability", "is_tumor", "threshold"]
     columns += ["conformal_set", "conformal_alpha", "entropy", "review", "review_reasons", "time_ms"]
     columns += [f"mc_mean_{c}" for c in classes] + [f"mc_std_{c}" for c in classes] + ["gradcam", "error"]
+    columns += ["adapt_bn_images"] if adaptation else []  # AdaBN applied: on how many target images
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -29,6 +30,8 @@ def _csv(classes: list[str], rows: list[dict[str, Any]]) -> str:
             writer.writerow({"source": r["source"], "error": r["error"]})
             continue
         flat = {k: v for k, v in r.items() if k in columns}
+        if adaptation:
+            flat["adapt_bn_images"] = adaptation["images"]
         flat.update({f"p_{c}": r["probabilities"][c] for c in classes})
         if r["conformal_set"] is not None:
             flat["conformal_set"] = "|".join(r["conformal_set"])
@@ -38,6 +41,15 @@ def _csv(classes: list[str], rows: list[dict[str, Any]]) -> str:
             flat.update({f"mc_std_{c}": r["mc_dropout"]["std"][c] for c in classes})
         writer.writerow(flat)
     return buf.getvalue()
+
+
+def _adapted(predictor, adapt_bn: str, items: list):
+    """``--adapt-bn``: the predictor adapted on the inputs (``inputs``) or on the target folder/file given."""
+    from brainmri.infer.inputs import expand_inputs
+
+    if adapt_bn == "inputs":
+        return predictor.adapt(items, source="the predicted inputs (transductive)")
+    return predictor.adapt(expand_inputs([adapt_bn]), source=adapt_bn)
 
 
 def _predict_studies(cfg: Config, args: argparse.Namespace) -> int:
@@ -54,6 +66,15 @@ def _predict_studies(cfg: Config, args: argparse.Namespace) -> int:
     options = {"method": args.aggregate, "top_k": args.top_k, "montage_dir": args.montage}
     studies, errors = [], []
     with Predictor.from_bundle(args.bundle, config=cfg.predict) as predictor:
+        if cfg.predict.adapt_bn:  # a study's own slices are one patient's: adapt on a given folder only
+            if cfg.predict.adapt_bn == "inputs":
+                print("error: --study needs --adapt-bn FOLDER (a folder of the target site's images)", file=sys.stderr)
+                return 2
+            try:
+                predictor = _adapted(predictor, cfg.predict.adapt_bn, [])
+            except BrainMRIError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         for source in args.inputs:
             try:
                 found, skipped = predict_studies(predictor, source, axis=axis, volume=args.volume, **options)
@@ -74,6 +95,7 @@ def _predict_studies(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _predict(cfg: Config, args: argparse.Namespace) -> int:
+    from brainmri.errors import BrainMRIError
     from brainmri.infer.inputs import Failure, expand_inputs
     from brainmri.infer.predictor import Predictor
     from brainmri.utils import atomic_write_text, progress
@@ -88,6 +110,12 @@ def _predict(cfg: Config, args: argparse.Namespace) -> int:
         if not items:
             print(f"error: no image files found in {' '.join(args.inputs)}", file=sys.stderr)
             return 1
+        if pc.adapt_bn:
+            try:
+                predictor = _adapted(predictor, pc.adapt_bn, items)
+            except BrainMRIError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         for result in progress(predictor.run(items), desc="predict", total=len(items)):
             if isinstance(result, Failure):
                 failed += 1
@@ -95,7 +123,7 @@ def _predict(cfg: Config, args: argparse.Namespace) -> int:
             rows.append(result.to_dict())
         settings = predictor.settings()
     if pc.format == "csv":
-        text = _csv(predictor.classes, rows)
+        text = _csv(predictor.classes, rows, predictor.adaptation)
     else:
         doc = {
             "settings": settings,
@@ -130,6 +158,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_config_flag(p, "--tta", "predict.tta", action="store_true", help="flip x shift test-time augmentation")
     add_config_flag(p, "--mc-dropout", "predict.mc_dropout", type=int, metavar="N", help="MC-dropout passes")
     add_config_flag(p, "--gradcam", "predict.gradcam_dir", metavar="DIR", help="write Grad-CAM overlay PNGs here")
+    add_config_flag(p, "--adapt-bn", "predict.adapt_bn", nargs="?", const="inputs", metavar="FOLDER",
+                    help="AdaBN: re-estimate BatchNorm statistics on the target site's images before predicting: "
+                    "on the inputs themselves (no FOLDER; transductive) or on FOLDER")  # fmt: skip
     add_config_flag(p, "--runtime", "predict.runtime", choices=["onnx", "torch"], help="inference runtime")
     add_config_flag(p, "--batch-size", "predict.batch_size", type=int, metavar="B", help="images per model call")
     add_config_flag(p, "--workers", "predict.workers", type=int, metavar="W", help="decode/preprocess threads")

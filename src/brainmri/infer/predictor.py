@@ -100,6 +100,10 @@ class Predictor:
             raise ConfigError(f"{bundle.dir}: not calibrated, so no conformal sets (predict.conformal_alpha is set)")
         self._torch: Runtime | None = self.runtime if self.runtime.name == "torch" else None
         self.ood = bundle.ood()
+        self.adaptation: dict[str, Any] | None = None
+        """What :meth:`adapt` did (images, batches, layers), or None: the bundle's own statistics."""
+        self._source_runtime: Runtime | None = None  # the unadapted runtime (out-of-domain score) after adapt
+        self._adapt_images: np.ndarray | None = None
 
     @classmethod
     def from_bundle(
@@ -138,13 +142,36 @@ class Predictor:
             "review_entropy": self.config.review_entropy,
             "tta": self.config.tta,
             "mc_dropout": self.config.mc_dropout,
+            "adapt_bn": self.adaptation,
         }
 
     def torch_runtime(self) -> Runtime:
         """The torch runtime (created on first use when the main runtime is ONNX)."""
         if self._torch is None:
-            self._torch = create_runtime("torch", self.bundle, threads=self.threads)
+            runtime = create_runtime("torch", self.bundle, threads=self.threads)
+            if self._adapt_images is not None:  # adapted predictor on ONNX: MC dropout / Grad-CAM++ alike
+                from brainmri.infer.adabn import adapt_runtime
+
+                x = self._adapt_images[:, None].astype(np.float32) / np.float32(255.0)
+                runtime, _ = adapt_runtime(runtime, x, self.config.batch_size)
+            self._torch = runtime
         return self._torch
+
+    def adapt(self, inputs: Any, *, min_images: int | None = None, source: str | None = None) -> Predictor:
+        """A new Predictor with BatchNorm statistics re-estimated on ``inputs`` (AdaBN, ``infer.adabn``).
+
+        ``inputs``: what :meth:`run` takes (paths, folders, arrays), or preprocessed uint8 (N, S, S). No labels
+        are needed, so adapting on the images about to be predicted is legitimate (transductive). Fewer than
+        ``min_images`` (default ``config.adapt_bn_min_images``) readable images is an error. ``self`` is
+        left unchanged: a Predictor may serve other callers, and an in-place change would alter their answers
+        silently. The new one shares the bundle, preprocessor and decode threads, reports the adaptation in
+        :meth:`settings`, and computes the out-of-domain score with the *unadapted* network (the score was
+        fitted on features under the training statistics; adapted features would look in-domain by
+        construction).
+        """
+        from brainmri.infer.adabn import adapt_predictor
+
+        return adapt_predictor(self, inputs, min_images=min_images, source=source)
 
     # ------------------------------------------------------------------ model
 
@@ -177,7 +204,8 @@ class Predictor:
         heads = self.runtime.outputs(x)
         use_tta = self.config.tta if tta is None else tta
         probs = self.probabilities(self.logits(x, True) if use_tta else heads["logits"])
-        domain = self.domain_scores(heads)
+        source_heads = self._source_runtime.outputs(x) if self._source_runtime and self.ood is not None else heads
+        domain = self.domain_scores(source_heads)
         passes = self.config.mc_dropout if mc_dropout is None else mc_dropout
         mc = None
         if passes:
