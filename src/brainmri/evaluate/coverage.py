@@ -18,9 +18,11 @@ def set_metrics(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Empirical coverage (overall, per class), mean set size, empty-set rate and size histogram, with 95%
-    CIs on the overall numbers: exact Clopper–Pearson for coverage and empty-set rate (proportions of
-    counts), percentile bootstrap for the mean set size."""
+    """Empirical coverage (overall, per class), mean set size, empty-set rate, how informative the sets are
+    (``ambiguous_rate``: sets of more than one class; ``full_rate``: sets of every class, which say nothing)
+    and the size histogram, with 95% CIs: exact Clopper–Pearson for the proportions of counts (coverage
+    overall and per class as ``coverage_ci``, empty, ambiguous and full rates), percentile bootstrap for
+    the mean set size."""
     from brainmri.evaluate.metrics import bootstrap_counts, estimate, proportion_estimate
 
     s = np.asarray(sets, dtype=bool)
@@ -37,8 +39,10 @@ def set_metrics(
     per_class = {}
     for i, c in enumerate(classes):
         m = y == i
+        ci = proportion_estimate(covered[m].sum(), m.sum())
         per_class[c] = {
             "coverage": float(covered[m].mean()) if m.any() else None,
+            "coverage_ci": [ci["ci_low"], ci["ci_high"]],
             "mean_set_size": float(size[m].mean()) if m.any() else None,
             "n": int(m.sum()),
         }
@@ -47,6 +51,8 @@ def set_metrics(
         "coverage": proportion_estimate(covered.sum(), len(y)),
         "mean_set_size": est(size),
         "empty_rate": proportion_estimate(empty.sum(), len(y)),
+        "ambiguous_rate": proportion_estimate((size > 1).sum(), len(y)),
+        "full_rate": proportion_estimate((size == s.shape[1]).sum(), len(y)),
         "per_class": per_class,
         "set_size_counts": {str(k): int(v) for k, v in enumerate(hist)},
         "n": len(y),
