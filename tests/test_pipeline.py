@@ -35,7 +35,7 @@ def test_pipeline_end_to_end_on_phantoms(tmp_path, capsys):
     assert main(["pipeline", "-c", str(conf), "--data", str(data), "--n-predict", "4"]) == 0
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{\n") :])
-    for stage in ("import", "audit", "split", "preprocess", "train", "evaluate", "export", "predict"):
+    for stage in ("import", "audit", "split", "preprocess", "train", "evaluate", "export", "predict", "report"):
         assert stage in summary["stage_seconds"]
     check = summary["bundle_check"]
     assert check["n_test"] > 0
@@ -45,6 +45,8 @@ def test_pipeline_end_to_end_on_phantoms(tmp_path, capsys):
     assert len(preds["predictions"] if isinstance(preds, dict) else preds) == 4
     assert (tmp_path / "runs" / "tiny" / "config.yaml").is_file()
     assert (tmp_path / "bundles" / "tiny" / "card.json").is_file()
+    report = (tmp_path / "runs" / "tiny" / "report.html").read_text()  # the last stage: brainmri report
+    assert summary["report"].endswith("report.html") and "Confusion matrices" in report and "<img" in report
 
     # a second run skips finished stages instead of recomputing them
     assert main(["pipeline", "-c", str(conf), "--data", str(data), "--n-predict", "2"]) == 0

@@ -1,4 +1,4 @@
-"""The main job: import -> audit -> split -> preprocess -> train -> evaluate -> export -> predict.
+"""The main job: import -> audit -> split -> preprocess -> train -> evaluate -> export -> predict -> report.
 
 Each stage is the same command a user would type (so the pipeline proves the CLI works end to end),
 run with one resolved config saved to ``<work_dir>/pipeline/config.yaml``. Stages whose stable output
@@ -72,9 +72,7 @@ def run_pipeline(cfg: Config, data: list[str] | None, fresh: bool, n_predict: in
     split = layout.split_file
     timings: dict[str, float] = {}
     timings["import"] = _stage("import", ["data", "import", *roots, "--out", str(manifest), *common], manifest)
-    timings["audit"] = _stage(
-        "audit", ["data", "audit", str(manifest), *common], layout.audit_dir / "audit.json"
-    )
+    timings["audit"] = _stage("audit", ["data", "audit", str(manifest), *common], layout.audit_dir / "audit.json")
     timings["split"] = _stage("split", ["data", "split", str(manifest), "--out", str(split), *common], split)
     timings["preprocess"] = _stage(
         "preprocess", ["preprocess", "--manifest", str(manifest), "--split", str(split), *common]
@@ -99,11 +97,16 @@ def run_pipeline(cfg: Config, data: list[str] | None, fresh: bool, n_predict: in
     t0 = time.perf_counter()
     check = verify_bundle(bundle_dir, split, run_dir, layout.workflow_dir / "bundle_check.json")
     timings["verify"] = time.perf_counter() - t0
+    report_file = run_dir / "report.html"
+    timings["report"] = _stage(
+        "report", ["report", str(run_dir), "--bundle", str(bundle_dir), "--out", str(report_file), *common]
+    )
     summary = {
         "run": str(run_dir),
         "bundle": str(bundle_dir),
         "predictions": str(out),
         "bundle_check": check,
+        "report": str(report_file),
         "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     report = run_dir / "reports" / "summary.json"
