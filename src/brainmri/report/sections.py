@@ -263,8 +263,8 @@ def conformal_tables(value: Any) -> str:
         for cls, pc in (r.get("per_class") or {}).items():
             if isinstance(pc, Mapping):
                 per_class.append({"setting": setting, "class": cls, **{k: v for k, v in pc.items() if is_scalar(v)}})
-    extras = {k: v for k, v in value.items() if is_scalar(v)} if isinstance(value, Mapping) else {}
-    parts = [kv_table(extras)] if extras else []
+    rest = {k: v for k, v in value.items() if not conformal_records(v)} if isinstance(value, Mapping) else {}
+    parts = [render_json(rest)] if rest else []  # settings, choices, notes: everything but the records
     parts += ["<h3>Coverage and set size per setting</h3>", rows_table(overall, max_rows=120)]
     if per_class:
         parts += ["<h3>Per class</h3>", rows_table(per_class, max_rows=400)]
