@@ -1,7 +1,7 @@
 """Conformal prediction sets on a trained run, without retraining -> bench/results/conformal.json.
 
 Usage: ``.venv/bin/python bench/conformal.py --run ../pipe/runs/cpu-robust [--out bench/results/conformal.json]``
-``[--cache /tmp/brainmri_conformal] [--bootstrap 1000] [--threads 1]``
+``[--cache /tmp/brainmri_conformal] [--bootstrap 1000] [--threads 1] [--lgg PATH | --no-external]``
 
 What it measures (docs/evaluation.md, "Conformal prediction sets"): every method (``lac``, ``aps``, ``raps``)
 x (marginal, Mondrian) x alpha in {0.01, 0.02, 0.05, 0.1}, fitted on the run's validation split (the
@@ -14,6 +14,14 @@ fitted k_reg is reported beside it (``raps_k_reg_fitted``, marginal) to show why
 The validation and test logits are computed once with the run's model (``brainmri.runs.predict_logits``,
 ~1 min of CPU) and cached under ``--cache`` keyed by the weights' SHA-256; the test logits are checked
 against ``reports/predictions.csv`` when the run has one.
+
+Second table (``external``): the same validation-fitted predictors on lgg-flair (FLAIR slices of another
+source, tumour / no tumour only), zero-shot. A 4-class set "covers" a ``tumor`` slice when it holds any
+tumour class and a ``no_tumor`` slice when it holds ``no_tumor``; CIs are patient-level percentile
+bootstrap (slices of one patient are not independent). Exchangeability fails there by construction: this is
+the honest check of the guarantee under shift. The preprocessed slices come from bench/robustness.py's cache
+(``work/robustness/lgg-flair_all_<run>_<preprocessor sha>.npz``, every readable slice kept) when present,
+else they are preprocessed here from ``labels.csv``.
 
 The default alpha and variant are chosen by :data:`RULE` (stored in the JSON) and become the config default
 (``evaluate.conformal_alphas`` first, ``evaluate.conformal_method``, ``evaluate.conformal_mondrian``), which
@@ -35,6 +43,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
 ALPHAS = (0.01, 0.02, 0.05, 0.1)
 TOLERANCE = 0.02
 MIN_AMBIGUOUS = 0.05
@@ -136,6 +145,87 @@ def evaluate_all(opts, val_p, val_y, test_p, test_y, classes, n_boot: int, seed:
     return out
 
 
+def lgg_images(run, root: Path, robustness_cache: Path):
+    """(uint8 images, binary labels 1 = tumour, patient ids) of lgg-flair, preprocessed with the run's preprocessor."""
+    import pandas as pd
+
+    from brainmri.runs import images_from_files
+
+    pre_hash = hashlib.sha256((run.dir / "preprocessor.json").read_bytes()).hexdigest()[:12]
+    table = pd.read_csv(root / "labels.csv")
+    patient = dict(zip(f"{root.name}/" + table["file"].astype(str), table["patient"].astype(str), strict=True))
+    cached = robustness_cache / f"{root.name}_all_{run.name}_{pre_hash}.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as z:
+            images, meta = z["images"], json.loads(str(z["meta"]))
+        ids, names = meta["ids"], meta["label_names"]
+    else:
+        frame = pd.DataFrame({"id": f"{root.name}/" + table["file"].astype(str),
+                              "path": [str(root / f) for f in table["file"]], "label": table["label"]})  # fmt: skip
+        data = images_from_files(frame, run.preprocessor(), run.classes)
+        images, ids, names = data.images, data.ids, data.label_names
+    y = np.array([n != "no_tumor" for n in names], dtype=np.int64)
+    return images, y, [patient.get(i, i) for i in ids], str(cached) if cached.is_file() else "preprocessed here"
+
+
+def external_coverage(opts, val_p, val_y, probs, yb, groups, classes, n_boot: int, seed: int) -> dict[str, Any]:
+    """Binary coverage of the validation-fitted sets on an external tumour / no-tumour set, per variant and alpha."""
+    from brainmri.calibrate.conformal import ConformalPredictor, alpha_key, variant_key, variants
+
+    no = classes.index("no_tumor")
+    tumour_cols = [i for i in range(len(classes)) if i != no]
+    g = np.unique(groups, return_inverse=True)[1]
+    counts = np.random.default_rng(seed).multinomial(g.max() + 1, np.full(g.max() + 1, 1 / (g.max() + 1)), n_boot)
+
+    def boot(v: np.ndarray, rows: np.ndarray) -> dict[str, float | None]:
+        if not rows.any():
+            return {"value": None, "ci_low": None, "ci_high": None}
+        num = np.bincount(g[rows], v[rows].astype(float), g.max() + 1)
+        den = np.bincount(g[rows], minlength=g.max() + 1).astype(float)
+        ratio = (counts @ num) / np.maximum(counts @ den, 1e-12)
+        lo, hi = np.percentile(ratio[(counts @ den) > 0], [2.5, 97.5])
+        return {"value": float(v[rows].mean()), "ci_low": float(lo), "ci_high": float(hi)}
+
+    out: dict[str, Any] = {}
+    for m, mo in variants():
+        out[variant_key(m, mo)] = {}
+        for a in ALPHAS:
+            sets = ConformalPredictor(a, m, mondrian=mo, **opts).fit(val_p, val_y).predict_sets(probs)
+            covered = np.where(yb == 1, sets[:, tumour_cols].any(1), sets[:, no])
+            size = sets.sum(1)
+            out[variant_key(m, mo)][alpha_key(a)] = {
+                "coverage": boot(covered, np.ones(len(yb), bool)),
+                "coverage_tumour": boot(covered, yb == 1), "coverage_no_tumour": boot(covered, yb == 0),
+                "mean_set_size": float(size.mean()), "ambiguous_rate": float((size > 1).mean()),
+                "both_tumour_and_no_tumour_rate": float((sets[:, tumour_cols].any(1) & sets[:, no]).mean()),
+            }  # fmt: skip
+    return out
+
+
+def run_external(run, args, opts, cal, val_p, val_y) -> dict[str, Any]:
+    """lgg-flair zero-shot: logits cached like the run's own, sets fitted on the run's validation split."""
+    from brainmri.runs import predict_logits
+
+    root = Path(args.lgg)
+    images, yb, groups, source = lgg_images(run, root, Path(args.robustness_cache))
+    path = Path(args.cache).resolve() / f"{root.name}_{run.name}_{len(yb)}_logits.npy"
+    if path.is_file():
+        logits = np.load(path)
+    else:
+        logits = predict_logits(run.build_model(), images, 64, desc=f"predict {root.name}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, logits)
+    probs = cal.probabilities(logits)
+    return {
+        "set": root.name, "n": len(yb), "n_tumour": int(yb.sum()), "n_patients": len(set(groups)),
+        "images_from": source, "overlap_with_training": "kept (another source: pHash matches are coincidences)",
+        "coverage_definition": "tumor slice: set holds any tumour class; no_tumor slice: set holds no_tumor",
+        "ci": "patient-level percentile bootstrap 95%", "accuracy_tumour_vs_no_tumour": float(
+            ((probs.argmax(1) != run.classes.index("no_tumor")).astype(int) == yb).mean()),
+        "results": external_coverage(opts, val_p, val_y, probs, yb, groups, run.classes, args.bootstrap, args.seed),
+    }  # fmt: skip
+
+
 def choose(results: dict[str, Any]) -> dict[str, Any]:
     """Apply :data:`RULE`; returns the chosen alpha and variant and, per alpha, the variants that qualified."""
     from brainmri.calibrate.conformal import alpha_key, variant_key, variants
@@ -181,6 +271,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     ecfg = EvaluateConfig()
     opts = {"lam": ecfg.conformal_raps_lambda, "k_reg": ecfg.conformal_raps_k_reg}
     results = evaluate_all(opts, val_p, val_y, test_p, test_y, run.classes, args.bootstrap, args.seed)
+    external = None if args.no_external else run_external(run, args, opts, cal, val_p, val_y)
     return {
         "benchmark": "conformal prediction sets (bench/conformal.py)", "run": run.name,
         "run_dir": str(run.dir.resolve()), "git_commit": git_commit(),
@@ -204,6 +295,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "config_default": {"conformal_alphas": ecfg.conformal_alphas, "conformal_method": ecfg.conformal_method,
                            "conformal_mondrian": ecfg.conformal_mondrian},
         "results": results,
+        "external": external,
         "seconds": round(time.perf_counter() - t0, 1), "load_avg": list(os.getloadavg()), "machine": machine_facts(),
     }  # fmt: skip
 
@@ -245,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
+    ap.add_argument("--lgg", default=str(SHARED / "lgg-flair"), help="lgg-flair root (labels.csv)")
+    ap.add_argument("--robustness-cache", default=str(REPO / "work" / "robustness"),
+                    help="bench/robustness.py's cache of preprocessed external slices")  # fmt: skip
+    ap.add_argument("--no-external", action="store_true", help="skip the lgg-flair table")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     result = run_benchmark(args)
