@@ -97,6 +97,15 @@ class SplitConfig(Section):
     seed: int = 42
     keep_source_test: bool = False
     """Use a source's own Testing/ folder as the test split (its duplicates are moved out of train)."""
+    group_by: Literal["near_duplicate", "scan"] = "near_duplicate"
+    """Groups kept whole: ``near_duplicate`` (exact + pHash clusters) or ``scan`` (those clusters joined with
+    the other slices of their scan series by brainmri.data.grouping; see docs/data.md)."""
+    scan_neighbours: int = Field(3, ge=1)
+    """group_by scan: link two images only when each is among the other's k nearest (same size and label)."""
+    scan_max_distance: float = Field(12.0, gt=0.0)
+    """group_by scan: largest combined descriptor distance of a link (about 3 for a typical adjacent slice)."""
+    scan_max_group: int = Field(40, ge=2)
+    """group_by scan: a link that would make a group larger than this is refused (no giant chained groups)."""
 
 
 class CropConfig(Section):

@@ -12,6 +12,11 @@ once. Every exclusion is recorded with its reason.
 Assignment is a greedy stratified group split: per class, clusters (largest first, ties in a seeded
 random order) go to the split whose class count is furthest below its target. This hits the requested
 fractions per class to within one cluster and is deterministic for a seed.
+
+With ``split.group_by: scan`` the groups assigned whole are the duplicate clusters joined with the other
+slices of their scan series (``brainmri.data.grouping``: mutual nearest neighbours on cheap image
+descriptors, within one image size and label, under a group-size cap), so adjacent slices that are
+further apart than the near-duplicate threshold stay on one side too.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +104,13 @@ def make_split(
     classes: Sequence[str],
     manifest: str = "",
     manifest_sha256: str = "",
+    descriptors: Callable[[pd.DataFrame], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Compute the split dict (schema in docs/architecture.md) from a manifest frame.
 
     ``split_cfg`` is ``cfg.split``, ``audit`` gives the near-duplicate threshold (``cfg.audit``),
-    ``classes`` the training classes (``cfg.data.classes``).
+    ``classes`` the training classes (``cfg.data.classes``). ``descriptors`` (group_by scan only) maps
+    manifest rows to scan descriptors (default: decode the files, no cache).
     """
     classes = list(classes)
     frame = df.sort_values("id", kind="stable").reset_index(drop=True)
@@ -114,13 +121,14 @@ def make_split(
     lab = elig["label"].to_numpy(str)
     n_conflict_clusters = _exclude_label_conflicts(graph, ids, lab, excluded)
     keep = _keep_one_exact_copy(elig, ids, excluded, split_cfg.keep_source_test)
+    cluster, scan_info = _groups(elig, graph.cluster, keep, split_cfg, descriptors)
     rng = np.random.default_rng(split_cfg.seed)
-    assignment, moved_out = _assign_splits(elig, ids, graph.cluster, keep, excluded, split_cfg, rng, manifest)
+    assignment, moved_out = _assign_splits(elig, ids, cluster, keep, excluded, split_cfg, rng, manifest)
     trainval = (assignment == 0) | (assignment == 1)
     if trainval.sum() == 0:
         raise DataError(f"{manifest or 'manifest'}: no images left for train/val after exclusions")
     fold_of = np.full(len(elig), -1, np.int64)
-    _assign_rows(trainval, graph.cluster, lab, [1.0 / split_cfg.folds] * split_cfg.folds, rng, fold_of, 0)
+    _assign_rows(trainval, cluster, lab, [1.0 / split_cfg.folds] * split_cfg.folds, rng, fold_of, 0)
     folds = [
         {
             "train": sorted(ids[trainval & (fold_of != k)].tolist()),
@@ -141,15 +149,53 @@ def make_split(
         "params": {
             "near_threshold": audit.near_threshold,
             "hash_size": audit.hash_size,
-            "val_fraction": split_cfg.val_fraction,
-            "test_fraction": split_cfg.test_fraction,
-            "folds": split_cfg.folds,
-            "keep_source_test": split_cfg.keep_source_test,
+            **split_cfg.model_dump(include={"val_fraction", "test_fraction", "folds", "keep_source_test"}),
             "clusters": len(set(graph.cluster[keep].tolist())),
             "label_conflict_clusters": n_conflict_clusters,
             "moved_out_of_train_for_test": moved_out,
+            **scan_info,
         },
     }
+
+
+def _groups(
+    elig: pd.DataFrame,
+    cluster: np.ndarray,
+    keep: np.ndarray,
+    split_cfg: SplitConfig,
+    descriptors: Callable[[pd.DataFrame], np.ndarray] | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(group per row, params to record): the duplicate clusters, or with ``group_by: scan`` those clusters
+    joined with the other slices of their scan series among the kept rows (same width, height and label)."""
+    if split_cfg.group_by != "scan":
+        return cluster, {"group_by": split_cfg.group_by}
+    from brainmri.data.grouping import descriptor_digest, group_sizes, manifest_descriptors, scan_groups
+
+    rows = np.flatnonzero(keep)
+    kept = elig.iloc[rows].reset_index(drop=True)
+    desc = descriptors(kept) if descriptors is not None else manifest_descriptors(kept)
+    buckets = (kept["width"].astype(str) + "x" + kept["height"].astype(str) + ":" + kept["label"]).to_numpy()
+    scan = scan_groups(
+        desc,
+        split_cfg.scan_neighbours,
+        split_cfg.scan_max_distance,
+        split_cfg.scan_max_group,
+        buckets=buckets,
+        initial=cluster[rows],
+    )
+    out = np.arange(len(elig), dtype=np.int64) + len(rows)  # excluded rows: one group each (never assigned)
+    out[rows] = scan
+    sizes = group_sizes(scan)
+    info = {
+        "group_by": split_cfg.group_by,
+        "scan_neighbours": split_cfg.scan_neighbours,
+        "scan_max_distance": split_cfg.scan_max_distance,
+        "scan_max_group": split_cfg.scan_max_group,
+        "scan_groups": sizes["groups"],
+        "scan_groups_largest": sizes["largest"][:5],
+        "scan_descriptors_sha256": descriptor_digest(desc),
+    }
+    return out, info
 
 
 def _unusable_rows(frame: pd.DataFrame, classes: list[str]) -> dict[str, str]:
@@ -464,8 +510,21 @@ def run_split(
     from brainmri.utils import atomic_write_json, atomic_write_text
 
     df = read_manifest(manifest_path)
+    cache = Path(out_path).parent / "scan_descriptors.npz"
+
+    def descriptors(frame: pd.DataFrame) -> np.ndarray:
+        from brainmri.data.grouping import manifest_descriptors
+
+        return manifest_descriptors(frame, cache)
+
     split = make_split(
-        df, split_cfg, audit, classes, manifest=str(manifest_path), manifest_sha256=file_sha256(manifest_path)
+        df,
+        split_cfg,
+        audit,
+        classes,
+        manifest=str(manifest_path),
+        manifest_sha256=file_sha256(manifest_path),
+        descriptors=descriptors,
     )
     validate_split(split, str(out_path))
     out = Path(out_path)
