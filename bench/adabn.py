@@ -25,6 +25,7 @@ keep it near 8,000 forwards on the shared 2-core machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -228,12 +229,42 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
+HEADLINE = {"test": ["accuracy", "tumour_auc"], "lgg-flair": ["auc", "sensitivity", "specificity"],
+            "navoneel": ["auc", "sensitivity", "specificity"]}  # fmt: skip
+
+
+def _v(entry: dict, key: str) -> str:
+    ci = entry["ci95"].get(key)
+    value = entry.get(key)
+    return "n/a" if value is None else f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """Two tables: none vs AdaBN on each evaluated subsample; the four conditions on the TTA subsets."""
+    lines = ["| set | metric | n (groups) | none | AdaBN | AdaBN - none |", "|---|---|---|---|---|---|"]
+    for name, r in result["sets"].items():
+        f = r["full"]
+        for k in HEADLINE[name]:
+            lines.append(f"| {name} | {k} | {r['n']} ({r['n_groups']}) | {_v(f['none'], k)} | {_v(f['adabn'], k)} "
+                         f"| {_v(f['adabn'], 'delta_' + k)} |")  # fmt: skip
+    lines += ["", "| set | metric | n (groups) | none | AdaBN | TTA | AdaBN + TTA | TTA - none | AdaBN + TTA - none |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in result["sets"].items():
+        t = r["tta_subset"]
+        for k in HEADLINE[name]:
+            cells = " | ".join(_v(t[c], k) for c in CONDITIONS)
+            lines.append(f"| {name} | {k} | {r['n_tta_subset']} ({r['n_tta_groups']}) | {cells} "
+                         f"| {_v(t['tta'], 'delta_' + k)} | {_v(t['adabn+tta'], 'delta_' + k)} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default=str(REPO / "bundles" / "cpu-robust"))
     p.add_argument("--run", default=str(REPO.parent / "pipe" / "runs" / "cpu-robust"),
                    help="the bundle's run folder (its split and preprocessed cache give the test images)")  # fmt: skip
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "adabn.json"))
+    p.add_argument("--render", metavar="JSON", help="only print a result file as markdown tables and exit")
     p.add_argument("--test", type=int, default=400, help="class-stratified test subsample (as robustness.py)")
     p.add_argument(
         "--lgg", dest="lgg_n", type=int, default=800, help="lgg-flair slices (the same share of every patient)"
@@ -255,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     from brainmri.utils import atomic_write_json, setup_torch
 
     args = parse_args(argv)
+    if args.render:
+        print(render_markdown(json.loads(Path(args.render).read_text())))
+        return 0
     setup_torch(args.threads)
     args.out = str(Path(args.out).resolve())
     result = run_benchmark(args)
