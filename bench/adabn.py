@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "src"))
 from robustness import (  # noqa: E402
     SEED,
     SHARED,
+    corrupt_images,
     enter_project_of,
     external_images,
     git_commit,
@@ -206,8 +207,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if run.preprocessor().to_dict() != predictor.preprocessor.to_dict():
         raise SystemExit("the run's preprocessor differs from the bundle's: cached images would not match")
     project = enter_project_of(run)
-    results = {}
-    for name, (images, labels, groups, tta_idx, kind) in load_sets(run, args).items():
+    results, mric = {}, None
+    if args.corruptions:
+        mric = evaluate_mric(predictor, run, args)
+    n_mric = 3 * mric["n"] * (len(mric) - 1) if mric else 0  # forwards: none, adaptation, adapted
+    for name, (images, labels, groups, tta_idx, kind) in ({} if args.corruptions else load_sets(run, args)).items():
         results[name] = evaluate_set(predictor, images, labels, groups, tta_idx, kind, args)
         r = results[name]["full"]
         print(f"{name}: n {len(images)}, none {r['none']}, adabn {r['adabn']}", flush=True)
@@ -223,10 +227,34 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      "p_tumour": "1 - p(no_tumor), calibrated (softmax(logits / T))",
                      "relative_paths_resolved_in": project},
         "sets": results,
-        "forwards": sum(r["cost"]["forwards"] for r in results.values()),
+        "mric": mric,
+        "forwards": sum(r["cost"]["forwards"] for r in results.values()) + n_mric,
         "seconds": round(time.perf_counter() - start, 1), "load_avg_start": load_start,
         "load_avg_end": list(os.getloadavg()), "machine": machine_facts(),
     }  # fmt: skip
+
+
+def evaluate_mric(predictor, run, args) -> dict[str, Any]:
+    """MRI-C cells (``NAME:SEVERITY``) on a test subsample: none vs AdaBN fitted on the corrupted images.
+
+    Every image of the "site" carries the same corruption, AdaBN's natural case (a global appearance shift).
+    """
+    test = run.load_images("test")
+    keep = stratified_subset(test.labels, args.mric_test)
+    images, labels, ids = test.images[keep], test.labels[keep], [test.ids[i] for i in keep]
+    no = predictor.classes.index("no_tumor")
+    out: dict[str, Any] = {"n": len(keep)}
+    for spec in args.corruptions.split(","):
+        name, level = spec.split(":")
+        shifted = corrupt_images(images, name, int(level))
+        x = shifted[:, None].astype(np.float32) / np.float32(255.0)
+        probs = {"none": predictor.probabilities(_logits(predictor.runtime.logits, x, args.batch))}
+        adapted = predictor.adapt(shifted)
+        probs["adabn"] = predictor.probabilities(_logits(adapted.runtime.logits, x, args.batch))
+        out[spec] = paired_bootstrap(ids, lambda idx, p: four_class_metrics(labels[idx], p[idx], no), probs,
+                                     args.bootstrap)  # fmt: skip
+        print(f"{spec}: none {out[spec]['none']['accuracy']}, adabn {out[spec]['adabn']['accuracy']}", flush=True)
+    return out
 
 
 HEADLINE = {"test": ["accuracy", "tumour_auc"], "lgg-flair": ["auc", "sensitivity", "specificity"],
@@ -241,6 +269,13 @@ def _v(entry: dict, key: str) -> str:
 
 def render_markdown(result: dict[str, Any]) -> str:
     """Two tables: none vs AdaBN on each evaluated subsample; the four conditions on the TTA subsets."""
+    if result.get("mric"):
+        lines = ["| MRI-C cell | n | none accuracy | AdaBN accuracy | AdaBN - none |", "|---|---|---|---|---|"]
+        for spec, r in result["mric"].items():
+            if spec != "n":
+                lines.append(f"| {spec} | {result['mric']['n']} | {_v(r['none'], 'accuracy')} | "
+                             f"{_v(r['adabn'], 'accuracy')} | {_v(r['adabn'], 'delta_accuracy')} |")  # fmt: skip
+        return "\n".join(lines)
     lines = ["| set | metric | n (groups) | none | AdaBN | AdaBN - none |", "|---|---|---|---|---|---|"]
     for name, r in result["sets"].items():
         f = r["full"]
@@ -272,6 +307,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tta-test", type=int, default=60)
     p.add_argument("--tta-lgg", type=int, default=110)
     p.add_argument("--tta-nav", type=int, default=50, help="navoneel TTA subset (every no-tumour image kept)")
+    p.add_argument("--corruptions", default="", metavar="NAME:SEVERITY,...",
+                   help="instead of the sets: MRI-C cells (bench/robustness.py names, severity 1-3), none vs AdaBN "
+                   "fitted on the corrupted test subsample; write to another --out")  # fmt: skip
+    p.add_argument("--mric-test", type=int, default=120, help="class-stratified test subsample for --corruptions")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bootstrap", type=int, default=1000)
