@@ -139,11 +139,10 @@ def test_cli_adapts_on_the_inputs_or_a_folder(bundle_dir: Path, tmp_path: Path, 
     from brainmri.cli import main
 
     images, _ = phantom_images(5, seed=21)  # 20 images
-    inputs = [
-        write_png(tmp_path / "site" / f"s{i:02d}.png", np.clip(a * 0.6 + 40, 0, 255)) for i, a in enumerate(images)
-    ]
+    site = tmp_path / "site"
+    inputs = [write_png(site / f"s{i:02d}.png", np.clip(a * 0.6 + 40, 0, 255)) for i, a in enumerate(images)]
     out = tmp_path / "pred.json"
-    base = ["predict", str(bundle_dir), str(tmp_path / "site"), "--workers", "0"]
+    base = ["predict", str(bundle_dir), str(site), "--workers", "0"]
     assert main([*base, "--out", str(out)]) == 0
     plain = json.loads(out.read_text())
     assert plain["settings"]["adapt_bn"] is None
@@ -157,9 +156,16 @@ def test_cli_adapts_on_the_inputs_or_a_folder(bundle_dir: Path, tmp_path: Path, 
                zip(doc["predictions"], plain["predictions"], strict=True)]  # fmt: skip
     assert max(changed) > 1e-4
 
-    assert main([*base, "--adapt-bn", str(tmp_path / "site"), "--format", "csv", "--out", str(out)]) == 0
+    assert main([*base, "--adapt-bn", str(site), "--format", "csv", "--out", str(out)]) == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 20 and {r["adapt_bn_images"] for r in rows} == {"20"}
 
     assert main(["predict", str(bundle_dir), *map(str, inputs[:3]), "--adapt-bn", "--out", str(out)]) == 2
     assert "at least 16 target images" in capsys.readouterr().err
+    assert main(["predict", str(bundle_dir), str(site), "--study", "--adapt-bn", "--out", str(out)]) == 2
+    assert "--study needs --adapt-bn FOLDER" in capsys.readouterr().err
+
+    (site / "broken.png").write_bytes(b"")  # an unreadable target file is counted, not fatal
+    adapted = Predictor.from_bundle(bundle_dir, threads=1).adapt(str(site))
+    assert adapted.adaptation["images"] == 20 and adapted.adaptation["failed_inputs"] == 1
+    assert adapted.adaptation["source"] == str(site)
