@@ -100,7 +100,7 @@ class SplitConfig(Section):
     group_by: Literal["near_duplicate", "scan"] = "near_duplicate"
     """Groups kept whole: ``near_duplicate`` (exact + pHash clusters) or ``scan`` (those clusters joined with
     the other slices of their scan series by brainmri.data.grouping; see docs/data.md)."""
-    scan_neighbours: int = Field(3, ge=1)
+    scan_neighbours: int = Field(4, ge=1)
     """group_by scan: link two images only when each is among the other's k nearest (same size and label)."""
     scan_max_distance: float = Field(12.0, gt=0.0)
     """group_by scan: largest combined descriptor distance of a link (about 3 for a typical adjacent slice)."""

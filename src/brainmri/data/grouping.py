@@ -19,7 +19,7 @@ The combined distance is the sum of the three distances, each divided by a fixed
 distance of adjacent slices on lgg-flair, rounded), so a typical adjacent pair scores about 3.
 
 Linkage (``scan_groups``): candidate edges join mutual k nearest neighbours (each among the other's
-``k`` nearest, default 3) within ``max_distance`` and inside one bucket (the split uses image size and
+``k`` nearest, default 4) within ``max_distance`` and inside one bucket (the split uses image size and
 label: slices of one series share both). Slices of a series form a chain whose two neighbours are the
 slices above and below, so a small mutual k follows the chain but rarely jumps to another patient.
 Edges are merged in order of distance (Kruskal / single linkage), starting from the given initial
@@ -207,7 +207,7 @@ def capped_union(n: int, i: np.ndarray, j: np.ndarray, max_group: int, initial: 
 
 def scan_groups(
     desc: np.ndarray,
-    k: int = 3,
+    k: int = 4,
     max_distance: float = 12.0,
     max_group: int = 40,
     buckets: np.ndarray | None = None,
