@@ -142,7 +142,7 @@ def _write_scans(root: Path) -> dict[str, int]:
 
 def test_split_group_by_scan_keeps_each_scan_on_one_side(tmp_path):
     from brainmri.data.manifest import build_manifest
-    from brainmri.data.split import make_split, validate_split
+    from brainmri.data.split import data_card, data_card_markdown, make_split, validate_split
 
     root = tmp_path / "scans"
     scan_of = _write_scans(root)
@@ -157,6 +157,7 @@ def test_split_group_by_scan_keeps_each_scan_on_one_side(tmp_path):
     p = split["params"]
     assert p["group_by"] == "scan"
     assert p["scan_groups"] == len(set(scan_of.values())) < p["clusters"]  # pHash alone splits some scans
+    assert "Grouped by scan" in data_card_markdown(data_card(split, df), cfg.data.classes)
     assert "scan_groups" not in make_split(df, load_config().split, cfg.audit, cfg.data.classes)["params"]
 
 

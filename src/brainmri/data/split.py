@@ -469,6 +469,15 @@ def data_card_markdown(card: dict[str, Any], classes: list[str]) -> str:
         "each assigned whole.",
         f"Fractions: val {p.get('val_fraction')}, test {p.get('test_fraction')}; {p.get('folds')} folds over "
         f"train+val; keep_source_test: {p.get('keep_source_test')}.",
+        *(
+            [
+                f"Grouped by scan: the clusters joined with the other slices of their scan series into "
+                f"{p.get('scan_groups')} groups (largest {p.get('scan_groups_largest')}; k {p.get('scan_neighbours')}, "
+                f"max distance {p.get('scan_max_distance')}, cap {p.get('scan_max_group')}); each group assigned whole."
+            ]
+            if p.get("group_by") == "scan"
+            else []
+        ),
         "",
         "## Images per class and split",
         "",
