@@ -177,3 +177,18 @@ def test_lgg_flair_patients_recovered():
     s = pairwise_scores(sub["patient"], groups)
     assert s["precision"] >= 0.8, s
     assert s["recall"] >= 0.3, s
+
+
+def test_cli_split_group_by_scan_caches_descriptors(tmp_path):
+    from brainmri.cli import main
+    from brainmri.data.split import read_split
+
+    root = tmp_path / "scans"
+    _write_scans(root)
+    manifest = tmp_path / "work" / "manifest.csv"
+    assert main(["data", "import", str(root), "--out", str(manifest), "--workers", "1"]) == 0
+    out = tmp_path / "work" / "split.json"
+    args = ["data", "split", str(manifest), "--out", str(out), "--folds", "2", "--set", "split.group_by=scan"]
+    assert main(args) == 0
+    assert (out.parent / "scan_descriptors.npz").is_file()
+    assert read_split(out)["params"]["group_by"] == "scan"
