@@ -272,7 +272,73 @@ def block_serve() -> str | None:
     return text
 
 
+def block_ablation() -> str | None:
+    r = _load(RESULTS / "ablation.json")
+    if r is None:
+        return None
+    head = (
+        f"From `bench/results/ablation.json` (`{r['command']}`; recipe: {r['recipe']['what']}; seeds "
+        f"{', '.join(map(str, r['seeds']))}; {_machine(r)}). Cells: mean over seeds ± seed sd (95% bootstrap CI of the "
+        "seed mean; lgg-flair resamples patients). The last column is the reference design's claim, not a measurement."
+    )
+    return head + "\n\n" + _bench_module("ablation").render_markdown(r) + "\n\n" + _ablation_deltas(r)
+
+
+def _ablation_deltas(r: dict[str, Any]) -> str:
+    """Each preset minus raw (paired bootstrap), so 'does preprocessing help' is read off one line each."""
+    parts = []
+    for preset, p in r["presets"].items():
+        m = p["metrics"]
+        if "minus_raw" not in m["test_accuracy"]:
+            continue
+        cells = []
+        for key, label, k in (("test_accuracy", "test acc", 100), ("lgg_flair_auc", "lgg-flair AUC", 1),
+                              ("navoneel_auc", "navoneel AUC", 1)):  # fmt: skip
+            d = m[key]["minus_raw"]
+            digits = 1 if k == 100 else 3
+            lo, hi = (c * k for c in d["ci95"])
+            cells.append(f"{label} {d['value'] * k:+.{digits}f} ({lo:+.{digits}f} to {hi:+.{digits}f})")
+        parts.append(f"- **{preset} − raw**: " + "; ".join(cells))
+    return "\n".join(parts)
+
+
+def block_kfold() -> str | None:
+    r = _load(RESULTS / "kfold.json")
+    if r is None:
+        return None
+    lines = [
+        f"From `bench/results/kfold.json` (`{r['command']}`; config `{r['config']}` with "
+        f"{', '.join(r['overrides']) or 'no overrides'}; {r['preprocessing']}; {_machine(r)}). {r['note']}.",
+        "",
+        "| metric | mean ± sd | 95% CI (t over folds) | per fold |",
+        "|---|---|---|---|",
+    ]
+    for key in ("accuracy", "f1_macro", "auc_macro_ovr", "ece_after", "tumour_sensitivity", "tumour_specificity"):
+        m = r["metrics"].get(key)
+        if m is None:
+            continue
+        pct = key != "ece_after"
+        f = (lambda v: f"{v * 100:.1f}%") if pct else (lambda v: f"{v:.3f}")
+        per = ", ".join(f(v) for v in m["values"])
+        lines.append(f"| {key} | {f(m['mean'])} ± {f(m['sd'])} | {f(m['ci_low'])}–{f(m['ci_high'])} | {per} |")
+    return "\n".join(lines)
+
+
+def block_adabn() -> str | None:
+    r = _load(RESULTS / "adabn.json")
+    return None if r is None else _bench_module("adabn").render_markdown(r)
+
+
+def block_conformal() -> str | None:
+    r = _load(RESULTS / "conformal.json")
+    return None if r is None else _bench_module("conformal").render(r)
+
+
 BLOCKS = {
+    "ablation": block_ablation,
+    "kfold": block_kfold,
+    "adabn": block_adabn,
+    "conformal": block_conformal,
     "robustness": block_robustness,
     "robustness_table": block_robustness_table,
     "ood_check": block_ood_check,

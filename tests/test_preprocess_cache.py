@@ -204,3 +204,28 @@ def test_preprocessor_loaded_from_cache_matches(tmp_path, bad_images):
     again = Preprocessor.from_dict(pre.to_dict())
     img = read_image(tmp_path / "data" / "pituitary_03.png").array
     assert again(img).tobytes() == pre(img).tobytes()
+
+
+def test_fold_cache_fits_on_the_fold_training_part_only(tmp_path, bad_images):
+    """k-fold: each fold's Nyúl landmarks come from that fold's training part, never its validation part."""
+    from brainmri.data.split import read_split
+    from brainmri.train.trainer import load_training_data
+
+    _, _, split = _write_dataset(tmp_path / "data", bad_images)
+    readable = {k: [i for i in split[k] if not i.startswith("ph/bad/")] for k in ("train", "val", "test")}
+    split_path = _write_split(tmp_path / "readable.json", dict(split, **readable))  # as `data split` excludes them
+    cfg = _cfg(tmp_path)
+    folds = read_split(split_path)["folds"]
+    layout = Layout.from_config(cfg.paths)
+    states = []
+    for k in (0, 1):
+        train, val, cache = load_training_data(cfg, split_path, fold=k)
+        assert cache.dir.parent == layout.fold_preprocess_root(k)
+        state = json.loads(cache.state_path.read_text(encoding="utf-8"))
+        assert state["fit"]["split_part"] == f"fold{k}:train"
+        assert state["fit"]["n_images"] == len(folds[k]["train"])
+        assert set(train.ids) | set(val.ids) <= set(folds[k]["train"]) | set(folds[k]["val"])
+        states.append(state["nyul"]["standard_landmarks_"])
+    assert states[0] != states[1]  # different training parts -> different landmarks
+    again = load_training_data(cfg, split_path, fold=0)[2]  # a finished fold cache is reused, not refitted
+    assert json.loads(again.state_path.read_text(encoding="utf-8"))["nyul"]["standard_landmarks_"] == states[0]

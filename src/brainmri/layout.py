@@ -53,6 +53,10 @@ class Layout:
         """Parent of the per-config cache folders ``<config_hash>/``."""
         return self.work_dir / "preprocess"
 
+    def fold_preprocess_root(self, fold: int) -> Path:
+        """Per-fold caches: k-fold fits the preprocessing (Nyúl landmarks) on each fold's training part."""
+        return self.preprocess_root / f"fold{fold}"
+
     @property
     def workflow_dir(self) -> Path:
         """Where the main job keeps its resolved config and stage log."""

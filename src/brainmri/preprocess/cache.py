@@ -235,11 +235,14 @@ def build_cache(
     out_root: str | os.PathLike[str],
     workers: int | None = None,
     log: Any = None,
+    parts: Sequence[str] = ("train", "val", "test"),
 ) -> CacheReport:
-    """Fit on split["train"] (capped), then preprocess every id of train/val/test into the cache folder.
+    """Fit on the first of ``parts`` (capped), then preprocess every id of ``parts`` into the cache folder.
 
     ``preprocess`` is ``cfg.preprocess``; ``data`` (``cfg.data``) gives the decode limits. The folder
     is ``preprocess_dir_for(preprocess, out_root)``; the command layer saves the resolved config there.
+    ``parts`` are split-part names (``train``, ``fold2:train`` ...): k-fold passes one fold's
+    ``("foldK:train", "foldK:val")`` with its own ``out_root``, so Nyúl never sees the fold's validation images.
     """
     import pandas as pd
 
@@ -249,7 +252,7 @@ def build_cache(
     say = log or (lambda msg: print(msg, file=sys.stderr))
     manifest = read_manifest(manifest_path)
     split = read_split(split_path)
-    frames = [split_frame(manifest, split, part) for part in ("train", "val", "test")]
+    frames = [split_frame(manifest, split, part) for part in parts]
     rows = pd.concat(frames, ignore_index=True).drop_duplicates("id").reset_index(drop=True)
     cache = PreprocessedCache(preprocess_dir_for(preprocess, out_root))
     (cache.dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
@@ -258,7 +261,9 @@ def build_cache(
     pre = Preprocessor.from_config(preprocess)
     fit_info: dict[str, Any] = {"needs_fit": pre.needs_fit}
     if pre.needs_fit:
-        pre, fit_info = _fitted(pre, cache, frames[0], _Runner(pre, data, workers), preprocess, split_path, say, report)
+        runner = _Runner(pre, data, workers)
+        pre, fit_info = _fitted(pre, cache, frames[0], runner, preprocess, split_path, say, report)
+        fit_info["split_part"] = parts[0]
         report.fitted_on = int(fit_info.get("n_images", 0))
     state = pre.to_dict()
     state["fit"] = fit_info

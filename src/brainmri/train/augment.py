@@ -594,7 +594,8 @@ class Augmenter:
     """Applies the configured augmentations; each scanner-variation or appearance value is a probability.
 
     ``bank`` (optional): uint8 training images that Fourier amplitude mixing draws its partner from; the
-    data module would pass its training array (``Augmenter(cfg.train.augment, bank=train_images)``).
+    trainer passes its training array (``Augmenter(cfg.train.augment, bank=train_images)``), so a slice
+    takes the low-frequency appearance of another scan while keeping its own anatomy.
     """
 
     def __init__(self, cfg: AugmentConfig, bank: np.ndarray | None = None) -> None:

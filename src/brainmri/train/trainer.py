@@ -45,7 +45,11 @@ def load_training_data(cfg: Config, split_file: str | Path, fold: int | None):
 
     split = read_split(split_file)
     manifest = read_manifest(split["manifest"])
-    cache_dir = preprocess_dir_for(cfg.preprocess, Layout.from_config(cfg.paths).preprocess_root)
+    layout = Layout.from_config(cfg.paths)
+    if fold is not None:
+        _build_fold_cache(cfg, split_file, split["manifest"], fold, layout.fold_preprocess_root(fold))
+    root = layout.preprocess_root if fold is None else layout.fold_preprocess_root(fold)
+    cache_dir = preprocess_dir_for(cfg.preprocess, root)
     if not Path(cache_dir).is_dir():
         raise DataError(f"no preprocessing cache at {cache_dir}; run `brainmri preprocess` with the same config first")
     cache = PreprocessedCache(cache_dir)
@@ -59,6 +63,18 @@ def load_training_data(cfg: Config, split_file: str | Path, fold: int | None):
             bad = sorted({n for n, lab in zip(s.label_names, s.labels, strict=True) if lab < 0})
             raise DataError(f"split '{name}' has labels outside data.classes: {bad}")
     return train, val, cache
+
+
+def _build_fold_cache(cfg: Config, split_file: str | Path, manifest: str, fold: int, root: Path) -> None:
+    """Fit the preprocessing on fold ``fold``'s training part only and cache that fold's images.
+
+    Why per fold: Nyúl landmarks are learnt from images; fitted once on the main split's train part they
+    would have seen every other fold's validation images. Idempotent: a finished fold cache is reused.
+    """
+    from brainmri.preprocess.cache import build_cache
+
+    parts = (f"fold{fold}:train", f"fold{fold}:val")
+    build_cache(cfg.preprocess, cfg.data, manifest, split_file, root, parts=parts)
 
 
 class BestWeights(Callback):
@@ -188,12 +204,40 @@ def train_head_on_features(
         model.to(memory_format=torch.channels_last)
     f_train = _features(model, train.images, tc.batch_size * 2, tc.channels_last, "stage 1: features (train)")
     f_val = _features(model, val.images, tc.batch_size * 2, tc.channels_last, "stage 1: features (val)")
-    feat_seconds = time.perf_counter() - t0
-    weights = balanced_class_weights(train.labels, model.num_classes) if tc.class_weights else None
+    feats = HeadData(f_train, train.labels, f_val, val.labels, time.perf_counter() - t0)
+    fit_head(model, cfg, feats, best, history, loggers)
+
+
+@dataclass
+class HeadData:
+    """Pooled backbone features of the training and validation images (what stage 1 trains the head on)."""
+
+    f_train: torch.Tensor
+    y_train: np.ndarray
+    f_val: torch.Tensor
+    y_val: np.ndarray
+    feature_seconds: float = 0.0
+
+
+def fit_head(
+    model: BrainClassifier,
+    cfg: Config,
+    data: HeadData,
+    best: BestWeights,
+    history: list[dict[str, Any]],
+    loggers: list | None = None,
+) -> None:
+    """Train the classifier head on fixed features (stage 1's optimiser, schedule, loss and seed).
+
+    Separate from the feature pass so that a study can train several seeds on one set of features
+    (``bench/ablation.py``) with exactly the recipe ``brainmri train`` uses.
+    """
+    tc = cfg.train
+    weights = balanced_class_weights(data.y_train, model.num_classes) if tc.class_weights else None
     loss_fn = build_loss(tc, model.num_classes, weights)
     opt = torch.optim.AdamW(model.backbone.get_classifier().parameters(), lr=tc.stage1.lr, weight_decay=tc.weight_decay)
-    y_train = torch.from_numpy(train.labels)
-    steps_per_epoch = -(-len(f_train) // tc.batch_size)
+    y_train = torch.from_numpy(data.y_train)
+    steps_per_epoch = -(-len(data.f_train) // tc.batch_size)
     total = steps_per_epoch * max(1, tc.stage1.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 0, total))
     g = torch.Generator().manual_seed(tc.seed)
@@ -201,12 +245,12 @@ def train_head_on_features(
     for epoch in progress(range(tc.stage1.epochs), desc="stage 1: head on cached features", leave=True):
         t_epoch = time.perf_counter()
         model.train()
-        perm = torch.randperm(len(f_train), generator=g)
-        train_loss = _head_epoch(model, f_train[perm], y_train[perm], loss_fn, opt, sched, tc.batch_size)
-        metrics = _head_validation(model, f_val, val.labels)
-        seconds = time.perf_counter() - t_epoch + (feat_seconds if epoch == 0 else 0.0)
+        perm = torch.randperm(len(data.f_train), generator=g)
+        train_loss = _head_epoch(model, data.f_train[perm], y_train[perm], loss_fn, opt, sched, tc.batch_size)
+        metrics = _head_validation(model, data.f_val, data.y_val)
+        seconds = time.perf_counter() - t_epoch + (data.feature_seconds if epoch == 0 else 0.0)
         row = {"stage": 1, "epoch": epoch, "seconds": round(seconds, 2)}
-        row |= {"images_per_s": round(len(f_train) / max(seconds, 1e-9), 2), "train_loss": train_loss, **metrics}
+        row |= {"images_per_s": round(len(data.f_train) / max(seconds, 1e-9), 2), "train_loss": train_loss, **metrics}
         history.append(row)
         step = (epoch + 1) * steps_per_epoch - 1  # the epoch's last optimiser step, as Lightning logs it
         for lg in loggers or []:
@@ -400,7 +444,7 @@ class _Stages:
             n_classes,
             tc.batch_size,
             tc.num_workers,
-            Augmenter(tc.augment),
+            Augmenter(tc.augment, bank=self.train.images),  # Fourier mix partners: other training slices
             tc.oversample,
             tc.seed,
         )
