@@ -192,3 +192,14 @@ def test_cli_split_group_by_scan_caches_descriptors(tmp_path):
     assert main(args) == 0
     assert (out.parent / "scan_descriptors.npz").is_file()
     assert read_split(out)["params"]["group_by"] == "scan"
+
+
+def test_edges_do_not_depend_on_block_size():
+    from brainmri.data.grouping import mutual_knn_edges
+
+    a, b = _two_scans()
+    desc = np.stack([describe_array(x) for x in a + b])
+    ref = mutual_knn_edges(desc, 3, 12.0)
+    for chunk in (1, 3, 7):
+        for x, y in zip(ref, mutual_knn_edges(desc, 3, 12.0, chunk=chunk), strict=True):
+            np.testing.assert_array_equal(x, y)

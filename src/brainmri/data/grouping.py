@@ -135,11 +135,12 @@ def pair_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ha, hb = a[:, _T + _P :], b[:, _T + _P :]
     d_hist = np.abs(ha[:, None, :] - hb[None, :, :]).sum(axis=-1)
     d = d_thumb / SCALES["thumb"] + d_prof / SCALES["profile"] + d_hist / SCALES["hist"]
-    return np.where(np.isnan(d), np.inf, np.maximum(d, 0.0))
+    # rounded: BLAS blocking changes the last bits, and the merge order must not depend on it
+    return np.where(np.isnan(d), np.inf, np.round(np.maximum(d, 0.0), 9))
 
 
 def mutual_knn_edges(
-    desc: np.ndarray, k: int, max_distance: float, buckets: np.ndarray | None = None, chunk: int = 256
+    desc: np.ndarray, k: int, max_distance: float, buckets: np.ndarray | None = None, chunk: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edges ``(i, j, distance)``, ``i < j``, between rows that are among each other's ``k`` nearest
     neighbours inside their bucket (all rows one bucket when ``buckets`` is None) and within ``max_distance``.
@@ -152,14 +153,15 @@ def mutual_knn_edges(
         kk = min(k, len(rows) - 1)
         if kk < 1:
             continue
+        step = chunk or int(np.clip(4_000_000 // (len(rows) * HIST_BINS), 8, 256))  # ~32 MB per block
         nbr = np.empty((len(rows), kk), np.int64)
         nd = np.empty((len(rows), kk), np.float64)
-        for s in range(0, len(rows), chunk):
-            d = pair_distances(desc[rows[s : s + chunk]], desc[rows])
+        for s in range(0, len(rows), step):
+            d = pair_distances(desc[rows[s : s + step]], desc[rows])
             d[np.arange(d.shape[0]), np.arange(s, s + d.shape[0])] = np.inf
             part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
-            nbr[s : s + chunk] = part
-            nd[s : s + chunk] = np.take_along_axis(d, part, axis=1)
+            nbr[s : s + step] = part
+            nd[s : s + step] = np.take_along_axis(d, part, axis=1)
         src = np.repeat(np.arange(len(rows)), kk)
         dst, dist = nbr.ravel(), nd.ravel()
         pairs = set(zip(src.tolist(), dst.tolist(), strict=True))
