@@ -16,7 +16,12 @@ Two scores, higher = further from the training domain, each with a threshold fit
 - :class:`EnergyOOD` (Liu et al. 2020, "Energy-based out-of-distribution detection"): the free energy
   ``-T * logsumexp(logits / T)`` of the logits; needs no features and nothing fitted but the threshold.
 
-Both follow scikit-learn's conventions (``fit`` stores ``*_`` attributes, :class:`NotFittedError` when
+- :class:`InputChecks`: not a score on the features but cheap, explainable checks of the decoded image
+  before preprocessing (``brainmri.io.signals``: colourfulness, border brightness), with fixed thresholds
+  chosen on the real data. The deployed gate is ``in_domain = feature score passes and every input check
+  passes`` (``brainmri.infer.predictor``), each flag with its reason in words.
+
+The two scores follow scikit-learn's conventions (``fit`` stores ``*_`` attributes, :class:`NotFittedError` when
 used unfitted) and round-trip through JSON with ``to_dict()/from_dict()``; :func:`ood_from_dict` restores
 either kind. Fitting uses numpy and scikit-learn; scoring uses numpy only (every fitted quantity is
 a float32 array, stored in JSON as base64 bytes, see :func:`encode_array`), so a deployed bundle needs
@@ -26,6 +31,8 @@ neither torch nor scikit-learn to score.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -287,3 +294,31 @@ def ood_from_dict(d: dict[str, Any]) -> OODScore:
     if kind not in OOD_KINDS:
         raise ValueError(f"unknown out-of-domain score kind {kind!r}; known: {sorted(OOD_KINDS)}")
     return OOD_KINDS[kind].from_dict(d)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class InputChecks:
+    """Input-level out-of-domain checks on what the reader measured (``LoadedImage.meta``, ``brainmri.io.signals``).
+
+    Complements the feature score, which only sees the preprocessed image: a photograph keeps its colour and a
+    texture its bright frame only until preprocessing. A threshold of None switches its check off; a signal
+    missing from ``meta`` (an array input has no colour channels) is not checked.
+    """
+
+    max_colourfulness: float | None = None
+    max_border_brightness: float | None = None
+
+    def reasons(self, meta: Mapping[str, Any] | None) -> list[str]:
+        """Why the image is out of domain, in words; empty when every check passes."""
+        meta = meta or {}
+        out = []
+        colour = meta.get("colourfulness")
+        if self.max_colourfulness is not None and colour is not None and colour > self.max_colourfulness:
+            out.append(f"colour image (colourfulness {colour:.1f} > {self.max_colourfulness:g}; MRI is grayscale)")
+        border = meta.get("border_brightness")
+        if self.max_border_brightness is not None and border is not None and border > self.max_border_brightness:
+            out.append(f"no dark background (border brightness {border:.2f} > {self.max_border_brightness:g})")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_colourfulness": self.max_colourfulness, "max_border_brightness": self.max_border_brightness}

@@ -21,6 +21,7 @@ def _csv(classes: list[str], rows: list[dict[str, Any]], adaptation: dict[str, A
     columns = ["source", "label", *[f"p_{c}" for c in classes], "tumor_probability", "is_tumor", "threshold"]
     columns += ["conformal_set", "conformal_alpha", "entropy", "review", "review_reasons", "time_ms"]
     columns += [f"mc_mean_{c}" for c in classes] + [f"mc_std_{c}" for c in classes] + ["gradcam", "error"]
+    columns += ["in_domain", "ood_score", "ood_reasons"]  # the out-of-domain gate (docs/inference.md)
     columns += ["adapt_bn_images"] if adaptation else []  # AdaBN applied: on how many target images
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -36,6 +37,7 @@ def _csv(classes: list[str], rows: list[dict[str, Any]], adaptation: dict[str, A
         if r["conformal_set"] is not None:
             flat["conformal_set"] = "|".join(r["conformal_set"])
         flat["review_reasons"] = "; ".join(r["review_reasons"])
+        flat["ood_reasons"] = "; ".join(r.get("ood_reasons") or [])
         if r["mc_dropout"]:
             flat.update({f"mc_mean_{c}": r["mc_dropout"]["mean"][c] for c in classes})
             flat.update({f"mc_std_{c}": r["mc_dropout"]["std"][c] for c in classes})

@@ -19,6 +19,7 @@ import numpy as np
 
 from brainmri.errors import BrainMRIError, ImageReadError
 from brainmri.io.reader import EXTENSION_FORMATS, extension_of, sniff_format
+from brainmri.io.signals import border_brightness
 
 
 @dataclass
@@ -111,7 +112,8 @@ def load_item(item: Item, preprocessor: Any, size: int) -> Loaded | Failure:
                 array = array[..., 0]
             if array.ndim != 2 or array.size == 0:
                 return Failure(item.source, f"expected a 2D grayscale array, got shape {array.shape}", "unreadable")
-            array, meta = array.astype(np.float32, copy=False), {"format": "array"}
+            array = array.astype(np.float32, copy=False)
+            meta = {"format": "array", "border_brightness": border_brightness(array)}  # no colour channels
         else:
             loaded = read_image(item.payload, name=item.source)
             array, meta = loaded.array, loaded.meta

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from brainmri.bundle.sealed import Bundle
+from brainmri.calibrate.ood import InputChecks
 from brainmri.calibrate.probabilities import normalised_entropy, softmax, tumour_call, tumour_probability
 from brainmri.config import PredictConfig
 from brainmri.errors import (
@@ -34,6 +35,9 @@ from brainmri.errors import (
 from brainmri.infer.inputs import Failure, Item, Loaded, Loader, expand_inputs
 from brainmri.infer.runtime import Runtime, create_runtime
 from brainmri.labels import NO_TUMOR
+
+META_KEYS = ("format", "height", "width", "colourfulness", "border_brightness")
+"""What a Prediction's ``meta`` keeps of the reader's: the input's format and size, the input-check signals."""
 
 _ERRORS: dict[str, type[ImageReadError]] = {
     e.kind: e for e in (UnreadableImageError, TruncatedImageError, EmptyImageError, ImageTooLargeError)
@@ -64,10 +68,13 @@ class Prediction:
     """``{"passes": N, "mean": {class: p}, "std": {class: p}}`` when MC dropout was asked for."""
     gradcam: str | None = None
     in_domain: bool | None = None
-    """False when the image is unlike the training images (out-of-domain score above the bundle's
-    threshold, which 95% of in-domain validation images pass); None for a bundle without the score."""
+    """False when the image is unlike the training images: its out-of-domain score is above the bundle's
+    threshold (which 95% of in-domain validation images pass) or an input check flags it (a colour image, no
+    dark background; ``predict.ood_max_*``). None when the bundle has no score and no input check flagged it."""
     ood_score: float | None = None
     """Out-of-domain score (Mahalanobis distance of the model's features; larger = further from training)."""
+    ood_reasons: list[str] = field(default_factory=list)
+    """Why ``in_domain`` is False, in words (each failed check); empty otherwise."""
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +107,7 @@ class Predictor:
             raise ConfigError(f"{bundle.dir}: not calibrated, so no conformal sets (predict.conformal_alpha is set)")
         self._torch: Runtime | None = self.runtime if self.runtime.name == "torch" else None
         self.ood = bundle.ood()
+        self.input_checks = InputChecks(self.config.ood_max_colourfulness, self.config.ood_max_border_brightness)
         self.adaptation: dict[str, Any] | None = None
         """What :meth:`adapt` did (images, batches, layers), or None: the bundle's own statistics."""
         self._source_runtime: Runtime | None = None  # the unadapted runtime (out-of-domain score) after adapt
@@ -143,6 +151,7 @@ class Predictor:
             "tta": self.config.tta,
             "mc_dropout": self.config.mc_dropout,
             "adapt_bn": self.adaptation,
+            "input_checks": self.input_checks.to_dict(),
         }
 
     def torch_runtime(self) -> Runtime:
@@ -193,8 +202,13 @@ class Predictor:
         mc_dropout: int | None = None,
         gradcam_dir: str | Path | None = None,
         start_index: int = 0,
+        input_meta: list[dict[str, Any]] | None = None,
     ) -> list[Prediction]:
-        """Predictions for already preprocessed uint8 images (B, S, S) (the model, calibration and decision)."""
+        """Predictions for already preprocessed uint8 images (B, S, S) (the model, calibration and decision).
+
+        ``input_meta``: per image, the reader's ``LoadedImage.meta`` of the decoded file (its colourfulness and
+        border brightness feed the out-of-domain input checks); None: only the feature score decides ``in_domain``.
+        """
         start = time.perf_counter()
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (self.size, self.size):
@@ -217,7 +231,8 @@ class Predictor:
         if out_dir:
             maps = self.gradcam_maps(images, probs.argmax(axis=1), heads)
             cams = self._save_overlays(images, maps, probs.argmax(axis=1), Path(out_dir), sources, start_index)
-        preds = self.decide(probs, sources, mc, cams, domain)
+        checks = None if input_meta is None else [self.input_checks.reasons(m) for m in input_meta]
+        preds = self.decide(probs, sources, mc, cams, domain, checks)
         share = (time.perf_counter() - start) * 1000.0 / max(1, len(images))
         for p in preds:
             p.time_ms = share
@@ -230,10 +245,12 @@ class Predictor:
         mc: np.ndarray | None = None,
         cams: list[str] | None = None,
         domain: tuple[np.ndarray, np.ndarray] | None = None,
+        input_reasons: list[list[str]] | None = None,
     ) -> list[Prediction]:
         """Predictions from calibrated probabilities (N, C): label, tumour call, conformal set, entropy, review.
 
-        ``domain``: ``(in_domain, score)`` from :meth:`domain_scores`; an out-of-domain image is sent to review.
+        ``domain``: ``(in_domain, score)`` from :meth:`domain_scores`; ``input_reasons``: per image, the failed
+        input checks (:class:`InputChecks`). An out-of-domain image is sent to review with its reasons.
         """
         member = self.conformal.predict_sets(probs) if self.conformal is not None else None
         entropy = normalised_entropy(probs)
@@ -250,9 +267,8 @@ class Predictor:
                 reasons.append("conformal set is empty (input unlike the calibration data)")
             if entropy[i] > self.config.review_entropy:
                 reasons.append(f"entropy {entropy[i]:.3f} > {self.config.review_entropy}")
-            if domain is not None and not domain[0][i]:
-                reasons.append(f"unlike the training images (out-of-domain score {domain[1][i]:.1f} > "
-                               f"{self.ood.threshold_:.1f})")  # fmt: skip
+            in_domain, ood_reasons = self._domain_verdict(i, domain, input_reasons)
+            reasons += ood_reasons
             mc_entry = None
             if mc is not None:
                 mc_entry = {
@@ -276,11 +292,27 @@ class Predictor:
                     time_ms=0.0,
                     mc_dropout=mc_entry,
                     gradcam=cams[i] if cams else None,
-                    in_domain=None if domain is None else bool(domain[0][i]),
+                    in_domain=in_domain,
                     ood_score=None if domain is None else float(domain[1][i]),
+                    ood_reasons=ood_reasons,
                 )
             )
         return out
+
+    def _domain_verdict(
+        self, i: int, domain: tuple[np.ndarray, np.ndarray] | None, input_reasons: list[list[str]] | None
+    ) -> tuple[bool | None, list[str]]:
+        """``(in_domain, reasons)`` of image ``i``: the feature score passes and every input check passes.
+
+        None when the bundle has no feature score and no input check flagged the image (not assessed).
+        """
+        reasons = list(input_reasons[i]) if input_reasons is not None else []
+        if domain is not None and not domain[0][i]:
+            reasons.append(f"unlike the training images (out-of-domain score {domain[1][i]:.1f} > "
+                           f"{self.ood.threshold_:.1f})")  # fmt: skip
+        if reasons:
+            return False, reasons
+        return (None if domain is None else True), reasons
 
     def domain_scores(self, heads: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         """``(in_domain, score)`` per image from the runtime's ``features``; None without a fitted score."""
@@ -357,10 +389,11 @@ class Predictor:
         out: list[Prediction | Failure] = list(batch)
         if loaded:
             images = np.stack([r.image for _, r in loaded])
-            preds = self.predict_images(images, [r.source for _, r in loaded], start_index=offset, **kwargs)
+            sources, metas = [r.source for _, r in loaded], [r.meta for _, r in loaded]
+            preds = self.predict_images(images, sources, start_index=offset, input_meta=metas, **kwargs)
             for (i, r), pred in zip(loaded, preds, strict=True):
                 pred.time_ms += r.ms
-                pred.meta = {k: r.meta[k] for k in ("format", "height", "width") if k in r.meta}
+                pred.meta = {k: r.meta[k] for k in META_KEYS if k in r.meta}
                 out[i] = pred
         return out
 

@@ -8,6 +8,10 @@ the header *before* decoding, so a decompression bomb is refused without allocat
 A file that decodes but holds no usable picture (blank, all NaN, under ``MIN_SIDE`` px on a side, a
 strip beyond ``MAX_ASPECT``:1, a 4-D NIfTI series) is refused with a ``DegenerateImageError``.
 
+``meta`` also carries two input-level signals measured on the decoded image (``brainmri.io.signals``):
+``colourfulness`` (measured before the grayscale conversion; 0 for a grayscale file) and
+``border_brightness``; the out-of-domain input checks of ``brainmri.calibrate.ood`` read them.
+
 Intensities are returned in the file's own scale (0..255 for 8-bit, 0..65535 for 16-bit, Hounsfield
 or scanner units for DICOM/NIfTI); scaling to [0, 1] is the preprocessing pipeline's job.
 """
@@ -30,6 +34,7 @@ from brainmri.errors import (
     TruncatedImageError,
     UnreadableImageError,
 )
+from brainmri.io.signals import border_brightness, colourfulness
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -128,12 +133,14 @@ def read_image(
     loaded = _decode(data, fmt, label, max_pixels, max_bytes, nifti_slice)
     check_usable(loaded, label, min_side, max_aspect)
     expected = EXTENSION_FORMATS.get(extension_of(label))
+    loaded.meta.setdefault("colourfulness", 0.0)  # no colour channels: a grayscale file (signals.py)
     loaded.meta.update(
         {
             "format": fmt,
             "extension_mismatch": expected is not None and expected != fmt,
             "height": loaded.height,
             "width": loaded.width,
+            "border_brightness": border_brightness(loaded.array),
         }
     )
     return loaded
@@ -246,17 +253,23 @@ def _read_raster(data: bytes, label: str, max_pixels: int) -> LoadedImage:
     finally:
         Image.MAX_IMAGE_PIXELS = previous
 
+    colour = None
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(img, dtype=np.float32)
     elif mode in ("L", "1"):
         array = np.asarray(img.convert("L"), dtype=np.float32)
     elif mode == "LA":
         array = np.asarray(img.getchannel("L"), dtype=np.float32)
-    else:  # RGB, RGBA, P, CMYK, YCbCr ... -> luminance (ITU-R 601-2), alpha dropped
-        array = np.asarray(img.convert("RGB").convert("L"), dtype=np.float32)
+    else:  # RGB, RGBA, P, CMYK, YCbCr ... -> luminance (ITU-R 601-2), alpha dropped; colour measured first
+        rgb = img.convert("RGB")
+        colour = colourfulness(np.asarray(rgb))
+        array = np.asarray(rgb.convert("L"), dtype=np.float32)
     if array.ndim != 2:
         raise UnreadableImageError(label, f"expected a 2D image, got shape {array.shape}")
-    return LoadedImage(np.ascontiguousarray(array), {"mode": mode, "frames": getattr(img, "n_frames", 1)})
+    meta = {"mode": mode, "frames": getattr(img, "n_frames", 1)}
+    if colour is not None:
+        meta["colourfulness"] = colour
+    return LoadedImage(np.ascontiguousarray(array), meta)
 
 
 def _read_dicom(data: bytes, label: str, max_pixels: int) -> LoadedImage:
@@ -284,7 +297,10 @@ def _read_dicom(data: bytes, label: str, max_pixels: int) -> LoadedImage:
         raise UnreadableImageError(label, f"cannot decode DICOM pixel data: {msg}") from None
     if frames > 1 and pixels.ndim >= 3:
         pixels = pixels[frames // 2]
+    colour = None
     if pixels.ndim == 3:  # colour DICOM
+        peak = float(pixels.max())
+        colour = colourfulness(pixels.astype(np.float32) * np.float32(255.0 / peak if peak > 255 else 1.0))
         pixels = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         array = pixels.astype(np.float32)
     else:
@@ -301,6 +317,8 @@ def _read_dicom(data: bytes, label: str, max_pixels: int) -> LoadedImage:
         "rescale_slope": float(ds.get("RescaleSlope", 1) or 1),
         "rescale_intercept": float(ds.get("RescaleIntercept", 0) or 0),
     }
+    if colour is not None:
+        meta["colourfulness"] = colour
     return LoadedImage(np.ascontiguousarray(array), meta)
 
 

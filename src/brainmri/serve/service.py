@@ -29,7 +29,9 @@ from brainmri.serve.errors import ApiError
 from brainmri.serve.settings import ServeSettings
 
 SUPPORTED = "JPEG, PNG, BMP, TIFF, GIF, WebP, DICOM, NIfTI"
-OPTIONAL_FIELDS = ("in_domain", "ood_score")  # shown when the Prediction carries them (out-of-domain score)
+OPTIONAL_FIELDS = ("in_domain", "ood_score", "ood_reasons")  # shown when the Prediction carries them (out of domain)
+INPUT_KEYS = ("format", "height", "width", "mode")  # what a payload's ``input`` reports of the reader's metadata
+SIGNAL_KEYS = ("colourfulness", "border_brightness")  # also kept: the out-of-domain input checks read them
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ class InferenceService:
             raise ApiError(422, "preprocess_failed", f"{name}: preprocessing failed: {exc}") from None
         timings["decode"] = timings.get("decode", 0.0) + (t1 - t0) * 1000.0
         timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - t1) * 1000.0
-        meta = {k: loaded.meta[k] for k in ("format", "height", "width", "mode") if k in loaded.meta}
+        meta = {k: loaded.meta[k] for k in INPUT_KEYS + SIGNAL_KEYS if k in loaded.meta}
         return image, meta
 
     def predict_one(self, data: bytes, name: str, options: Options) -> dict[str, Any]:
@@ -191,7 +193,7 @@ class InferenceService:
         self, images: np.ndarray, names: list[str], metas: list[dict], options: Options, timings: dict[str, float]
     ) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
-        preds = self._predictions(images, names, options)
+        preds = self._predictions(images, names, options, metas)
         timings["model"] = (time.perf_counter() - t0) * 1000.0
         cams: list[str | None] = [None] * len(preds)
         if options.gradcam:
@@ -201,21 +203,25 @@ class InferenceService:
         out = []
         for i, pred in enumerate(preds):
             payload = self.payload(pred, options.threshold)
-            payload["input"] = metas[i]
+            payload["input"] = {k: metas[i][k] for k in INPUT_KEYS if k in metas[i]}
             payload["gradcam_png_base64"] = cams[i]
             if options.preview:
                 payload["preview_png_base64"] = png_base64(images[i])
             out.append(payload)
         return out
 
-    def _predictions(self, images: np.ndarray, names: list[str], options: Options) -> list[Prediction]:
+    def _predictions(
+        self, images: np.ndarray, names: list[str], options: Options, metas: list[dict] | None = None
+    ) -> list[Prediction]:
         if not options.mc_dropout:
-            return self.predictor.predict_images(images, names, tta=options.tta, mc_dropout=0)
+            return self.predictor.predict_images(images, names, tta=options.tta, mc_dropout=0, input_meta=metas)
         if options.mc_dropout < 2:
             raise ApiError(422, "invalid_request", "mc_dropout: at least 2 passes (or 0 for none)")
         try:
             with self._torch_lock:
-                return self.predictor.predict_images(images, names, tta=options.tta, mc_dropout=options.mc_dropout)
+                return self.predictor.predict_images(
+                    images, names, tta=options.tta, mc_dropout=options.mc_dropout, input_meta=metas
+                )
         except ImportError as exc:
             raise ApiError(
                 501,
