@@ -1,7 +1,8 @@
 """How the deployed out-of-domain gate behaves: the fraction of images a bundle flags ``in_domain: false``.
 
 Runs the bundle through the public Predictor (the deployed path: decode, preprocess, ONNX Runtime, the
-sealed Mahalanobis score) on
+sealed Mahalanobis score on the features, and the input checks on the decoded image: colourfulness and
+border brightness, ``PredictConfig.ood_max_*``) on
 - in-domain: the held-out test split of the bundle's own training data (expected ~5% flagged: the threshold
   passes 95% of validation images);
 - not MRI at all: photographs shipped with pip packages (scikit-learn's sample images, matplotlib's sample
@@ -9,6 +10,9 @@ sealed Mahalanobis score) on
 - other MRI sources: lgg-flair (FLAIR, another hospital) and navoneel.
 
     python bench/ood_check.py bundles/cpu-robust --split work/data/split.json -> bench/results/ood_check.json
+
+Each set reports ``flagged`` (the whole gate) and what flagged it: ``flagged_features`` (the feature score
+alone, the gate before the input checks), ``flagged_colour``, ``flagged_border``.
 """
 
 from __future__ import annotations
@@ -85,11 +89,20 @@ def photo_files(photos: list[tuple[str, np.ndarray]], folder: Path) -> list[str]
     return paths
 
 
+REASONS = {"flagged_features": "unlike the training images", "flagged_colour": "colour image",
+           "flagged_border": "no dark background"}  # fmt: skip
+"""Which check flagged an image, from the first words of its ``ood_reasons``."""
+
+
 def flagged(predictor, inputs: list) -> dict:
     preds = [p for p in predictor.predict(inputs) if hasattr(p, "in_domain")]
     flags = [p.in_domain is False for p in preds]
-    return {"n": len(preds), "flagged": float(np.mean(flags)) if flags else None,
-            "median_score": float(np.median([p.ood_score for p in preds])) if preds else None}  # fmt: skip
+    out = {"n": len(preds), "flagged": float(np.mean(flags)) if flags else None,
+           "median_score": float(np.median([p.ood_score for p in preds])) if preds else None}  # fmt: skip
+    for key, prefix in REASONS.items():
+        hits = [any(r.startswith(prefix) for r in getattr(p, "ood_reasons", [])) for p in preds]
+        out[key] = float(np.mean(hits)) if hits else None
+    return out
 
 
 def main() -> int:
@@ -120,9 +133,17 @@ def main() -> int:
             raise SystemExit(f"{args.bundle}: exported without an out-of-domain score (run brainmri evaluate first)")
         result = {
             "benchmark": "ood_check (bench/ood_check.py)",
+            "command": "python " + " ".join(["bench/ood_check.py", *sys.argv[1:]]),
+            "settings": {
+                "limit": args.limit,
+                "split": str(Path(args.split).resolve()),
+                "sample_seed": 0,
+                "generated_seed": 0,
+            },
             "bundle": str(args.bundle),
             "bundle_card_sha256": predictor.bundle.card_sha256,
             "threshold": predictor.ood.threshold_,
+            "input_checks": predictor.input_checks.to_dict(),
             "sets": {
                 "in-domain test split": flagged(predictor, sample(test)),
                 "photographs (pip sample images)": flagged(predictor, photo_files(photos, Path(tmp))),
@@ -135,7 +156,8 @@ def main() -> int:
         }
     atomic_write_json(args.out, result)
     for name, r in result["sets"].items():
-        print(f"{name:45s} n={r['n']:4d} flagged {r['flagged']:.1%}")
+        parts = " ".join(f"{k.removeprefix('flagged_')} {r[k]:.1%}" for k in REASONS)
+        print(f"{name:45s} n={r['n']:4d} flagged {r['flagged']:.1%} ({parts})")
     return 0
 
 

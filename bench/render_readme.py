@@ -221,10 +221,23 @@ def block_ood_check() -> str | None:
         f"From `bench/results/ood_check.json` (`python bench/ood_check.py BUNDLE`, bundle `{r['bundle']}`): share of "
         "images the deployed gate flags `in_domain: false`.",
         "",
-        "| images | n | flagged |",
-        "|---|---|---|",
     ]
-    lines += [f"| {name} | {v['n']} | {_pct(v['flagged'])} |" for name, v in r["sets"].items()]
+    if "flagged_features" not in next(iter(r["sets"].values())):  # a result from before the input checks
+        lines += ["| images | n | flagged |", "|---|---|---|"]
+        lines += [f"| {name} | {v['n']} | {_pct(v['flagged'])} |" for name, v in r["sets"].items()]
+        return "\n".join(lines)
+    checks = r.get("input_checks", {})
+    lines[0] += (
+        f" The gate: feature score ≤ {r['threshold']:.1f} and input checks (colourfulness ≤ "
+        f"{checks.get('max_colourfulness')}, border brightness ≤ {checks.get('max_border_brightness')}); the "
+        "feature score alone was the whole gate before (`bench/results/ood_check_features_only.json`)."
+    )
+    lines += ["| images | n | flagged | by feature score | by colour | by border |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| {name} | {v['n']} | {_pct(v['flagged'])} | {_pct(v['flagged_features'])} | {_pct(v['flagged_colour'])} "
+        f"| {_pct(v['flagged_border'])} |"
+        for name, v in r["sets"].items()
+    ]
     return "\n".join(lines)
 
 
