@@ -45,10 +45,14 @@ def main() -> int:
     data_root = str(Path(args.data) / "brain-tumor-mri")
     manifest, split = work / "data" / "manifest.csv", work / "data" / "split.json"
     t0 = time.perf_counter()
-    stages = () if args.skip_prep else (
-        (["data", "import", data_root, "--out", str(manifest)], manifest),
-        (["data", "split", str(manifest), "--out", str(split)], split),
-        (["preprocess", "--manifest", str(manifest), "--split", str(split)], None),
+    stages = (
+        ()
+        if args.skip_prep
+        else (
+            (["data", "import", data_root, "--out", str(manifest)], manifest),
+            (["data", "split", str(manifest), "--out", str(split)], split),
+            (["preprocess", "--manifest", str(manifest), "--split", str(split)], None),
+        )
     )
     for argv, done in stages:
         if (done is None or not done.exists()) and cli_main([*argv, "--config", str(conf)]) != 0:

@@ -82,7 +82,9 @@ def split_data(tmp_path_factory):
     ext = base / "ext" / "brain_tumor_dataset"
     _png(ext / "yes" / "y.png", "glioma", seed=123_456)
     _png(ext / "no" / "n.png", "no_tumor", seed=654_321)
-    cfg = load_config(None, ["data.workers=1"])
+    # these tests pin the near-duplicate grouping on small random phantoms (no scan structure to find);
+    # scan grouping has its own tests in test_grouping.py
+    cfg = load_config(None, ["data.workers=1", "split.group_by=near_duplicate"])
     df = _import([str(root), str(base / "ext")], cfg)
     manifest = write_manifest(df, base / "manifest.csv")
     return {"base": base, "df": df, "manifest": manifest, "bad": bad, "cfg": cfg}
@@ -160,7 +162,7 @@ def test_split_is_stratified_and_deterministic(split_data):
     a = _split(df, cfg)
     b = _split(df, cfg)
     assert a == b
-    c = _split(df, load_config(None, ["split.seed=7"]))
+    c = _split(df, load_config(None, ["split.seed=7", "split.group_by=near_duplicate"]))
     assert c["test"] != a["test"]
     label = dict(zip(df["id"], df["label"], strict=True))
     kept = len(a["train"]) + len(a["val"]) + len(a["test"])
@@ -185,7 +187,7 @@ def test_assign_groups_hits_fractions():
 
 def test_keep_source_test(split_data):
     df = split_data["df"]
-    cfg = load_config(None, ["split.keep_source_test=true"])
+    cfg = load_config(None, ["split.keep_source_test=true", "split.group_by=near_duplicate"])
     split = _split(df, cfg)
     testing = sorted(df.loc[df["source_split"] == "test", "id"])
     assert split["test"] == testing

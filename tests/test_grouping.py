@@ -158,7 +158,8 @@ def test_split_group_by_scan_keeps_each_scan_on_one_side(tmp_path):
     assert p["group_by"] == "scan"
     assert p["scan_groups"] == len(set(scan_of.values())) < p["clusters"]  # pHash alone splits some scans
     assert "Grouped by scan" in data_card_markdown(data_card(split, df), cfg.data.classes)
-    assert "scan_groups" not in make_split(df, load_config().split, cfg.audit, cfg.data.classes)["params"]
+    near = load_config(None, ["split.group_by=near_duplicate"]).split
+    assert "scan_groups" not in make_split(df, near, cfg.audit, cfg.data.classes)["params"]
 
 
 @pytest.mark.skipif(not (LGG / "labels.csv").is_file(), reason="shared lgg-flair data not present")

@@ -97,9 +97,10 @@ class SplitConfig(Section):
     seed: int = 42
     keep_source_test: bool = False
     """Use a source's own Testing/ folder as the test split (its duplicates are moved out of train)."""
-    group_by: Literal["near_duplicate", "scan"] = "near_duplicate"
-    """Groups kept whole: ``near_duplicate`` (exact + pHash clusters) or ``scan`` (those clusters joined with
-    the other slices of their scan series by brainmri.data.grouping; see docs/data.md)."""
+    group_by: Literal["near_duplicate", "scan"] = "scan"
+    """Groups kept whole: ``scan`` (exact + pHash clusters joined with the other slices of their scan series
+    by brainmri.data.grouping; see docs/data.md) or ``near_duplicate`` (the clusters alone: the grouping of
+    splits made before scan grouping existed)."""
     scan_neighbours: int = Field(4, ge=1)
     """group_by scan: link two images only when each is among the other's k nearest (same size and label)."""
     scan_max_distance: float = Field(12.0, gt=0.0)
