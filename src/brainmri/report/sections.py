@@ -375,6 +375,8 @@ FURTHER = (
     ("ablation.json", "ablation"),
     ("slice_groups.json", "slice groups"),
     ("study_level.json", "study level (series → one answer)"),
+    ("adabn.json", "test-time adaptation (AdaBN, TTA)"),
+    ("ood_check.json", "out-of-domain gate"),
 )
 
 
