@@ -383,7 +383,34 @@ def block_randomisation() -> str | None:
     )
 
 
+def block_slice_groups() -> str | None:
+    r = _load(RESULTS / "slice_groups.json")
+    if r is None:
+        return None
+    lgg, btm, head = r["lgg_flair"], r["brain_tumor_mri"], r["headline_stage1"]
+    chosen, base = lgg["chosen_on_half_a"], lgg["phash_near_duplicates_baseline"]
+    b = chosen["half_b"]
+    pairs = btm["named_pairs"]
+    old, new = head["old_split_near_duplicate"]["test"], head["new_split_scan"]["test"]
+    return (
+        f"From `bench/results/slice_groups.json` ({_machine(r)}). lgg-flair ({lgg['patients']} patients; settings "
+        f"chosen on {lgg['halves']['a_patients']} patients, reported on the other {lgg['halves']['b_patients']}): "
+        f"pairwise same-patient precision {b['precision']:.3f}, recall {b['recall']:.3f}, adjacent slices kept "
+        f"together {_pct(b['adjacent_recall'])} — against {_pct(base['adjacent_recall'])} "
+        f"(recall {base['recall']:.3f}) for the pHash clusters alone. "
+        f"Kaggle `Training/`: {btm['groups']['groups']:,} scan groups instead of "
+        f"{btm['params']['clusters']:,} near-duplicate clusters ({btm['groups']['singletons']} single slices); "
+        f"{sum(p['one_scan_group'] for p in pairs)} of the {len(pairs)} adjacent-slice pairs an independent check "
+        "found split apart by the near-duplicate grouping are now in one group. "
+        "Headline move (stage-1 recipe, same test size): "
+        f"test accuracy {_pct(old['accuracy']['value'])} ({_pct(old['accuracy']['ci_low'])}–"
+        f"{_pct(old['accuracy']['ci_high'])}) on the near-duplicate split → {_pct(new['accuracy']['value'])} "
+        f"({_pct(new['accuracy']['ci_low'])}–{_pct(new['accuracy']['ci_high'])}) on the scan-grouped split."
+    )
+
+
 BLOCKS = {
+    "slice_groups": block_slice_groups,
     "randomisation": block_randomisation,
     "ablation": block_ablation,
     "kfold": block_kfold,
