@@ -146,7 +146,10 @@ def test_split_group_by_scan_keeps_each_scan_on_one_side(tmp_path):
 
     root = tmp_path / "scans"
     scan_of = _write_scans(root)
-    cfg = load_config(None, ["split.group_by=scan", "data.workers=1", "split.folds=2"])
+    # two 8-slice scans per class: each scan is half its class, so allow groups of up to half a class
+    cfg = load_config(
+        None, ["split.group_by=scan", "data.workers=1", "split.folds=2", "split.scan_max_class_share=0.5"]
+    )
     df = build_manifest([str(root)], cfg.data, cfg.audit)
     split = make_split(df, cfg.split, cfg.audit, cfg.data.classes)
     validate_split(split)
@@ -204,3 +207,20 @@ def test_edges_do_not_depend_on_block_size():
     for chunk in (1, 3, 7):
         for x, y in zip(ref, mutual_knn_edges(desc, 3, 12.0, chunk=chunk), strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+def test_small_sets_are_not_merged_into_a_few_groups(tmp_path):
+    """16 slices a class: the default cap (5% of the smallest class) keeps every slice its own group, so a
+    stratified split still fills val and test; the configured share lifts that limit."""
+    from brainmri.data.manifest import build_manifest
+    from brainmri.data.split import make_split
+
+    root = tmp_path / "scans"
+    _write_scans(root)
+    cfg = load_config(None, ["split.group_by=scan", "data.workers=1", "split.folds=2"])
+    df = build_manifest([str(root)], cfg.data, cfg.audit)
+    split = make_split(df, cfg.split, cfg.audit, cfg.data.classes)
+    assert split["params"]["scan_max_group_effective"] == 1
+    assert all(len(split[part]) > 0 for part in ("train", "val", "test"))
+    wide = load_config(None, ["split.group_by=scan", "split.scan_max_class_share=0.5"]).split
+    assert make_split(df, wide, cfg.audit, cfg.data.classes)["params"]["scan_max_group_effective"] == 8

@@ -107,6 +107,9 @@ class SplitConfig(Section):
     """group_by scan: largest combined descriptor distance of a link (about 3 for a typical adjacent slice)."""
     scan_max_group: int = Field(40, ge=2)
     """group_by scan: a link that would make a group larger than this is refused (no giant chained groups)."""
+    scan_max_class_share: float = Field(0.05, gt=0.0, le=1.0)
+    """group_by scan: the cap is also at most this share of the smallest class, so that small data sets of
+    similar-looking images are not merged into a few groups that leave val/test empty (at least 1: no merge)."""
 
 
 class CropConfig(Section):

@@ -158,6 +158,17 @@ def make_split(
     }
 
 
+def _scan_group_cap(kept: pd.DataFrame, split_cfg: SplitConfig) -> int:
+    """``split.scan_max_group``, lowered on small data sets to ``scan_max_class_share`` of the smallest class
+    (at least 1: no merge).
+
+    Why: on a few dozen similar-looking images (phantoms, a pilot site's first scans) mutual-kNN links
+    would merge whole classes into a handful of groups, and the val/test parts would come out empty. On the
+    Kaggle set (≥ 1,300 images a class) the configured cap applies unchanged."""
+    smallest = int(kept["label"].value_counts().min()) if len(kept) else 0
+    return max(1, min(split_cfg.scan_max_group, int(smallest * split_cfg.scan_max_class_share)))
+
+
 def _groups(
     elig: pd.DataFrame,
     cluster: np.ndarray,
@@ -175,13 +186,9 @@ def _groups(
     kept = elig.iloc[rows].reset_index(drop=True)
     desc = descriptors(kept) if descriptors is not None else manifest_descriptors(kept)
     buckets = (kept["width"].astype(str) + "x" + kept["height"].astype(str) + ":" + kept["label"]).to_numpy()
+    cap = _scan_group_cap(kept, split_cfg)
     scan = scan_groups(
-        desc,
-        split_cfg.scan_neighbours,
-        split_cfg.scan_max_distance,
-        split_cfg.scan_max_group,
-        buckets=buckets,
-        initial=cluster[rows],
+        desc, split_cfg.scan_neighbours, split_cfg.scan_max_distance, cap, buckets=buckets, initial=cluster[rows]
     )
     out = np.arange(len(elig), dtype=np.int64) + len(rows)  # excluded rows: one group each (never assigned)
     out[rows] = scan
@@ -191,6 +198,7 @@ def _groups(
         "scan_neighbours": split_cfg.scan_neighbours,
         "scan_max_distance": split_cfg.scan_max_distance,
         "scan_max_group": split_cfg.scan_max_group,
+        "scan_max_group_effective": cap,
         "scan_groups": sizes["groups"],
         "scan_groups_largest": sizes["largest"][:5],
         "scan_descriptors_sha256": descriptor_digest(desc),
