@@ -34,7 +34,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,10 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from robustness import enter_project_of, git_commit  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 ALPHAS = (0.01, 0.02, 0.05, 0.1)
 TOLERANCE = 0.02
@@ -55,27 +58,6 @@ RULE = (
     "is valid and informative; the default variant is, at that alpha, the valid and informative one with the "
     "smallest mean test set size (a Mondrian variant wins ties within 0.01, for its per-class guarantee)."
 )
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def enter_project_of(run) -> str | None:
-    """chdir to the folder the run's split file names its manifest relative to (as bench/robustness.py)."""
-    manifest = Path(json.loads(Path(run.info["split_file"]).read_text())["manifest"])
-    if manifest.is_absolute() or manifest.is_file():
-        return None
-    for root in Path(run.info["split_file"]).resolve().parents:
-        if (root / manifest).is_file():
-            os.chdir(root)
-            return str(root)
-    return None
 
 
 def run_logits(run, cache_dir: Path) -> dict[str, np.ndarray]:

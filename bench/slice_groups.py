@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,10 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from robustness import git_commit  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 SEED = 20261202
 GRID_K = (2, 3, 4)
@@ -47,15 +50,6 @@ NAMED_PAIRS = [
     ("pituitary/Tr-pi_0356", "pituitary/Tr-pi_0412"),
     ("pituitary/Tr-pi_1152", "pituitary/Tr-pi_1151"),
 ]
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 # ----------------------------------------------------------------------------- lgg-flair
