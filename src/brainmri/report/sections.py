@@ -352,7 +352,10 @@ def bench_block(inp: Inputs, filename: str, opts: Options, render=render_json) -
         )
     parts = [f'<p class="src">From {esc(path)}.</p>']
     if source is None:
-        parts.append('<p class="note">This file does not say which run it was made from.</p>')
+        parts.append(
+            '<p class="note">This file names no run: it is a study of the recipe or of the data (its header '
+            "says how it was made), not a measurement of this run.</p>"
+        )
     if isinstance(data, Mapping) and isinstance(data.get("note"), str):
         parts.append(f'<p class="note">{esc(data["note"])}</p>')
     parts.append(render(data))
