@@ -364,10 +364,24 @@ def _mric_row(label: str, r: dict[str, Any]) -> str:
     )
 
 
+#: Single-ingredient runs (bench/results/robustness_only_<key>.json): what each trained with, besides the
+#: CPU recipe (six fine-tuning epochs, appearance preset off).
+SINGLE_INGREDIENTS = {
+    "invert": "only contrast inversion (`train.augment.invert=0.3`)",
+    "remap": "only random intensity curves (`train.augment.intensity_remap=0.5`)",
+    "fourier": "only Fourier amplitude mix with training partners (`train.augment.fourier_mix=0.5`)",
+}
+
+
 def block_randomisation() -> str | None:
     on, off = _load(RESULTS / "robustness.json"), _load(RESULTS / "robustness_no_randomisation.json")
     if on is None or off is None:
         return None
+    singles = [
+        _mric_row(label, r)
+        for key, label in SINGLE_INGREDIENTS.items()
+        if (r := _load(RESULTS / f"robustness_only_{key}.json")) is not None
+    ]
     return "\n".join(
         [
             "From `bench/results/robustness_no_randomisation.json` and `bench/results/robustness.json` (the same "
@@ -378,6 +392,7 @@ def block_randomisation() -> str | None:
             "| model | clean acc | ECE | MRI-C mean drop | worst corruption (drop) | lgg-flair AUC | navoneel AUC |",
             "|---|---|---|---|---|---|---|",
             _mric_row("without appearance randomisation", off),
+            *singles,
             _mric_row("with appearance randomisation", on),
         ]
     )
