@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ from brainmri.cli import main
 from brainmri.layout import Layout
 from brainmri.report import Options, resolve_inputs, write_report
 from brainmri.report.sections import SECTIONS, conformal_tables
+from browser_support import chromium_path
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "docs" / "results" / "report.html"
@@ -229,14 +229,6 @@ def test_preprocessing_figure_is_rendered_from_the_runs_preprocessor(fake):
 
 
 # ---------------------------------------------------------------------------------------------- browser
-
-
-def chromium_path() -> str:
-    """Same lookup as tests/test_serve_browser.py: $BRAINMRI_CHROMIUM, chromium on PATH, /usr/bin/chromium."""
-    path = os.environ.get("BRAINMRI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).is_file():
-        pytest.skip(f"no chromium at {path} (apt-get install -y chromium, or set BRAINMRI_CHROMIUM)")
-    return path
 
 
 @pytest.fixture(scope="module")

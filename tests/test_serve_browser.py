@@ -13,13 +13,14 @@ The screenshot goes to docs/img/serve_page.png when that file is missing or BRAI
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from browser_support import chromium_path
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install -e '.[serve]')")
@@ -33,13 +34,6 @@ tiny_run_dir = support.tiny_run_dir
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "img" / "serve_page.png"
 pytestmark = pytest.mark.integration
-
-
-def chromium_path() -> str:
-    path = os.environ.get("BRAINMRI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).is_file():
-        pytest.skip(f"no chromium at {path} (apt-get install -y chromium, or set BRAINMRI_CHROMIUM)")
-    return path
 
 
 @pytest.fixture(scope="module")
