@@ -262,8 +262,7 @@ def build_cache(
     fit_info: dict[str, Any] = {"needs_fit": pre.needs_fit}
     if pre.needs_fit:
         runner = _Runner(pre, data, workers)
-        pre, fit_info = _fitted(pre, cache, frames[0], runner, preprocess, split_path, say, report)
-        fit_info["split_part"] = parts[0]
+        pre, fit_info = _fitted(pre, cache, frames[0], runner, preprocess, (split_path, parts[0]), say, report)
         report.fitted_on = int(fit_info.get("n_images", 0))
     state = pre.to_dict()
     state["fit"] = fit_info
@@ -280,12 +279,14 @@ def _fitted(
     train: Any,
     runner: _Runner,
     preprocess: PreprocessConfig,
-    split_path: str | os.PathLike[str],
+    fitted_on: tuple[str | os.PathLike[str], str],
     say: Any,
     report: CacheReport,
 ) -> tuple[Preprocessor, dict[str, Any]]:
     """(fitted preprocessor, fit record): the cache's state when it was fitted on the same training images,
-    else Nyúl landmarks learnt from (a capped sample of) the training split; a refit clears stale images."""
+    else Nyúl landmarks learnt from (a capped sample of) ``train``; a refit clears stale images.
+    ``fitted_on``: (split file, part name) that ``train`` came from, recorded in the fit."""
+    split_path, split_part = fitted_on
     sample = _fit_sample(train, preprocess.nyul.fit_max_images)
     sample = sample[sample["md5"] != ""]
     fingerprint = _fingerprint(list(sample["md5"]))
@@ -318,7 +319,7 @@ def _fitted(
         "n_images": len(landmarks),
         "n_failed": fit_failed,
         "split": str(split_path),
-        "split_part": "train",
+        "split_part": split_part,
     }
     return pre, fit_info
 
