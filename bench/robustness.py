@@ -311,6 +311,56 @@ def external_images(run, root: Path, cache_dir: Path, remove_overlap: bool = Tru
     return data
 
 
+#: Bands of a slice's level inside its patient's stack (0 = lowest slice, 1 = highest); the lowest third
+#: of the lgg-flair stacks reaches down to the skull base, the highest to the vertex.
+LEVEL_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("lower third (skull base)", 0.0, 1 / 3),
+    ("middle third", 1 / 3, 2 / 3),
+    ("upper third (vertex)", 2 / 3, 1.0001),
+)
+
+
+def slice_levels(ids: list[str], root: Path) -> np.ndarray | None:
+    """Each image's relative level in its patient's stack, from ``labels.csv`` (``slice`` column), else None.
+
+    Why: the external sets' no-tumour slices are not healthy brains but the patients' slices above and below
+    the lesion, down to the skull base; the level shows whether the model finds the lesion or reacts to
+    anatomy it rarely saw as "no tumour" in training.
+    """
+    table = root / "labels.csv"
+    if not table.is_file():
+        return None
+    import pandas as pd
+
+    frame = pd.read_csv(table)
+    if not {"file", "patient", "slice"} <= set(frame.columns):
+        return None
+    span = frame.groupby("patient")["slice"].agg(["min", "max"])
+    lo, hi = frame["patient"].map(span["min"]), frame["patient"].map(span["max"])
+    level = ((frame["slice"] - lo) / (hi - lo).where(hi > lo, 1)).to_numpy(float)
+    by_file = dict(zip(frame["file"].astype(str), level, strict=True))
+    return np.array([by_file.get(i.split("/", 1)[1] if "/" in i else i, np.nan) for i in ids])
+
+
+def by_level(scorer, logits, feats, y, groups, levels: np.ndarray, n_boot: int) -> list[dict[str, Any]]:
+    """Tumour scores, the 4-class calls and the OOD flags inside each level band (patient-bootstrap CIs)."""
+    p, calls = scorer.p_tumour(logits), softmax(logits / scorer.t).argmax(1)
+    rows = []
+    for name, lo, hi in LEVEL_BANDS:
+        m = (levels >= lo) & (levels < hi)
+        g = np.asarray(groups)[m]
+        row: dict[str, Any] = {"band": name, "n": int(m.sum()), "n_tumour": int(y[m].sum())}
+        row.update(tumour_scores(y[m], p[m], scorer.threshold))
+        row["ci95"] = bootstrap_ci(y[m], p[m], scorer.threshold, g, n_boot) if n_boot and m.any() else None
+        row["calls"] = {
+            kind: {c: int((calls[m & (y == want)] == i).sum()) for i, c in enumerate(scorer.classes)}
+            for kind, want in (("tumour", 1), ("no_tumour", 0))
+        }
+        row["ood_flagged"] = scorer.flagged(logits[m], feats[m]) if m.any() else {}
+        rows.append(row)
+    return rows
+
+
 def patient_groups(ids: list[str], root: Path) -> list[str]:
     """Patient of every image from ``root/labels.csv`` (column ``file`` relative to root); else the image id."""
     table = root / "labels.csv"
@@ -422,6 +472,9 @@ def evaluate_external(run, model, scorer: Scorer, roots: dict[str, Path], cache_
         r = scorer.binary(logits, feats, y, groups, n_boot)
         r["groups"] = "patients (labels.csv)" if (root / "labels.csv").is_file() else "images"
         r["overlap"] = {k: v for k, v in (data.overlap or {}).items() if k != "removed_ids"}
+        levels = slice_levels(data.ids, root)
+        if levels is not None:
+            r["by_level"] = by_level(scorer, logits, feats, y, groups, levels, n_boot)
         out[name] = r
         ci = r["ci95"] and r["ci95"]["auc"]
         print(f"  {name}: n {r['n']}, AUC {r['auc'] or float('nan'):.3f} {ci}, sens {r['sensitivity']:.3f}, "
@@ -624,7 +677,27 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{_with_ci(e, 'auc')} | {_with_ci(e, 'sensitivity')} | {_with_ci(e, 'specificity')} | "
             f"{_f(of.get('mahalanobis'), 2)} / {_f(of.get('energy'), 2)} |"
         )
+    for name, e in r["external"].items():
+        lines += render_levels(name, e.get("by_level"))
     return "\n".join(lines)
+
+
+def render_levels(name: str, rows: list[dict[str, Any]] | None) -> list[str]:
+    """The by-level breakdown of one external set as a markdown table (no lines when there is none)."""
+    if not rows:
+        return []
+    classes = list(rows[0]["calls"]["no_tumour"])
+    lines = ["", f"**{name}** by slice level in the patient's stack (4-class calls: {' / '.join(classes)}):", "",
+             "| level | n (tumour) | AUC [95% CI] | sens | spec | no-tumour slices called | tumour slices called "
+             "| OOD flagged M / E |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        calls = {k: " / ".join(str(row["calls"][k][c]) for c in classes) for k in ("no_tumour", "tumour")}
+        lines.append(
+            f"| {row['band']} | {row['n']} ({row['n_tumour']}) | {_with_ci(row, 'auc')} | "
+            f"{_f(row['sensitivity'])} | {_f(row['specificity'])} | {calls['no_tumour']} | {calls['tumour']} | "
+            f"{_f(row['ood_flagged'].get('mahalanobis'), 2)} / {_f(row['ood_flagged'].get('energy'), 2)} |"
+        )
+    return lines
 
 
 # ----------------------------------------------------------------------------- command line

@@ -131,8 +131,33 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()).count(".npz") == 2
     assert bench.main(argv) == 0
     assert json.loads(out.read_text())["external"]["lgg-flair"]["auc"] == lgg["auc"]
+    assert sum(row["n"] for row in lgg["by_level"]) == lgg["n"] and "by_level" not in nav
     md = bench.render_markdown(r)
     assert "| contrast_inversion |" in md and "| lgg-flair | 12 (6) | 3 patients |" in md
+    assert "| lower third (skull base) |" in md
+
+
+def test_slice_levels_and_by_level_bands(tmp_path: Path):
+    bench = load_bench()
+    rows = ["file,label,patient,slice"] + [f"t/a{i}.png,tumor,A,{10 + i}" for i in range(7)]
+    rows += [f"t/b{i}.png,tumor,B,{i}" for i in range(4)] + ["t/c.png,tumor,C,5"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    ids = ["x/t/a0.png", "x/t/a3.png", "x/t/a6.png", "x/t/b1.png", "x/t/c.png", "x/unknown.png"]
+    levels = bench.slice_levels(ids, tmp_path)
+    np.testing.assert_allclose(levels[:5], [0.0, 0.5, 1.0, 1 / 3, 0.0])
+    assert np.isnan(levels[5])
+    assert bench.slice_levels(ids, tmp_path / "missing") is None
+    # a model that calls every low slice a tumour: specificity 0 at the bottom, 1 above
+    classes = ["glioma", "meningioma", "no_tumor", "pituitary"]
+    scorer = bench.Scorer(classes, 1.0, 0.5, {})
+    lv = np.repeat([0.1, 0.5, 0.9], 4)
+    y = np.tile([1, 1, 0, 0], 3)
+    logits = np.zeros((12, 4))
+    logits[:, 2] = np.where((y == 0) & (lv > 0.3), 5.0, -5.0)
+    rows = bench.by_level(scorer, logits, np.zeros((12, 3)), y, [f"p{i % 2}" for i in range(12)], lv, n_boot=0)
+    assert [r["n"] for r in rows] == [4, 4, 4]
+    assert [r["specificity"] for r in rows] == [0.0, 1.0, 1.0] and rows[0]["sensitivity"] == 1.0
+    assert rows[0]["calls"]["no_tumour"]["glioma"] == 2 and rows[1]["calls"]["no_tumour"]["no_tumor"] == 2
 
 
 def test_figures(tiny_run: Path, tmp_path: Path):
