@@ -208,6 +208,15 @@ def block_robustness() -> str | None:
     return "\n".join(lines)
 
 
+def block_robustness_levels() -> str | None:
+    r = _load(RESULTS / "robustness.json")
+    rows = None if r is None else r.get("external", {}).get("lgg-flair", {}).get("by_level")
+    if not rows:
+        return None
+    lines = _bench_module("robustness").render_levels("lgg-flair", rows)
+    return "\n".join([f"From `bench/results/robustness.json` (run `{r['run']}`):", *lines])
+
+
 def block_robustness_table() -> str | None:
     r = _load(RESULTS / "robustness.json")
     return None if r is None else _bench_module("robustness").render_markdown(r)
@@ -374,7 +383,7 @@ SINGLE_INGREDIENTS = {
 
 
 def block_randomisation() -> str | None:
-    on, off = _load(RESULTS / "robustness.json"), _load(RESULTS / "robustness_no_randomisation.json")
+    on, off = _load(RESULTS / "robustness_randomised.json"), _load(RESULTS / "robustness_no_randomisation.json")
     if on is None or off is None:
         return None
     singles = [
@@ -384,10 +393,10 @@ def block_randomisation() -> str | None:
     ]
     return "\n".join(
         [
-            "From `bench/results/robustness_no_randomisation.json` and `bench/results/robustness.json` (the same "
-            f"{on['settings'].get('n_test')} test images, corruptions and external sets; `python bench/robustness.py "
-            "--run RUN --limit 400`). Accuracy and ECE on the clean test subsample, MRI-C drops in points, "
-            "tumour AUC zero-shot with 95% bootstrap CIs (lgg-flair: patients).",
+            "From `bench/results/robustness_no_randomisation.json` and `bench/results/robustness_randomised.json` "
+            f"(the same {on['settings'].get('n_test')} test images, corruptions and external sets; "
+            "`python bench/robustness.py --run RUN --limit 400`). Accuracy and ECE on the clean test subsample, "
+            "MRI-C drops in points, tumour AUC zero-shot with 95% bootstrap CIs (lgg-flair: patients).",
             "",
             "| model | clean acc | ECE | MRI-C mean drop | worst corruption (drop) | lgg-flair AUC | navoneel AUC |",
             "|---|---|---|---|---|---|---|",
@@ -433,6 +442,7 @@ BLOCKS = {
     "conformal": block_conformal,
     "robustness": block_robustness,
     "robustness_table": block_robustness_table,
+    "robustness_levels": block_robustness_levels,
     "ood_check": block_ood_check,
     "external_validation": block_external_validation,
     "study_level": block_study_level,

@@ -159,12 +159,14 @@ def test_resume_reaches_same_weights_as_uninterrupted(tmp_path, mixup_alpha):
         fit_stages(cfg, interrupted, data, data, tmp_path / "b", extra_callbacks=[InterruptAfter(1)])
     resumed = fresh()  # a new process would start from scratch too
     fit_stages(cfg, resumed, data, data, tmp_path / "b", resume=True)
+    # a tolerance, not bit equality: thread scheduling may reorder float sums; a wrong resume (LR schedule,
+    # optimiser state or MixUp draws) moves weights by orders of magnitude more than 1e-5
     a, b = straight.state_dict(), resumed.state_dict()
     for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5), k
     best_a = load_file(str(tmp_path / "a" / "model.safetensors"))
     best_b = load_file(str(tmp_path / "b" / "model.safetensors"))
-    assert all(torch.allclose(best_a[k].float(), best_b[k].float(), atol=1e-6) for k in best_a)
+    assert all(torch.allclose(best_a[k].float(), best_b[k].float(), rtol=1e-4, atol=1e-5) for k in best_a)
 
 
 def test_partial_stage2_trains_only_named_blocks(tmp_path):
