@@ -354,7 +354,10 @@ def block_adabn() -> str | None:
 
 def block_conformal() -> str | None:
     r = _load(RESULTS / "conformal.json")
-    return None if r is None else _bench_module("conformal").render(r)
+    if r is None:
+        return None
+    head = f"From `bench/results/conformal.json` (run `{r.get('run')}`, fitted on validation, reported on test):"
+    return "\n".join([head, "", _bench_module("conformal").render(r)])
 
 
 def _mric_row(label: str, r: dict[str, Any]) -> str:
