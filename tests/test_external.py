@@ -155,6 +155,34 @@ def test_validate_folder_set_without_patients_groups_by_cluster(tiny, tmp_path, 
     assert res["per_class"]["n"] == res["counts"]["evaluation"]  # labels name classes: a 4-class view
 
 
+def test_validate_a_bundle_like_its_run(tiny, tmp_path, capsys):
+    """A site with only the bundle gets the run's numbers; without the training split, overlap is 'not checked'."""
+    from brainmri.bundle import export_bundle
+    from brainmri.cli import main
+    from brainmri.evaluate.bundle_source import BundleSource
+    from external_support import phantom_csv_set
+
+    bundle = export_bundle(tiny.dir, tmp_path / "bundle")
+    csv = phantom_csv_set(tmp_path / "ext")
+    by_run, by_bundle = tmp_path / "by_run", tmp_path / "by_bundle"
+    assert main(["validate", str(tiny.dir), str(csv), "--out", str(by_run), *FAST]) == 0, _err(capsys)
+    split = ["--split-file", str(by_run / "split.json")]
+    assert main(["validate", str(bundle), str(csv), "--out", str(by_bundle), *split, *FAST]) == 0, _err(capsys)
+    a, b = (json.loads((d / "external.json").read_text()) for d in (by_run, by_bundle))
+    assert b["run"] == str(bundle) and b["calibration_source"].endswith("card.json (calibration)")
+    assert b["overlap"]["against"] == a["overlap"]["against"] and b["counts"] == a["counts"]
+    va, vb = a["views"]["run_temperature"], b["views"]["run_temperature"]
+    assert vb["auc"]["value"] == pytest.approx(va["auc"]["value"], abs=1e-6)
+    assert vb["thresholds"]["youden"]["threshold"] == pytest.approx(va["thresholds"]["youden"]["threshold"], abs=1e-5)
+
+    source = BundleSource.load(bundle, 4)
+    source.bundle.card = {**source.bundle.card, "data": {**source.bundle.card["data"], "split_file": "/nowhere.json"}}
+    frame = pd.DataFrame({"id": ["x", "y"], "md5": ["0", "1"], "phash": ["0" * 16, "f" * 16]})
+    keep, overlap = source.without_training_overlap(frame, "site")
+    assert keep.all() and overlap["checked"] is False and "/nowhere.json" in overlap["why_not"]
+    assert "NOT checked" in capsys.readouterr().out
+
+
 def _bad_csv(tmp_path: Path, kind: str, tiny) -> Path:
     from external_support import phantom_csv_set
 

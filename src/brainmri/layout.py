@@ -71,6 +71,10 @@ class Layout:
     def bundle_dir(self, name: str) -> Path:
         return self.bundles_dir / name
 
+    def validation_dir(self, bundle_name: str) -> Path:
+        """``brainmri validate BUNDLE``'s reports (a bundle has no run folder to write into)."""
+        return self.work_dir / "validation" / bundle_name
+
     def external_dir(self, name: str) -> Path:
         """Imported external sets (manifests of data not used for training)."""
         return self.work_dir / "external" / name

@@ -130,37 +130,44 @@ class Run:
 
     def without_training_overlap(self, frame, name: str) -> tuple[np.ndarray, dict[str, Any]]:
         """Boolean mask of ``frame`` rows that are neither exact nor near duplicates of train + val images."""
-        from brainmri.data.duplicates import hash_words, nearest
-        from brainmri.data.manifest import read_manifest
-        from brainmri.data.split import split_frame
+        return training_overlap(frame, self.split(), self.info["split_file"], self.cfg.audit.near_threshold, name)
 
-        split = self.split()
-        seen = split_frame(read_manifest(split["manifest"]), split, "trainval")
-        threshold = self.cfg.audit.near_threshold
-        exact = frame["md5"].isin(set(seen["md5"])).to_numpy()
-        near = np.zeros(len(frame), bool)
-        if len(frame) and len(seen):
-            try:
-                _, dist = nearest(hash_words(list(frame["phash"])), hash_words(list(seen["phash"])))
-            except ValueError as exc:
-                raise DataError(f"{name}: cannot compare with the training manifest: {exc}") from None
-            near = dist <= threshold
-        drop = exact | near
-        overlap = {
-            "against": f"train + val of {self.info['split_file']}",
-            "near_threshold": threshold,
-            "n_readable": len(frame),
-            "n_removed": int(drop.sum()),
-            "n_exact": int(exact.sum()),
-            "n_near_only": int((near & ~exact).sum()),
-            "n_evaluated": int((~drop).sum()),
-            "removed_ids": [str(i) for i in frame["id"][drop]],
-        }
-        print(
-            f"{name}: removed {overlap['n_removed']} of {len(frame)} images already in the training data "
-            f"({overlap['n_exact']} exact, {overlap['n_near_only']} near); evaluating {overlap['n_evaluated']}"
-        )
-        return ~drop, overlap
+
+def training_overlap(
+    frame, split: dict[str, Any], split_file: str, threshold: int, name: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Keep-mask of ``frame`` rows that are neither exact (md5) nor near (pHash within ``threshold``) copies
+    of the train + val images of ``split``, and what was removed. Shared by runs and bundles whose training
+    split is at hand."""
+    from brainmri.data.duplicates import hash_words, nearest
+    from brainmri.data.manifest import read_manifest
+    from brainmri.data.split import split_frame
+
+    seen = split_frame(read_manifest(split["manifest"]), split, "trainval")
+    exact = frame["md5"].isin(set(seen["md5"])).to_numpy()
+    near = np.zeros(len(frame), bool)
+    if len(frame) and len(seen):
+        try:
+            _, dist = nearest(hash_words(list(frame["phash"])), hash_words(list(seen["phash"])))
+        except ValueError as exc:
+            raise DataError(f"{name}: cannot compare with the training manifest: {exc}") from None
+        near = dist <= threshold
+    drop = exact | near
+    overlap = {
+        "against": f"train + val of {split_file}",
+        "near_threshold": threshold,
+        "n_readable": len(frame),
+        "n_removed": int(drop.sum()),
+        "n_exact": int(exact.sum()),
+        "n_near_only": int((near & ~exact).sum()),
+        "n_evaluated": int((~drop).sum()),
+        "removed_ids": [str(i) for i in frame["id"][drop]],
+    }
+    print(
+        f"{name}: removed {overlap['n_removed']} of {len(frame)} images already in the training data "
+        f"({overlap['n_exact']} exact, {overlap['n_near_only']} near); evaluating {overlap['n_evaluated']}"
+    )
+    return ~drop, overlap
 
 
 def _labels(frame, classes: list[str]) -> tuple[np.ndarray, list[str]]:

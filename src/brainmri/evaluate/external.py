@@ -37,6 +37,7 @@ from brainmri.calibrate.threshold import ThresholdSelector
 from brainmri.config import Config, ExternalConfig, save_config
 from brainmri.data.external import ExternalSet, prepare_external, tumour_of, write_split_file
 from brainmri.errors import DataError
+from brainmri.evaluate.bundle_source import BundleSource
 from brainmri.evaluate.metrics import (
     binary_metrics,
     bootstrap_counts,
@@ -204,10 +205,12 @@ def trained_ids(run: Run) -> set[str]:
     return set(json.loads(Path(path).read_text()).get("adapt_train", []))
 
 
-def run_calibration(run: Run) -> tuple[float, float, str]:
-    """(temperature, threshold, source) of the run: its calibration.json, else T = 1 and 0.5."""
+def run_calibration(run: Run | BundleSource) -> tuple[float, float, str]:
+    """(temperature, threshold, source) of the run: its calibration.json, else T = 1 and 0.5 (a bundle: its own)."""
     from brainmri.calibrate.posthoc import PostHocCalibration
 
+    if isinstance(run, BundleSource):
+        return run.calibration()
     if run.calibration_path.is_file():
         cal = PostHocCalibration.load(run.calibration_path)
         t = cal.threshold
@@ -360,15 +363,32 @@ def public(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
+def load_source(path: str | Path, cfg: Config) -> Run | BundleSource:
+    """A run folder, or a bundle folder (``card.json``) standing in for one."""
+    if BundleSource.is_bundle(path):
+        return BundleSource.load(path, cfg.audit.near_threshold)
+    return Run.load(path)
+
+
+def default_out(run: Run | BundleSource, set_name: str, cfg: Config) -> Path:
+    """``RUN/reports/external/<set>/``; for a bundle ``<work_dir>/validation/<bundle>/<set>/``."""
+    from brainmri.layout import Layout
+
+    if isinstance(run, BundleSource):
+        return Layout.from_config(cfg.paths).validation_dir(run.name) / set_name
+    return run.reports_dir / "external" / set_name
+
+
 def validate(run_dir: str | Path, specs: list[str], cfg: Config, out_dir: str | Path | None = None) -> Path:
     """``brainmri validate``: run the protocol and write ``external.json``, ``predictions.csv``, the split
-    file, figures and the resolved config into ``out_dir`` (default ``RUN/reports/external/<set>/``)."""
+    file, figures and the resolved config into ``out_dir`` (default: :func:`default_out`). ``run_dir`` may be
+    a bundle folder: a site that received only the bundle validates it the same way."""
     from brainmri.utils import setup_torch
 
     setup_torch()
-    run = Run.load(run_dir)
+    run = load_source(run_dir, cfg)
     ext = prepare_external(specs, cfg, run.without_training_overlap, str(run.dir))
-    out = Path(out_dir or cfg.external.out_dir or run.reports_dir / "external" / ext.name)
+    out = Path(out_dir or cfg.external.out_dir or default_out(run, ext.name, cfg))
     result = validate_external(run, ext, cfg)
     result["_data"]["classes"] = run.classes
     result["split_file"] = str(cfg.external.split_file or out / SPLIT_FILE)

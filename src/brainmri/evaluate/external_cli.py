@@ -62,9 +62,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         parents=[common],
         help="external validation: overlap removal, calibration/evaluation split, clinical thresholds",
     )
-    v.add_argument("run", metavar="RUN", help="run folder (runs/<name>)")
+    v.add_argument("run", metavar="RUN", help="run folder (runs/<name>) or bundle folder (bundles/<name>)")
     v.add_argument("data", metavar="DATA", nargs="+", help="image folder(s) or CSV file,label[,patient]")
-    add_config_flag(v, "--out", "external.out_dir", help="output folder (default RUN/reports/external/<set>)")
+    add_config_flag(
+        v,
+        "--out",
+        "external.out_dir",
+        help="output folder (default RUN/reports/external/<set>; for a bundle <work_dir>/validation/<bundle>/<set>)",
+    )
     add_config_flag(
         v,
         "--target-sensitivity",
