@@ -385,6 +385,32 @@ SINGLE_INGREDIENTS = {
 }
 
 
+#: Recipe variants on the scan-grouped split (bench/results/<file>): what each changed.
+SCAN_SPLIT_VARIANTS = {
+    "robustness_no_randomisation_scan_split.json": "CPU recipe, 6 fine-tuning epochs",
+    "robustness_scan_split_mixup.json": "… plus MixUp (`train.mixup_alpha=0.2`)",
+    "robustness_scan_split_geometry.json": "… plus stronger geometry (rotation 20°, scale 0.8–1.2, shift 0.1)",
+    "robustness.json": "CPU recipe as released, 14 fine-tuning epochs",
+}
+
+
+def block_scan_split_variants() -> str | None:
+    rows = [(label, r) for name, label in SCAN_SPLIT_VARIANTS.items() if (r := _load(RESULTS / name)) is not None]
+    if not rows:
+        return None
+    return "\n".join(
+        [
+            "From `bench/results/"
+            + "`, `".join(n for n in SCAN_SPLIT_VARIANTS if (RESULTS / n).is_file())
+            + "` (`python bench/robustness.py --run RUN`, whole test split, one seed each):",
+            "",
+            "| model | clean acc | ECE | MRI-C mean drop | worst corruption (drop) | lgg-flair AUC | navoneel AUC |",
+            "|---|---|---|---|---|---|---|",
+            *(_mric_row(label, r) for label, r in rows),
+        ]
+    )
+
+
 def block_randomisation() -> str | None:
     on, off = _load(RESULTS / "robustness_randomised.json"), _load(RESULTS / "robustness_no_randomisation.json")
     if on is None or off is None:
@@ -446,6 +472,7 @@ BLOCKS = {
     "robustness": block_robustness,
     "robustness_table": block_robustness_table,
     "robustness_levels": block_robustness_levels,
+    "scan_split_variants": block_scan_split_variants,
     "ood_check": block_ood_check,
     "external_validation": block_external_validation,
     "study_level": block_study_level,
