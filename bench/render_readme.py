@@ -395,18 +395,17 @@ SCAN_SPLIT_VARIANTS = {
 
 
 def block_scan_split_variants() -> str | None:
-    rows = [(label, r) for name, label in SCAN_SPLIT_VARIANTS.items() if (r := _load(RESULTS / name)) is not None]
+    rows = {name: (label, r) for name, label in SCAN_SPLIT_VARIANTS.items() if (r := _load(RESULTS / name))}
     if not rows:
         return None
     return "\n".join(
         [
-            "From `bench/results/"
-            + "`, `".join(n for n in SCAN_SPLIT_VARIANTS if (RESULTS / n).is_file())
-            + "` (`python bench/robustness.py --run RUN`, whole test split, one seed each):",
+            f"From `bench/results/{'`, `'.join(rows)}` (`python bench/robustness.py --run RUN`, whole test split, "
+            "one seed each):",
             "",
             "| model | clean acc | ECE | MRI-C mean drop | worst corruption (drop) | lgg-flair AUC | navoneel AUC |",
             "|---|---|---|---|---|---|---|",
-            *(_mric_row(label, r) for label, r in rows),
+            *(_mric_row(label, r) for label, r in rows.values()),
         ]
     )
 
