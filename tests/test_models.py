@@ -60,10 +60,22 @@ def test_local_weights_file_roundtrip(tmp_path):
         create_model(cfg.model_copy(update={"weights": str(tmp_path / "missing.pth")}), 4)
 
 
-@pytest.mark.parametrize("gray_mode", ["replicate", "stem"])
+@pytest.mark.parametrize("gray_mode", ["replicate", "stem", "mirror"])
 def test_grayscale_input_and_gradcam_layer(gray_mode):
     model = create_model(ModelConfig(backbone="test_efficientnet", weights="none", gray_mode=gray_mode), 4).eval()
     x = torch.rand(2, 1, 64, 64)
     assert model(x).shape == (2, 4)
     assert model.forward_features(x).ndim == 2
     assert isinstance(model.gradcam_target_layer(), torch.nn.Module)
+
+
+def test_mirror_mode_is_grey_for_symmetric_and_coloured_for_one_sided_input():
+    model = create_model(ModelConfig(backbone="test_efficientnet", weights="none", gray_mode="mirror"), 4).eval()
+    sym = torch.zeros(1, 1, 8, 8)
+    sym[..., 2:6, 3:5] = 1.0
+    one_sided = torch.zeros(1, 1, 8, 8)
+    one_sided[..., 2:4, 0:2] = 1.0
+    channels = model.normalise(sym) * model.std + model.mean
+    assert torch.allclose(channels[:, 0], channels[:, 2])
+    channels = model.normalise(one_sided) * model.std + model.mean
+    assert channels[0, 2, 2, 7] == 1.0 and channels[0, 0, 2, 7] == 0.0

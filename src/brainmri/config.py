@@ -189,7 +189,10 @@ class ModelConfig(Section):
     ``none``, or a path to a .safetensors / .pth state dict."""
     drop_rate: float = 0.2
     drop_path_rate: float = 0.0
-    gray_mode: Literal["replicate", "stem"] = "replicate"
+    gray_mode: Literal["replicate", "stem", "mirror"] = "replicate"
+    """How one grey channel feeds an RGB stem: ``replicate`` (x, x, x); ``stem`` (1-channel stem, filters
+    summed); ``mirror`` (x, x, left-right mirror of x): grey where the head is symmetric, coloured where
+    it is not, so a one-sided lesion stands out whatever its contrast."""
 
 
 class StageConfig(Section):

@@ -20,7 +20,10 @@ class BrainClassifier(nn.Module):
         backbone: a timm model whose classifier already has ``num_classes`` outputs.
         mean, std: per-channel normalisation of the weight source (3 values, or 1 in ``stem`` mode).
         gray_mode: ``replicate`` copies the single channel to 3 (keeps ImageNet stem weights intact);
-            ``stem`` means the backbone was built with ``in_chans=1`` (timm sums the RGB stem filters).
+            ``stem`` means the backbone was built with ``in_chans=1`` (timm sums the RGB stem filters);
+            ``mirror`` feeds (x, x, flipped x): symmetric anatomy stays grey, as in ``replicate``, while
+            a one-sided lesion shows as colour, a cue that does not depend on the lesion's contrast
+            (the midline-symmetry prior of asymmetry-based tumour detectors).
     """
 
     def __init__(
@@ -33,7 +36,7 @@ class BrainClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.gray_mode = gray_mode
-        channels = 3 if gray_mode == "replicate" else 1
+        channels = 1 if gray_mode == "stem" else 3
         if gray_mode == "stem":
             mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, channels, 1, 1))
@@ -48,6 +51,8 @@ class BrainClassifier(nn.Module):
             x = x.unsqueeze(1)
         if self.gray_mode == "replicate":
             x = x.expand(-1, 3, -1, -1)
+        elif self.gray_mode == "mirror":
+            x = torch.cat([x, x, torch.flip(x, dims=[-1])], dim=1)
         return (x - self.mean) / self.std
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

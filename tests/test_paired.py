@@ -1,0 +1,67 @@
+"""bench/paired.py: paired, seed-averaged differences between training variants on shared resamples."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_paired", REPO / "bench" / "paired.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scores(p: np.ndarray, y: np.ndarray, groups: list[str]) -> dict:
+    ids = [f"img{i}" for i in range(len(y))]
+    hit = ((p >= 0.5) == y).astype(float)
+    return {"sets": {"test": {"ids": ids, "y": y, "p": p, "hit": hit, "groups": ids},
+                     "lgg-flair": {"ids": ids, "y": y, "p": p, "groups": groups}}}  # fmt: skip
+
+
+def test_a_better_arm_gets_a_positive_difference_whose_interval_excludes_zero():
+    bench = load_bench()
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    groups = [f"patient{i // 10}" for i in range(len(y))]
+    noise = rng.normal(0, 1, (4, len(y)))
+    weak = [_scores(1 / (1 + np.exp(-(0.5 * (2 * y - 1) + n))), y, groups) for n in noise[:2]]
+    strong = [_scores(1 / (1 + np.exp(-(2.0 * (2 * y - 1) + n))), y, groups) for n in noise[2:]]
+    out = bench.compare({"weak": weak, "strong": strong}, n_boot=200)
+    lgg = out["lgg-flair"]
+    assert lgg["n_groups"] == 20
+    d = lgg["arms"]["strong"]["minus_weak"]["tumour_auc"]
+    assert d["diff"] > 0.1 and d["ci95"][0] > 0
+    assert lgg["arms"]["weak"]["minus_weak"] is None
+    assert len(lgg["arms"]["strong"]["per_seed"]) == 2
+    assert np.isclose(lgg["arms"]["strong"]["mean"]["tumour_auc"],
+                      np.mean([m["tumour_auc"] for m in lgg["arms"]["strong"]["per_seed"]]))  # fmt: skip
+    assert "accuracy" in out["test"]["arms"]["strong"]["mean"]
+    assert "| strong | 2 |" in bench.render_markdown({"reference": "weak", "arms": {"weak": [1, 2], "strong": [1, 2]},
+                                                       "sets": out})  # fmt: skip
+
+
+def test_runs_scored_on_different_images_are_refused():
+    bench = load_bench()
+    y = np.array([0, 1, 0, 1])
+    a = _scores(np.array([0.1, 0.9, 0.2, 0.8]), y, ["a", "a", "b", "b"])
+    b = _scores(np.array([0.1, 0.9, 0.2, 0.8]), y, ["a", "a", "b", "b"])
+    b["sets"]["lgg-flair"]["ids"] = ["x", "y", "z", "w"]
+    with pytest.raises(SystemExit, match="different lgg-flair images"):
+        bench.compare({"a": [a], "b": [b]}, n_boot=10)
+
+
+def test_arm_specs_are_parsed_and_bad_ones_named():
+    bench = load_bench()
+    arms = bench.parse_arms(["base=runs/a,runs/b", "mirror=runs/c"])
+    assert list(arms) == ["base", "mirror"] and len(arms["base"]) == 2
+    with pytest.raises(SystemExit, match="NAME=RUN"):
+        bench.parse_arms(["runs/a"])
