@@ -247,7 +247,21 @@ class Scorer:
         r: dict[str, Any] = {"n": len(y), "n_tumour": int(y.sum()), "n_groups": len(set(groups))}
         r.update(tumour_scores(y, p, self.threshold))
         r["ci95"] = bootstrap_ci(y, p, self.threshold, groups, n_boot) if n_boot else None
+        if "mahalanobis" in self.oods:
+            r["answered"] = self.answered(p, feats, y, groups, n_boot)
         return {**r, "ood_flagged": self.flagged(logits, feats)}
+
+    def answered(self, p, feats, y, groups, n_boot) -> dict[str, Any]:
+        """Scores on the images the Mahalanobis gate passes: what a deployment that sends flagged images
+        to review answers itself, and how many images that is (selective prediction, reported with its
+        coverage so a high AUC on a small share cannot pass for the whole set)."""
+        inside, _ = self.oods["mahalanobis"].predict(feats)
+        r: dict[str, Any] = {"gate": "mahalanobis", "share": float(inside.mean()), "n": int(inside.sum()),
+                             "n_tumour": int(y[inside].sum())}  # fmt: skip
+        r.update(tumour_scores(y[inside], p[inside], self.threshold))
+        g = np.asarray(groups)[inside]
+        r["ci95"] = bootstrap_ci(y[inside], p[inside], self.threshold, g, n_boot) if n_boot and inside.any() else None
+        return r
 
 
 # ----------------------------------------------------------------------------- data
@@ -666,8 +680,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"| {name} | {_severity_cols(rows, 'accuracy')} | {_severity_cols(rows, 'drop', 1)} | "
             f"{_severity_cols(rows, 'tumour_auc')} | {maha} |"
         )
-    lines += ["", "| external set | n (tumour) | groups | AUC [95% CI] | sens [CI] | spec [CI] | OOD flagged M / E |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| external set | n (tumour) | groups | AUC [95% CI] | sens [CI] | spec [CI] | OOD flagged M / E "
+              "| AUC where the gate passes (share) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, e in r["external"].items():
         if "skipped" in e:
             continue
@@ -675,11 +689,15 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {e['n']} ({e['n_tumour']}) | {e['n_groups']} {e['groups'].split()[0]} | "
             f"{_with_ci(e, 'auc')} | {_with_ci(e, 'sensitivity')} | {_with_ci(e, 'specificity')} | "
-            f"{_f(of.get('mahalanobis'), 2)} / {_f(of.get('energy'), 2)} |"
+            f"{_f(of.get('mahalanobis'), 2)} / {_f(of.get('energy'), 2)} | {_answered(e.get('answered'))} |"
         )
     for name, e in r["external"].items():
         lines += render_levels(name, e.get("by_level"))
     return "\n".join(lines)
+
+
+def _answered(a: dict[str, Any] | None) -> str:
+    return "–" if not a or a.get("auc") is None else f"{_with_ci(a, 'auc')} ({a['share']:.0%})"
 
 
 def render_levels(name: str, rows: list[dict[str, Any]] | None) -> list[str]:

@@ -132,6 +132,7 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
     assert bench.main(argv) == 0
     assert json.loads(out.read_text())["external"]["lgg-flair"]["auc"] == lgg["auc"]
     assert sum(row["n"] for row in lgg["by_level"]) == lgg["n"] and "by_level" not in nav
+    assert 0 <= lgg["answered"]["share"] <= 1 and lgg["answered"]["n"] == round(lgg["answered"]["share"] * lgg["n"])
     md = bench.render_markdown(r)
     assert "| contrast_inversion |" in md and "| lgg-flair | 12 (6) | 3 patients |" in md
     assert "| lower third (skull base) |" in md
@@ -165,3 +166,23 @@ def test_figures(tiny_run: Path, tmp_path: Path):
     assert bench.main(["--run", str(tiny_run), "--figures", "--figures-dir", str(tmp_path)]) == 0
     assert (tmp_path / "augment_examples.png").stat().st_size > 1000
     assert (tmp_path / "robustness_corruptions.png").stat().st_size > 1000
+
+
+def test_answered_scores_only_the_images_the_gate_passes():
+    bench = load_bench()
+
+    class Gate:  # passes images whose first feature is below 1
+        def predict(self, feats):
+            return feats[:, 0] < 1, feats[:, 0]
+
+    classes = ["glioma", "meningioma", "no_tumor", "pituitary"]
+    y = np.array([1, 1, 0, 0, 1, 0])
+    logits = np.zeros((6, 4))
+    logits[:, 2] = [-5, -5, 5, 5, 5, -5]  # the last two are wrong, and the gate flags them
+    feats = np.array([[0.0], [0.0], [0.0], [0.0], [2.0], [2.0]])
+    r = bench.Scorer(classes, 1.0, 0.5, {"mahalanobis": Gate()}).binary(logits, feats, y, list("aabbcc"), 0)
+    assert r["auc"] < 1.0
+    a = r["answered"]
+    assert a["share"] == pytest.approx(4 / 6) and a["n"] == 4 and a["n_tumour"] == 2
+    assert a["auc"] == 1.0 and a["sensitivity"] == 1.0 and a["specificity"] == 1.0
+    assert "(67%)" in bench._answered(a)
