@@ -6,9 +6,11 @@ Usage::
         --out bench/results/paired_mirror.json
 
 Each ``--arm NAME=RUN[,RUN...]`` is one recipe, trained once per seed on the **same split**; the first arm
-is the reference. Every run scores the same images: the held-out test split (4-class accuracy, tumour AUC),
-lgg-flair (all of it, zero-shot) and navoneel (overlap with train + val removed), tumour probability
-``1 - softmax(logits / T)[no_tumor]`` with the run's temperature.
+is the reference. ``RUN+RUN`` in place of a run is an ensemble: the mean of the members' calibrated
+probabilities (a run may appear in several arms; it is scored once). Every run scores the same images:
+the held-out test split (4-class accuracy, tumour AUC), lgg-flair (all of it, zero-shot) and navoneel
+(overlap with train + val removed); tumour probability ``1 - softmax(logits / T)[no_tumor]`` with the
+run's temperature.
 
 Why paired: separate CIs of two runs overlap even when one is better on almost every resample, because
 both share the same hard images. Here each bootstrap resample (lgg-flair: whole patients; the others:
@@ -32,18 +34,19 @@ REPO = Path(__file__).resolve().parents[1]
 SEED = 20261202
 
 
-def parse_arms(specs: list[str]) -> dict[str, list[Path]]:
-    arms: dict[str, list[Path]] = {}
+def parse_arms(specs: list[str]) -> dict[str, list[list[Path]]]:
+    """``NAME=A,B+C`` -> {NAME: [[A], [B, C]]}: two seeds, the second an ensemble of B and C."""
+    arms: dict[str, list[list[Path]]] = {}
     for spec in specs:
         name, sep, runs = spec.partition("=")
         if not sep or not runs:
-            raise SystemExit(f"--arm {spec!r}: expected NAME=RUN[,RUN...]")
-        arms[name] = [Path(r).resolve() for r in runs.split(",")]
+            raise SystemExit(f"--arm {spec!r}: expected NAME=RUN[,RUN...] (RUN+RUN averages an ensemble)")
+        arms[name] = [[Path(m).resolve() for m in r.split("+")] for r in runs.split(",")]
     return arms
 
 
 def score_run(run_dir: Path, cache_dir: Path, roots: dict[str, Path]) -> dict[str, Any]:
-    """Tumour probabilities (and 4-class hits on test) of one run on every evaluation set."""
+    """Calibrated 4-class probabilities of one run on every evaluation set (and the labels they are scored on)."""
     import robustness as rb
     from brainmri.runs import Run
 
@@ -51,17 +54,36 @@ def score_run(run_dir: Path, cache_dir: Path, roots: dict[str, Path]) -> dict[st
     model = rb.FeatureModel(run, "torch", cache_dir)
     val, test = run.load_images("val"), run.load_images("test")
     op = rb.operating_point(run, model(val.images)[0], val.labels)
-    scorer = rb.Scorer(run.classes, op["temperature"], op["threshold"], {})
-    logits, _ = model(test.images)
+
+    def probs(images: np.ndarray) -> np.ndarray:
+        return rb.softmax(model(images)[0] / op["temperature"])
+
     no = run.classes.index(rb.NO_TUMOR)
-    sets = {"test": {"ids": test.ids, "y": (test.labels != no).astype(int), "p": scorer.p_tumour(logits),
-                     "hit": (logits.argmax(1) == test.labels).astype(float), "groups": test.ids}}  # fmt: skip
+    sets = {"test": {"ids": test.ids, "probs": probs(test.images), "labels": test.labels, "groups": test.ids}}
     for name, root in roots.items():
         data = rb.external_images(run, root, cache_dir, remove_overlap=name != "lgg-flair")
-        y = np.array([label != rb.NO_TUMOR for label in data.label_names], dtype=int)
-        sets[name] = {"ids": data.ids, "y": y, "p": scorer.p_tumour(model(data.images)[0]),
-                      "groups": rb.patient_groups(data.ids, root)}  # fmt: skip
-    return {"sets": sets}
+        sets[name] = {"ids": data.ids, "probs": probs(data.images), "groups": rb.patient_groups(data.ids, root),
+                      "y": np.array([label != rb.NO_TUMOR for label in data.label_names], dtype=int)}  # fmt: skip
+    return {"no_tumor": no, "sets": sets}
+
+
+def combine(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scored model from one run or an ensemble (mean of the members' calibrated probabilities):
+    tumour probability ``p``, tumour label ``y`` and, on the test split, 4-class ``hit``."""
+    no, out = members[0]["no_tumor"], {}
+    for name, s in members[0]["sets"].items():
+        for m in members[1:]:
+            if m["sets"][name]["ids"] != s["ids"]:
+                raise SystemExit(f"ensemble members score different {name} images (another split?)")
+        probs = np.mean([m["sets"][name]["probs"] for m in members], axis=0)
+        entry = {"ids": s["ids"], "groups": s["groups"], "p": 1.0 - probs[:, no]}
+        if "labels" in s:
+            entry["y"] = (s["labels"] != no).astype(int)
+            entry["hit"] = (probs.argmax(1) == s["labels"]).astype(float)
+        else:
+            entry["y"] = s["y"]
+        out[name] = entry
+    return {"sets": out}
 
 
 def metrics(s: dict[str, Any], idx: np.ndarray) -> dict[str, float]:
@@ -163,13 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache_dir).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     roots = {"lgg-flair": Path(args.lgg), "navoneel": Path(args.navoneel)}
-    scores = {a: [score_run(r, cache, roots) for r in runs] for a, runs in arms.items()}
+    cached: dict[Path, dict[str, Any]] = {}
+
+    def scored(run: Path) -> dict[str, Any]:
+        if run not in cached:
+            cached[run] = score_run(run, cache, roots)
+        return cached[run]
+
+    scores = {a: [combine([scored(m) for m in members]) for members in seeds] for a, seeds in arms.items()}
     result = {
         "benchmark": "paired comparison of training variants (bench/paired.py)",
         "command": "python bench/paired.py " + " ".join(f"--arm {a}" for a in args.arm),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "reference": next(iter(arms)),
-        "arms": {a: [str(r) for r in runs] for a, runs in arms.items()},
+        "arms": {a: ["+".join(str(m) for m in members) for members in seeds] for a, seeds in arms.items()},
         "resampling": "lgg-flair: patients; test and navoneel: images; one resample applied to every run",
         "bootstrap": args.bootstrap,
         "sets": compare(scores, args.bootstrap),

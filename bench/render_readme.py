@@ -390,6 +390,7 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_no_randomisation_scan_split.json": "CPU recipe, 6 fine-tuning epochs",
     "robustness_scan_split_mixup.json": "… plus MixUp (`train.mixup_alpha=0.2`)",
     "robustness_scan_split_geometry.json": "… plus stronger geometry (rotation 20°, scale 0.8–1.2, shift 0.1)",
+    "robustness_scan_split_mirror.json": "… with the mirror channel (`model.gray_mode=mirror`)",
     "robustness.json": "CPU recipe as released, 14 fine-tuning epochs",
 }
 
@@ -408,6 +409,18 @@ def block_scan_split_variants() -> str | None:
             *(_mric_row(label, r) for label, r in rows.values()),
         ]
     )
+
+
+def block_paired_mirror() -> str | None:
+    r = _load(RESULTS / "paired_mirror.json")
+    if r is None:
+        return None
+    head = (
+        "From `bench/results/paired_mirror.json` (`python bench/paired.py`; each cell: mean over seeds (per seed), "
+        f"then the paired difference to `{r['reference']}` with its 95% bootstrap interval; "
+        f"{r['resampling']}):"
+    )
+    return "\n".join([head, "", _bench_module("paired").render_markdown(r)])
 
 
 def block_randomisation() -> str | None:
@@ -472,6 +485,7 @@ BLOCKS = {
     "robustness_table": block_robustness_table,
     "robustness_levels": block_robustness_levels,
     "scan_split_variants": block_scan_split_variants,
+    "paired_mirror": block_paired_mirror,
     "ood_check": block_ood_check,
     "external_validation": block_external_validation,
     "study_level": block_study_level,

@@ -62,6 +62,25 @@ def test_runs_scored_on_different_images_are_refused():
 def test_arm_specs_are_parsed_and_bad_ones_named():
     bench = load_bench()
     arms = bench.parse_arms(["base=runs/a,runs/b", "mirror=runs/c"])
-    assert list(arms) == ["base", "mirror"] and len(arms["base"]) == 2
+    assert list(arms) == ["base", "mirror"] and len(arms["base"]) == 2 and len(arms["base"][0]) == 1
+    assert len(bench.parse_arms(["ens=runs/a+runs/b"])["ens"][0]) == 2
     with pytest.raises(SystemExit, match="NAME=RUN"):
         bench.parse_arms(["runs/a"])
+
+
+def test_an_ensemble_averages_the_members_calibrated_probabilities():
+    bench = load_bench()
+    labels = np.array([0, 2, 2, 1])
+    ids = ["a", "b", "c", "d"]
+
+    def member(probs):
+        return {"no_tumor": 2, "sets": {"test": {"ids": ids, "groups": ids, "labels": labels,
+                                                 "probs": np.array(probs, dtype=float)}}}  # fmt: skip
+
+    one = member([[0.6, 0.1, 0.3, 0.0], [0.2, 0.0, 0.8, 0.0], [0.7, 0.0, 0.3, 0.0], [0.0, 0.4, 0.6, 0.0]])
+    two = member([[0.2, 0.1, 0.7, 0.0], [0.1, 0.1, 0.8, 0.0], [0.1, 0.0, 0.9, 0.0], [0.0, 0.9, 0.1, 0.0]])
+    ens = bench.combine([one, two])["sets"]["test"]
+    np.testing.assert_allclose(ens["p"], [0.5, 0.2, 0.4, 0.65])
+    np.testing.assert_array_equal(ens["y"], [1, 0, 0, 1])
+    np.testing.assert_array_equal(ens["hit"], [0.0, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(bench.combine([one])["sets"]["test"]["hit"], [1.0, 1.0, 0.0, 0.0])
