@@ -146,14 +146,16 @@ def render_markdown(r: dict[str, Any]) -> str:
             if not e:
                 cells.append("–")
                 continue
-            seeds = "/".join(f"{m[key]:.3f}" for m in e["per_seed"])
+            per_seed = "/".join(f"{m[key]:.3f}" for m in e["per_seed"])
             d = e.get("minus_" + ref)
-            cell = f"{e['mean'][key]:.3f} ({seeds})"
+            cell = f"{e['mean'][key]:.3f} ({per_seed})"
             if d:
                 lo, hi = d[key]["ci95"]
                 cell += f"<br>{d[key]['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
             cells.append(cell)
-        lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
+        size = len(str(runs[0]).split("+"))
+        seeds = f"{len(runs)}" + (f" ({size}-model ensembles)" if size > 1 else "")
+        lines.append(f"| {arm} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
