@@ -140,9 +140,9 @@ class InterruptAfter(Callback):
             raise RuntimeError("simulated crash")
 
 
-@pytest.mark.parametrize("mixup_alpha", [0.0, 0.4])
-def test_resume_reaches_same_weights_as_uninterrupted(tmp_path, mixup_alpha):
-    cfg = tiny_cfg(mixup_alpha=mixup_alpha)
+@pytest.mark.parametrize(("mixup_alpha", "ema_decay"), [(0.0, 0.0), (0.4, 0.0), (0.0, 0.9)])
+def test_resume_reaches_same_weights_as_uninterrupted(tmp_path, mixup_alpha, ema_decay):
+    cfg = tiny_cfg(mixup_alpha=mixup_alpha, ema_decay=ema_decay)
     cfg.train.augment.enabled = True
     cfg.model.drop_rate = 0.2
     cfg.train.stage1.epochs, cfg.train.stage2.epochs = 1, 3
@@ -205,3 +205,17 @@ def test_both_stages_log_and_checkpoints_load_with_weights_only(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints" / "stage2" / "last.ckpt", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["stage"] == 2 and hp["train"]["batch_size"] == 16 and hp["num_classes"] == 4
+
+
+def test_weight_average_is_what_validation_keeps_while_training_continues_from_raw_weights(tmp_path):
+    cfg = tiny_cfg(ema_decay=0.9)
+    cfg.train.stage1.epochs, cfg.train.stage2.epochs = 0, 1  # one epoch: without averaging, best == last
+    data = phantom_split(8)  # 2 steps: the first copies the weights, the second averages
+    fit_stages(cfg, create_model(cfg.model, 4), data, data, tmp_path)
+    best = load_file(str(tmp_path / "model.safetensors"))
+    ckpt = torch.load(tmp_path / "checkpoints" / "stage2" / "last.ckpt", weights_only=True)
+    raw = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    (ema_state,) = [v["ema"] for k, v in ckpt["callbacks"].items() if k.startswith("WeightAverage")]
+    key = "backbone.classifier.weight"
+    assert torch.allclose(best[key], ema_state[key])  # validation and the kept weights used the average
+    assert not torch.allclose(best[key], raw[key])  # and the raw weights went back for the checkpoint

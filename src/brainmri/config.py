@@ -259,6 +259,11 @@ class TrainConfig(Section):
     focal_gamma: float = 2.0
     focal_alpha: list[float] | None = None
     mixup_alpha: float = 0.0
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    """Stage 2 validates, keeps and releases an exponential moving average of the weights (timm
+    ``ModelEmaV3``) when > 0, e.g. 0.995 (a horizon of ~200 steps); 0 = off. Weight averaging along the trajectory
+    (SWA, Izmailov et al. 2018; SWAD, Cha et al. 2021) finds flatter minima that transfer better to
+    unseen domains."""
     precision: str = "auto"
     accelerator: str = "auto"
     devices: int | str = "auto"

@@ -27,6 +27,7 @@ from brainmri.models import BrainClassifier, create_model
 from brainmri.runs import RUN_JSON, WEIGHTS_FILE, SplitImages, images_from_cache, write_run
 from brainmri.train.augment import Augmenter
 from brainmri.train.data import SliceDataModule
+from brainmri.train.ema import WeightAverage
 from brainmri.train.losses import balanced_class_weights, build_loss
 from brainmri.train.module import ClassifierModule, warmup_cosine
 from brainmri.utils import atomic_path, atomic_write_json, progress, setup_torch
@@ -503,6 +504,8 @@ def _stage2(s: _Stages, done: dict[str, Any], state_file: Path, resume: bool) ->
     )
     stop = EarlyStopping(monitor=tc.monitor, mode=tc.monitor_mode, patience=tc.early_stopping_patience)
     callbacks = [s.best, checkpoint, History(rows, len(s.train.ids)), stop, persist]
+    if tc.ema_decay > 0:  # after s.best: the best-weights file must see the averaged weights (train/ema.py)
+        callbacks.append(WeightAverage(tc.ema_decay))
     s.lightning(2, tc.stage2.epochs, tc.stage2.lr, False, callbacks, ckpt)
     return rows
 
