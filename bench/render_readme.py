@@ -412,12 +412,12 @@ def block_scan_split_variants() -> str | None:
     )
 
 
-def block_paired_mirror() -> str | None:
-    r = _load(RESULTS / "paired_mirror.json")
+def block_paired(name: str) -> str | None:
+    r = _load(RESULTS / name)
     if r is None:
         return None
     head = (
-        "From `bench/results/paired_mirror.json` (`python bench/paired.py`; each cell: mean over seeds (per seed), "
+        f"From `bench/results/{name}` (`python bench/paired.py`; each cell: mean over seeds (per seed), "
         f"then the paired difference to `{r['reference']}` with its 95% bootstrap interval; "
         f"{r['resampling']}):"
     )
@@ -486,7 +486,8 @@ BLOCKS = {
     "robustness_table": block_robustness_table,
     "robustness_levels": block_robustness_levels,
     "scan_split_variants": block_scan_split_variants,
-    "paired_mirror": block_paired_mirror,
+    "paired_mirror": lambda: block_paired("paired_mirror.json"),
+    "paired_ema": lambda: block_paired("paired_ema.json"),
     "ood_check": block_ood_check,
     "external_validation": block_external_validation,
     "study_level": block_study_level,
