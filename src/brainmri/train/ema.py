@@ -3,10 +3,12 @@
 Why: weight averaging along the training trajectory (SWA, Izmailov et al. 2018; SWAD, Cha et al. 2021)
 lands in flatter minima, which hold up better on domains the training never saw; an ensemble of seeds
 helps the same way at twice the inference cost (``bench/results/paired_mirror.json``), an average of
-weights at none. timm's ``ModelEmaV3`` keeps the average, without its warm-up schedule: that schedule
-is made for runs of tens of thousands of steps and would keep the decay near 0.99 through a CPU run of
-~700 steps. The first update copies the weights, so stage 2's starting point fades out as decay^steps
-(0.995^700 = 3%).
+weights at none. On this project's CPU recipe it did not help (``bench/results/paired_ema.json``:
+lgg-flair AUC -0.027, test accuracy -1.0 points over two seeds), so it is off by default.
+
+timm's ``ModelEmaV3`` keeps the average, without its warm-up schedule: that schedule is made for runs
+of tens of thousands of steps and would keep the decay near 0.99 through a CPU run of ~700 steps. The
+first update copies the weights, so stage 2's starting point fades out as decay^steps (0.995^700 = 3%).
 
 How it meets the rest of training: for every validation pass the averaged weights are swapped into the
 model, so the monitored metrics, early stopping and the best-weights file (``BestWeights``, which must
