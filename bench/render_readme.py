@@ -203,9 +203,20 @@ def block_robustness() -> str | None:
         ci = e.get("ci95", {}).get("auc", [None, None])
         lines.append(
             f"Zero-shot on {name} ({e['n']} images, {e.get('groups')}): tumour AUC **{e['auc']:.3f}** "
-            f"({ci[0]:.3f}–{ci[1]:.3f}), sensitivity {_pct(e['sensitivity'])}, specificity {_pct(e['specificity'])}."
+            f"({ci[0]:.3f}–{ci[1]:.3f}), sensitivity {_pct(e['sensitivity'])}, specificity {_pct(e['specificity'])}"
+            + _answered_clause(e.get("answered"))
         )
     return "\n".join(lines)
+
+
+def _answered_clause(a: dict[str, Any] | None) -> str:
+    """What a deployment that sends out-of-domain flags to review answers itself (bench/robustness.py)."""
+    if not a or a.get("auc") is None:
+        return "."
+    lo, hi = a["ci95"]["auc"]
+    return (
+        f"; on the {_pct(a['share'])} of images the Mahalanobis gate passes, AUC {a['auc']:.3f} ({lo:.3f}–{hi:.3f})."
+    )
 
 
 def block_robustness_levels() -> str | None:
