@@ -192,7 +192,7 @@ class ModelConfig(Section):
     gray_mode: Literal["replicate", "stem", "mirror"] = "replicate"
     """How one grey channel feeds an RGB stem: ``replicate`` (x, x, x); ``stem`` (1-channel stem, filters
     summed); ``mirror`` (x, x, left-right mirror of x): grey where the head is symmetric, coloured where
-    it is not, so a one-sided lesion stands out whatever its contrast."""
+    it is not, so a one-sided lesion stands out whatever its contrast. Measured, not adopted: docs/robustness.md."""
 
 
 class StageConfig(Section):
