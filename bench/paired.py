@@ -22,6 +22,7 @@ not modelled: a difference smaller than the spread between one arm's seeds is no
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -187,13 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache_dir).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     roots = {"lgg-flair": Path(args.lgg), "navoneel": Path(args.navoneel)}
-    cached: dict[Path, dict[str, Any]] = {}
-
-    def scored(run: Path) -> dict[str, Any]:
-        if run not in cached:
-            cached[run] = score_run(run, cache, roots)
-        return cached[run]
-
+    scored = functools.cache(lambda run: score_run(run, cache, roots))  # a run in several arms is scored once
     scores = {a: [combine([scored(m) for m in members]) for members in seeds] for a, seeds in arms.items()}
     result = {
         "benchmark": "paired comparison of training variants (bench/paired.py)",
