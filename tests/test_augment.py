@@ -17,6 +17,7 @@ from brainmri.train.augment import (
     FourierAmplitudeMix,
     IntensityRemap,
     Resample,
+    RandomConvNet,
     RicianNoise,
     build_transforms,
     effective_config,
@@ -29,6 +30,7 @@ SIZE = 64
 ALL_ON = {
     "intensity_remap": 1.0,
     "invert": 1.0,
+    "random_conv": 1.0,
     "fourier_mix": 1.0,
     "rician_noise": 1.0,
     "thickness": 1.0,
@@ -116,7 +118,7 @@ def test_every_transform_on_is_reproducible_and_in_range():
 
 def test_zero_probability_draws_nothing():
     """A new transform left at 0 consumes no random numbers (so existing runs are unchanged)."""
-    for t in build_transforms(AugmentConfig())[2:5]:
+    for t in build_transforms(AugmentConfig())[2:6]:
         rng = np.random.default_rng(0)
         assert t.draw((SIZE, SIZE), rng) is None
         assert rng.random() == np.random.default_rng(0).random()
@@ -182,3 +184,23 @@ def test_rician_noise_lifts_background_and_resample_axis():
     assert Resample(4.0, axis=1)(stripes).std() < 0.2 * stripes.std()
     field = BiasField(np.full(9, 0.3)).field((SIZE, SIZE))
     assert field.shape == (SIZE, SIZE) and field.min() > 0
+
+
+def test_random_conv_net_changes_texture_keeps_shape_and_background():
+    img = phantom(2)
+    mask = head_mask(img)
+    out = RandomConvNet(alpha=1.0, seed=5)(img)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    assert np.array_equal(out[~mask], img[~mask])  # air stays as it was
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert np.array_equal(out, RandomConvNet(alpha=1.0, seed=5)(img))  # the seed fixes the network
+    assert not np.allclose(out, RandomConvNet(alpha=1.0, seed=6)(img), atol=1e-3)
+    assert np.allclose(RandomConvNet(alpha=0.0, seed=5)(img), img)
+    # not a pointwise curve: pixels of one input value (the flat ellipse) leave the network differently
+    # near an edge than far from it, for at least one of a few random networks
+    flat = np.zeros((SIZE, SIZE), np.float32)
+    cv2.circle(flat, (SIZE // 2, SIZE // 2), SIZE // 3, 0.6, -1)
+    flat[SIZE // 2 - 3 : SIZE // 2 + 3, SIZE // 2 - 3 : SIZE // 2 + 3] = 0.9
+    inside = (flat == np.float32(0.6)) & (cv2.erode((flat > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    spreads = [RandomConvNet(alpha=1.0, seed=s)(flat)[inside].std() for s in range(5)]
+    assert max(spreads) > 0.01

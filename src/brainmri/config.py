@@ -228,6 +228,8 @@ class AugmentConfig(Section):
     """Knots of the random intensity curve (equally spaced in [0, 1])."""
     invert: float = 0.0
     """Probability of contrast inversion inside the head mask (x -> max - x)."""
+    random_conv: float = 0.0
+    """Probability of GIN: the slice through a random shallow conv net, blended with itself (docs/robustness.md)."""
     fourier_mix: float = 0.0
     """Probability of low-frequency Fourier amplitude mixing (FDA/FACT style)."""
     fourier_beta: float = Field(0.1, gt=0.0, le=0.5)

@@ -10,8 +10,9 @@ Three groups, applied in this order by :class:`Augmenter`:
 
 - geometry: flip, rotation, zoom (scale), translation (a random crop/zoom);
 - appearance randomisation (off by default; ``docs/robustness.md``): random monotone and non-monotone
-  intensity curves (BigAug, Zhang et al. 2020; GIN, Ouyang et al. 2022), contrast inversion inside the
-  head mask, low-frequency Fourier amplitude mixing (FDA, Yang & Soatto 2020; FACT, Xu et al. 2021);
+  intensity curves (BigAug, Zhang et al. 2020), contrast inversion inside the head mask, a random
+  shallow convolutional network (GIN, Ouyang et al. 2022), low-frequency Fourier amplitude mixing (FDA,
+  Yang & Soatto 2020; FACT, Xu et al. 2021);
 - scanner and protocol variation, after TorchIO (Pérez-García et al. 2021) and MONAI: bias field
   (exp of a random cubic polynomial), gamma, contrast/brightness, Gaussian blur, isotropic down-then-up
   sampling (a lower-resolution acquisition), anisotropic down-up sampling along one axis (slice
@@ -334,6 +335,54 @@ class FourierAmplitudeMix(Transform):
         return np.where(head_mask(img), out, img) if self.keep_background else out
 
 
+@dataclass(eq=False)
+class RandomConvNet(Transform):
+    """GIN: the slice through a shallow random convolutional network, blended with the original.
+
+    Global Intensity Non-linear augmentation (Ouyang et al. 2022, "Causality-inspired single-source domain
+    generalization for medical image segmentation"): ``layers`` convolutions of ``hidden`` channels with
+    1x1 or 3x3 kernels, weights and biases N(0, 1), LeakyReLU(0.2) between them, drawn from ``seed``.
+    Unlike a pointwise intensity curve the output depends on the neighbourhood too, so edges, textures and
+    the tissue ordering all change while shapes stay: a cheap stand-in for another sequence. The result
+    is blended with the input (``alpha``: 1 = all network), rescaled inside the head mask to the
+    input's 1st..99th percentile range, and the background stays black.
+    """
+
+    alpha: float = 1.0
+    layers: int = 4
+    hidden: int = 2
+    seed: int = 0
+
+    def _network(self, img: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        channels = [img]
+        for layer in range(self.layers):
+            n_out = 1 if layer == self.layers - 1 else self.hidden
+            k = int(rng.choice([1, 3]))
+            weights = rng.normal(0, 1, (n_out, len(channels), k, k)).astype(np.float32)
+            bias = rng.normal(0, 1, n_out).astype(np.float32)
+            out = []
+            for o in range(n_out):
+                acc = np.full(img.shape, bias[o], np.float32)
+                for i, ch in enumerate(channels):
+                    acc += cv2.filter2D(ch, -1, weights[o, i], borderType=cv2.BORDER_REFLECT)
+                out.append(acc if layer == self.layers - 1 else np.where(acc > 0, acc, 0.2 * acc))
+            channels = out
+        return channels[0]
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        mask = head_mask(img)
+        if mask.sum() < 16:
+            return img
+        net = self._network(np.ascontiguousarray(img, np.float32))
+        lo, hi = np.percentile(net[mask], [1, 99])
+        net = (net - lo) / max(hi - lo, 1e-6)
+        ilo, ihi = np.percentile(img[mask], [1, 99])
+        net = ilo + net * (ihi - ilo)
+        out = self.alpha * net + (1 - self.alpha) * img
+        return np.where(mask, np.clip(out, 0, 1), img).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- random wrappers
 
 
@@ -507,6 +556,15 @@ class RandIntensityRemap(RandomTransform):
         return IntensityRemap(np.r_[0.0, inner])
 
 
+class RandRandomConvNet(RandomTransform):
+    """GIN (:class:`RandomConvNet`): a new random network per image, blend ``alpha`` ~ U(0.5, 1)."""
+
+    name = "random_conv"
+
+    def sample(self, shape, rng):
+        return RandomConvNet(alpha=float(rng.uniform(0.5, 1.0)), seed=int(rng.integers(2**31)))
+
+
 class RandContrastInversion(RandomTransform):
     """Contrast inversion inside the head mask (no random parameter besides whether it happens)."""
 
@@ -578,6 +636,7 @@ def build_transforms(cfg: AugmentConfig, bank: np.ndarray | None = None) -> list
         RandAffine(c.rotation_deg, c.scale, c.translate),
         RandIntensityRemap(c.intensity_remap, c.remap_knots, c.remap_monotone),
         RandContrastInversion(c.invert),
+        RandRandomConvNet(c.random_conv),
         RandFourierAmplitudeMix(c.fourier_mix, c.fourier_beta, bank),
         RandBiasField(c.bias_field, c.bias_coefficient),
         RandGamma(c.gamma),
