@@ -214,9 +214,7 @@ def _answered_clause(a: dict[str, Any] | None) -> str:
     if not a or a.get("auc") is None:
         return "."
     lo, hi = a["ci95"]["auc"]
-    return (
-        f"; on the {_pct(a['share'])} of images the Mahalanobis gate passes, AUC {a['auc']:.3f} ({lo:.3f}–{hi:.3f})."
-    )
+    return f"; on the {_pct(a['share'])} of images the Mahalanobis gate passes, AUC {a['auc']:.3f} ({lo:.3f}–{hi:.3f})."
 
 
 def block_robustness_levels() -> str | None:

@@ -16,8 +16,8 @@ from brainmri.train.augment import (
     ContrastInversion,
     FourierAmplitudeMix,
     IntensityRemap,
-    Resample,
     RandomConvNet,
+    Resample,
     RicianNoise,
     build_transforms,
     effective_config,
@@ -192,7 +192,7 @@ def test_random_conv_net_changes_texture_keeps_shape_and_background():
     out = RandomConvNet(alpha=1.0, seed=5)(img)
     assert out.dtype == np.float32 and out.shape == img.shape
     assert np.array_equal(out[~mask], img[~mask])  # air stays as it was
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
     assert np.array_equal(out, RandomConvNet(alpha=1.0, seed=5)(img))  # the seed fixes the network
     assert not np.allclose(out, RandomConvNet(alpha=1.0, seed=6)(img), atol=1e-3)
     assert np.allclose(RandomConvNet(alpha=0.0, seed=5)(img), img)
