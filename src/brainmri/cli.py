@@ -58,6 +58,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "brainmri train --config configs/gpu-full.yaml --devices 4 --name gpu-run",
         "brainmri train --config configs/cpu-fast.yaml --resume",
     ),
+    "ensemble": ("brainmri ensemble runs/cpu-fast runs/cpu-fast-seed7 --out runs/cpu-fast-ens2",),
     "evaluate": (
         "brainmri evaluate runs/cpu-fast",
         "brainmri evaluate runs/cpu-fast --split work/external/navoneel/manifest.csv",

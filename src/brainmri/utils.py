@@ -62,6 +62,23 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def replace_dir(tmp: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Move the finished folder ``tmp`` to ``out``, replacing what is there only once ``tmp`` is complete.
+
+    The old folder is renamed aside first and removed last, so an interruption leaves either the old or
+    the new folder in place (plus at most a hidden ``.<name>.old-<pid>`` to delete), never a half-written one.
+    """
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """``text`` on one line (runs of whitespace, newlines included, become one space), cut to ``limit`` chars.
 

@@ -32,6 +32,7 @@ from brainmri.bundle.sealed import (
     sha256_bytes,
 )
 from brainmri.errors import BundleError
+from brainmri.utils import replace_dir
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -99,15 +100,9 @@ def _check_preprocessor(preprocessor, size: int) -> None:
 
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished ``tmp`` folder to ``out``; an existing bundle there is replaced, anything else kept."""
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / CARD_FILE).is_file()):
-            raise BundleError(f"{out}: exists and is not a bundle folder; choose another --out")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CARD_FILE).is_file())):
+        raise BundleError(f"{out}: exists and is not a bundle folder; choose another --out")
+    replace_dir(tmp, out)
 
 
 def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path:

@@ -77,7 +77,7 @@ def compute_cams(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    cam = cam_cls(model=model, target_layers=[model.gradcam_target_layer()])
+    cam = cam_cls(model=model, target_layers=model.gradcam_target_layers())
     out = np.zeros(imgs.shape, dtype=np.float32)
     try:
         with torch.enable_grad():

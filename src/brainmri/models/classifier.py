@@ -72,6 +72,9 @@ class BrainClassifier(nn.Module):
     def classifier_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.get_classifier().parameters())
 
+    def gradcam_target_layers(self) -> list[nn.Module]:
+        return [self.gradcam_target_layer()]
+
     def gradcam_target_layer(self) -> nn.Module:
         """Deepest feature stage (timm ``feature_info``): last block for EfficientNet, layer4 for ResNet.
 
@@ -98,17 +101,34 @@ class DeployedHeads(nn.Module):
       at that layer equals it up to a positive scale (the gradient of the pooled logit is w_ck / (h·w)
       everywhere), so overlays need no gradients and no torch at inference time.
 
-    ``supports_cam(model)`` says whether the head has that shape; otherwise ``cams`` is left out.
+    ``supports_cam(model)`` says whether the head has that shape; otherwise ``cams`` is left out. For an
+    ensemble (``models.ensemble``) the logits are log(mean softmax), the features the members'
+    concatenated and the maps the members' mean.
     """
 
-    def __init__(self, model: BrainClassifier) -> None:
+    def __init__(self, model: nn.Module) -> None:
+        from brainmri.models.ensemble import members_of
+
         super().__init__()
         self.model = model
-        self.with_cam = supports_cam(model)
+        self.members = members_of(model)
+        self.with_cam = all(supports_cam(m) for m in self.members)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        backbone = self.model.backbone
-        fmap = backbone.forward_features(self.model.normalise(x))
+        from brainmri.models.ensemble import mean_log_probs
+
+        heads = [self._member_heads(m, x) for m in self.members]
+        if len(heads) == 1:
+            return heads[0]
+        logits = mean_log_probs([h[0] for h in heads])
+        pooled = torch.cat([h[1] for h in heads], dim=1)
+        if not self.with_cam:
+            return logits, pooled
+        return logits, pooled, torch.stack([h[2] for h in heads]).mean(dim=0)
+
+    def _member_heads(self, member: BrainClassifier, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        backbone = member.backbone
+        fmap = backbone.forward_features(member.normalise(x))
         pooled = backbone.forward_head(fmap, pre_logits=True)
         logits = backbone.get_classifier()(pooled)
         if not self.with_cam:

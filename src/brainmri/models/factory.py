@@ -17,6 +17,7 @@ import torch
 from brainmri.config import ModelConfig
 from brainmri.errors import ConfigError
 from brainmri.models.classifier import BrainClassifier
+from brainmri.models.ensemble import EnsembleClassifier
 from brainmri.models.weights import OFFLINE_MEAN_STD, load_file_state_dict, load_offline_state_dict
 
 
@@ -34,11 +35,16 @@ def _check_name(name: str) -> None:
     )
 
 
-def create_model(cfg: ModelConfig, num_classes: int | None) -> BrainClassifier:
+def create_model(cfg: ModelConfig, num_classes: int | None) -> BrainClassifier | EnsembleClassifier:
     """Build the classifier with the requested weights.
 
     The head is re-initialised for ``num_classes``; ``None`` keeps the pretrained (ImageNet) head.
+    ``cfg.ensemble`` > 1 builds that many members in an :class:`EnsembleClassifier` (to load an
+    ensemble's weights into: members are trained as separate runs).
     """
+    if cfg.ensemble > 1:
+        single = cfg.model_copy(update={"ensemble": 1})
+        return EnsembleClassifier([create_model(single, num_classes) for _ in range(cfg.ensemble)])
     _check_name(cfg.backbone)
     in_chans = 1 if cfg.gray_mode == "stem" else 3
     kwargs = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate or None}

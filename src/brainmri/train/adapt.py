@@ -32,11 +32,12 @@ from torch import nn
 
 from brainmri.config import AdaptConfig, Config
 from brainmri.data.external import ExternalSet, grouped_split, prepare_external, tumour_of, write_split_file
-from brainmri.errors import DataError
+from brainmri.errors import ConfigError, DataError
 from brainmri.labels import NO_TUMOR
 from brainmri.layout import Layout
 from brainmri.runs import Run, images_from_files, write_run
 from brainmri.train.module import set_trainable, warmup_cosine
+from brainmri.utils import replace_dir
 
 SPLIT_FILE = "external_split.json"
 
@@ -389,6 +390,11 @@ def adapt_run(
     setup_torch(cfg.adapt.threads)
     torch.manual_seed(cfg.adapt.seed)
     run = Run.load(run_dir)
+    if run.cfg.model.ensemble > 1:
+        raise ConfigError(
+            f"{run.dir}: an ensemble of {run.cfg.model.ensemble} runs; adapt each member run, then combine "
+            "the adapted runs with `brainmri ensemble`"
+        )
     ext = prepare_external(specs, cfg, run.without_training_overlap, str(run.dir))
     train_ids, hold_ids = split_calibration(ext, cfg.adapt)
     data = load_data(run, ext, train_ids, hold_ids, cfg.adapt)
@@ -438,7 +444,7 @@ def write_adapted(
         extra=lineage,
     )
     info_name = out.name
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     adapted = Run.load(out)
     if adapted.info.get("name") != info_name:  # write_run named it after the temporary folder
         from brainmri.utils import atomic_write_json
@@ -446,12 +452,3 @@ def write_adapted(
         adapted.info["name"] = info_name
         atomic_write_json(out / "run.json", adapted.info)
     return adapted
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)

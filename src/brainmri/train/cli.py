@@ -24,6 +24,22 @@ def _train(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(cfg: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from brainmri.train.ensemble import combine_runs
+
+    first = Path(args.runs[0])
+    out = Path(args.out) if args.out else first.parent / f"{first.name}-ens{len(args.runs)}"
+    run = combine_runs(args.runs, out, overwrite=args.overwrite)
+    names = ", ".join(m["name"] for m in run.info["ensemble_members"])
+    print(
+        f"ensemble run {run.dir}: {len(args.runs)} members ({names}); "
+        f"next: brainmri evaluate {run.dir} (fits temperature, threshold and out-of-domain score on validation)"
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", parents=[common], help="train a classifier (frozen stage, then full fine-tuning)")
     p.add_argument("--split", default=None, help="split file (default: <work_dir>/data/split.json)")
@@ -41,3 +57,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_config_flag(p, "--precision", "train.precision", help="auto | 32-true | bf16-mixed | 16-mixed")
     add_config_flag(p, "--seed", "train.seed", type=int, help="random seed")
     p.set_defaults(handler=_train)
+
+    e = sub.add_parser(
+        "ensemble",
+        parents=[common],
+        help="combine finished runs (same split, preprocessing and architecture) into one run that averages "
+        "their probabilities",
+    )
+    e.add_argument("runs", nargs="+", help="run folders, e.g. runs/cpu-fast runs/cpu-fast-seed7")
+    e.add_argument("--out", default=None, help="the new run folder (default: <first run>-ens<N> beside it)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing run folder at --out")
+    e.set_defaults(handler=_ensemble)

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 
 from brainmri.config import Config, save_config
-from brainmri.errors import DataError
+from brainmri.errors import ConfigError, DataError
 from brainmri.models import BrainClassifier, create_model
 from brainmri.runs import RUN_JSON, WEIGHTS_FILE, SplitImages, images_from_cache, write_run
 from brainmri.train.augment import Augmenter
@@ -344,6 +344,11 @@ def train_run(
 ) -> Path:
     """Train on the split (or fold ``fold``) and write a complete run folder; returns its path."""
     setup_torch()
+    if cfg.model.ensemble > 1:
+        raise ConfigError(
+            f"model.ensemble={cfg.model.ensemble}: train each member as its own run (e.g. --seed 1, --seed 2), "
+            "then combine them with `brainmri ensemble RUN RUN ... --name NAME`"
+        )
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, fold)
     if (run_dir / RUN_JSON).is_file() and not (resume or overwrite):
         raise DataError(f"{run_dir} already holds a finished run; pass --resume, --overwrite or another --name")
