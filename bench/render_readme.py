@@ -400,6 +400,7 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_scan_split_mixup.json": "… plus MixUp (`train.mixup_alpha=0.2`)",
     "robustness_scan_split_geometry.json": "… plus stronger geometry (rotation 20°, scale 0.8–1.2, shift 0.1)",
     "robustness_scan_split_mirror.json": "… with the mirror channel (`model.gray_mode=mirror`)",
+    "robustness_scan_split_gin.json": "… plus GIN random conv nets (`train.augment.random_conv=0.5`)",
     "robustness.json": "CPU recipe as released, 14 fine-tuning epochs",
     "robustness_cpu_mirror.json": "… the same with the mirror channel",
 }
