@@ -498,6 +498,7 @@ BLOCKS = {
     "scan_split_variants": block_scan_split_variants,
     "paired_mirror": lambda: block_paired("paired_mirror.json"),
     "paired_ema": lambda: block_paired("paired_ema.json"),
+    "paired_ensemble": lambda: block_paired("paired_ensemble.json"),
     "ood_check": block_ood_check,
     "external_validation": block_external_validation,
     "study_level": block_study_level,
