@@ -401,6 +401,7 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_scan_split_geometry.json": "… plus stronger geometry (rotation 20°, scale 0.8–1.2, shift 0.1)",
     "robustness_scan_split_mirror.json": "… with the mirror channel (`model.gray_mode=mirror`)",
     "robustness_scan_split_gin.json": "… plus GIN random conv nets (`train.augment.random_conv=0.5`)",
+    "robustness_scan_split_ensemble2.json": "`brainmri ensemble` of two seeds (42 + 7) of the six-epoch recipe",
     "robustness.json": "CPU recipe as released, 14 fine-tuning epochs",
     "robustness_cpu_mirror.json": "… the same with the mirror channel",
 }
