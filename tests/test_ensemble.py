@@ -99,6 +99,7 @@ def test_combined_run_averages_its_members_and_exports(members: list[Path], tmp_
     bundle = export_bundle(out, tmp_path / "bundle")
     card = json.loads((bundle / "card.json").read_text())
     assert card["model"]["config"]["ensemble"] == 2
+    assert "A deep ensemble of 2 networks" in (bundle / "README.md").read_text()
     files = [support.write_png(tmp_path / f"x{i}.png", a) for i, a in enumerate(support.phantom_images(1)[0])]
     for runtime in ("onnx", "torch"):
         preds = load_bundle(bundle, runtime=runtime).predict([str(f) for f in files])

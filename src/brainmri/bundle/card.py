@@ -168,6 +168,15 @@ LIMITATIONS = [
 ]
 
 
+def _ensemble_note(members: int) -> str:
+    if members <= 1:
+        return ""
+    return (
+        f" A deep ensemble of {members} networks of this backbone (parameters counted over all of them): the"
+        " logits are the log of their mean probability, and each prediction costs one forward pass per member."
+    )
+
+
 def render_readme(card: dict[str, Any]) -> str:
     """The human model card. Numbers only from ``card`` (which holds the run's own files)."""
     lines = [
@@ -198,7 +207,7 @@ def _use_and_model_section(card: dict[str, Any]) -> list[str]:
         "## Model",
         "",
         f"- Backbone: `{model['config']['backbone']}` (timm), {model.get('parameters', '?'):,} parameters, "
-        f"gray mode `{model['config'].get('gray_mode')}`.",
+        f"gray mode `{model['config'].get('gray_mode')}`." + _ensemble_note(int(model["config"].get("ensemble", 1))),
         f"- Input: `{inp['name']}` float32 {inp['layout']} `[batch, {inp['channels']}, {inp['size']}, {inp['size']}]`,"
         f" values in [{inp['value_range'][0]}, {inp['value_range'][1]}] (the bundled preprocessor's uint8 output"
         " / 255).",
