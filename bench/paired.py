@@ -7,7 +7,8 @@ Usage::
 
 Each ``--arm NAME=RUN[,RUN...]`` is one recipe, trained once per seed on the **same split**; the first arm
 is the reference. ``RUN+RUN`` in place of a run is an ensemble: the mean of the members' calibrated
-probabilities (a run may appear in several arms; it is scored once). Every run scores the same images:
+probabilities (a run may appear in several arms; it is scored once); a run written by ``brainmri ensemble``
+is scored like any run (one temperature fitted on the ensemble). Every run scores the same images:
 the held-out test split (4-class accuracy, tumour AUC), lgg-flair (all of it, zero-shot) and navoneel
 (overlap with train + val removed); tumour probability ``1 - softmax(logits / T)[no_tumor]`` with the
 run's temperature.
