@@ -138,10 +138,17 @@ def test_unfit_members_are_refused_with_the_difference_named(members: list[Path]
     assert combine_runs(members, done.dir, overwrite=True).dir == done.dir
 
 
-def test_training_or_adapting_an_ensemble_is_refused_with_the_way_to_get_one(tmp_path: Path) -> None:
+def test_training_or_adapting_an_ensemble_is_refused_with_the_way_to_get_one(
+    members: list[Path], tmp_path: Path
+) -> None:
     from brainmri.config import load_config
+    from brainmri.train.adapt import adapt_run
+    from brainmri.train.ensemble import combine_runs
     from brainmri.train.trainer import train_run
 
     cfg = load_config(overrides=["model.ensemble=2"])
     with pytest.raises(ConfigError, match="brainmri ensemble"):
         train_run(cfg, tmp_path / "split.json", run_dir=tmp_path / "run")
+    ensemble = combine_runs(members, tmp_path / "ens")
+    with pytest.raises(ConfigError, match="adapt each member run"):
+        adapt_run(ensemble.dir, [f"site={tmp_path / 'no-such-folder'}"], load_config())

@@ -86,15 +86,23 @@ def combine_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, overwrite:
     ]
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_run(
-        tmp,
-        cfg,
-        model,
-        first.preprocessor(),
-        classes=first.classes,
-        split_file=first.info["split_file"],
-        preprocess_dir=first.info["preprocess_dir"],
-        extra={"name": out.name, "ensemble_members": members, "monitor": first.info.get("monitor"), "completed": True},
-    )
-    replace_dir(tmp, out)
+    try:
+        write_run(
+            tmp,
+            cfg,
+            model,
+            first.preprocessor(),
+            classes=first.classes,
+            split_file=first.info["split_file"],
+            preprocess_dir=first.info["preprocess_dir"],
+            extra={
+                "name": out.name,
+                "ensemble_members": members,
+                "monitor": first.info.get("monitor"),
+                "completed": True,
+            },
+        )
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # left only when writing failed
     return Run.load(out)
