@@ -203,6 +203,16 @@ class StageConfig(Section):
     lr: float = 1e-3
 
 
+class BalanceConfig(Section):
+    """Appearance-group balancing of the training draws (``brainmri.train.balance``)."""
+
+    groups: int = Field(0, ge=0)
+    """k-means groups of the frozen ImageNet features; each (group, class) cell is drawn equally often within
+    its group, and the classes equally overall (the loss's class weights are then off). 0 = off."""
+    max_weight: float = Field(30.0, gt=1.0)
+    """Cap on one image's weight, as a multiple of the median weight (a few images are not repeated without bound)."""
+
+
 class AugmentConfig(Section):
     enabled: bool = True
     hflip: float = 0.5
@@ -260,6 +270,7 @@ class TrainConfig(Section):
     label_smoothing: float = 0.1
     class_weights: bool = True
     oversample: bool = False
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
     loss: Literal["ce", "focal"] = "ce"
     focal_gamma: float = 2.0
     focal_alpha: list[float] | None = None

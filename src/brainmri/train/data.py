@@ -96,11 +96,14 @@ class SliceDataModule(L.LightningDataModule):
         augmenter: Augmenter | None = None,
         oversample: bool = False,
         seed: int = 0,
+        weights: np.ndarray | None = None,
     ) -> None:
+        """``weights``: per-image draw weights (appearance-group balancing); ``oversample``: class-balanced ones."""
         super().__init__()
         self.train_set = SliceDataset(train_images, train_labels, augmenter, seed)
         self.val_set = SliceDataset(val_images, val_labels, None, seed)
-        weights = oversampling_weights(self.train_set.labels, num_classes) if oversample else None
+        if weights is None and oversample:
+            weights = oversampling_weights(self.train_set.labels, num_classes)
         self.sampler = EpochSampler(len(self.train_set), seed, weights, self.train_set)
         self.batch_size = batch_size
         self.num_workers = num_workers

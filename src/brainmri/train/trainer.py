@@ -193,20 +193,29 @@ def train_head_on_features(
     best: BestWeights,
     history: list[dict[str, Any]],
     loggers: list | None = None,
+    f_train: torch.Tensor | None = None,
+    weights: np.ndarray | None = None,
 ) -> None:
     """Stage 1 on cached pooled features: exact for a frozen backbone with BN in eval mode.
 
+    ``f_train``: the training features when already computed; ``weights``: per-image draw weights.
     Appends one row per epoch to ``history``, offers the weights to ``best`` and logs the epoch to
     ``loggers`` (Lightning loggers, as a Lightning stage would).
     """
-    tc = cfg.train
     t0 = time.perf_counter()
+    if f_train is None:
+        f_train = frozen_features(model, cfg, train.images, "stage 1: features (train)")
+    f_val = frozen_features(model, cfg, val.images, "stage 1: features (val)")
+    feats = HeadData(f_train, train.labels, f_val, val.labels, time.perf_counter() - t0, weights)
+    fit_head(model, cfg, feats, best, history, loggers)
+
+
+def frozen_features(model: BrainClassifier, cfg: Config, images: np.ndarray, desc: str) -> torch.Tensor:
+    """Pooled features of the backbone as it is (frozen, BN in eval mode), in the recipe's memory format."""
+    tc = cfg.train
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)
-    f_train = _features(model, train.images, tc.batch_size * 2, tc.channels_last, "stage 1: features (train)")
-    f_val = _features(model, val.images, tc.batch_size * 2, tc.channels_last, "stage 1: features (val)")
-    feats = HeadData(f_train, train.labels, f_val, val.labels, time.perf_counter() - t0)
-    fit_head(model, cfg, feats, best, history, loggers)
+    return _features(model, images, tc.batch_size * 2, tc.channels_last, desc)
 
 
 @dataclass
@@ -218,6 +227,8 @@ class HeadData:
     f_val: torch.Tensor
     y_val: np.ndarray
     feature_seconds: float = 0.0
+    weights: np.ndarray | None = None
+    """Per-image draw weights (appearance-group balancing); None: every image once per epoch."""
 
 
 def fit_head(
@@ -234,7 +245,8 @@ def fit_head(
     (``bench/ablation.py``) with exactly the recipe ``brainmri train`` uses.
     """
     tc = cfg.train
-    weights = balanced_class_weights(data.y_train, model.num_classes) if tc.class_weights else None
+    use_class_weights = tc.class_weights and data.weights is None  # balancing weights already balance classes
+    weights = balanced_class_weights(data.y_train, model.num_classes) if use_class_weights else None
     loss_fn = build_loss(tc, model.num_classes, weights)
     opt = torch.optim.AdamW(model.backbone.get_classifier().parameters(), lr=tc.stage1.lr, weight_decay=tc.weight_decay)
     y_train = torch.from_numpy(data.y_train)
@@ -246,7 +258,7 @@ def fit_head(
     for epoch in progress(range(tc.stage1.epochs), desc="stage 1: head on cached features", leave=True):
         t_epoch = time.perf_counter()
         model.train()
-        perm = torch.randperm(len(data.f_train), generator=g)
+        perm = _epoch_order(len(data.f_train), data.weights, g)
         train_loss = _head_epoch(model, data.f_train[perm], y_train[perm], loss_fn, opt, sched, tc.batch_size)
         metrics = _head_validation(model, data.f_val, data.y_val)
         seconds = time.perf_counter() - t_epoch + (data.feature_seconds if epoch == 0 else 0.0)
@@ -259,6 +271,13 @@ def fit_head(
         best.offer(model, metrics[cfg.train.monitor], f"stage1:{epoch}")
     for lg in loggers or []:
         lg.finalize("success")
+
+
+def _epoch_order(n: int, weights: np.ndarray | None, g: torch.Generator) -> torch.Tensor:
+    """A shuffle, or with ``weights`` n draws with replacement (as ``EpochSampler`` does in stage 2)."""
+    if weights is None:
+        return torch.randperm(n, generator=g)
+    return torch.multinomial(torch.as_tensor(weights, dtype=torch.double), n, replacement=True, generator=g)
 
 
 def _head_epoch(model: BrainClassifier, features, labels, loss_fn, opt, sched, batch_size: int) -> float:
@@ -407,8 +426,10 @@ def fit_stages(
     done: dict[str, Any] = json.loads(state_file.read_text()) if (resume and state_file.is_file()) else {}
     best = BestWeights(run_dir / WEIGHTS_FILE, tc.monitor, tc.monitor_mode, done.get("best"))
     best.best_epoch = done.get("best_epoch")
-    class_weights = balanced_class_weights(train.labels, model.num_classes) if tc.class_weights else None
-    stages = _Stages(cfg, model, train, val, run_dir, best, class_weights, list(extra_callbacks or []))
+    draws = balance_weights(cfg, model, train, run_dir, resume)
+    use_class_weights = tc.class_weights and draws.weights is None  # balancing weights already balance classes
+    class_weights = balanced_class_weights(train.labels, model.num_classes) if use_class_weights else None
+    stages = _Stages(cfg, model, train, val, run_dir, best, class_weights, list(extra_callbacks or []), draws)
     history: list[dict[str, Any]] = list(done.get("history", []))
     t_start = time.perf_counter()
     if tc.stage1.epochs > 0:
@@ -426,6 +447,40 @@ def fit_stages(
 
 
 @dataclass
+class Draws:
+    """How training images are drawn: per-image weights (None: each once per epoch) and, when computing them
+    needed it, the frozen training features (stage 1 on cached features reuses them)."""
+
+    weights: np.ndarray | None = None
+    features: torch.Tensor | None = None
+
+
+BALANCE_FILE = "balance.json"
+
+
+def balance_weights(cfg: Config, model: BrainClassifier, train: SplitImages, run_dir: Path, resume: bool) -> Draws:
+    """Appearance-group balancing (``train.balance``), fitted on the pretrained backbone's features.
+
+    Written to ``run_dir/balance.json`` (group x class table, weights); a resumed run reads them back, since its
+    backbone is no longer the pretrained one.
+    """
+    from brainmri.train.balance import GroupBalancer
+
+    bc = cfg.train.balance
+    if bc.groups == 0:
+        return Draws()
+    path = run_dir / BALANCE_FILE
+    if resume and path.is_file():
+        return Draws(np.asarray(json.loads(path.read_text())["weights"], dtype=np.float64))
+    feats = frozen_features(model, cfg, train.images, "balance: features (train)")
+    balancer = GroupBalancer(bc.groups, bc.max_weight, seed=cfg.train.seed).fit(
+        feats.numpy(), train.labels, model.num_classes
+    )
+    atomic_write_json(path, balancer.summary(cfg.data.classes))
+    return Draws(balancer.weights_, feats)
+
+
+@dataclass
 class _Stages:
     """What both training stages share: config, model, data, run folder and the best-weights keeper."""
 
@@ -437,6 +492,7 @@ class _Stages:
     best: BestWeights
     class_weights: torch.Tensor | None
     extra_callbacks: list
+    draws: Draws
 
     def lightning(self, stage: int, epochs: int, lr: float, frozen: bool, callbacks: list, ckpt: str | None):
         """One Lightning stage (``ckpt``: the checkpoint to resume from)."""
@@ -453,6 +509,7 @@ class _Stages:
             Augmenter(tc.augment, bank=self.train.images),  # Fourier mix partners: other training slices
             tc.oversample,
             tc.seed,
+            self.draws.weights,
         )
         self.model.train()  # a cached-feature stage 1 leaves it in eval mode; BN freezing is set per epoch
         module = ClassifierModule(
@@ -481,7 +538,8 @@ def _stage1(s: _Stages, history: list[dict[str, Any]], done: dict[str, Any], sta
         return
     if tc.cache_frozen_features:
         loggers = _loggers(s.cfg, s.run_dir, 1)
-        train_head_on_features(s.model, s.cfg, s.train, s.val, s.best, history, loggers)
+        draws = s.draws
+        train_head_on_features(s.model, s.cfg, s.train, s.val, s.best, history, loggers, draws.features, draws.weights)
     else:
         s.lightning(1, tc.stage1.epochs, tc.stage1.lr, True, [s.best, History(history, len(s.train.ids))], None)
     with atomic_path(stage1_file) as tmp:
