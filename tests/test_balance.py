@@ -103,3 +103,11 @@ def test_balancing_changes_what_stage1_draws(tmp_path):
         fit_stages(cfg, model, data, data, tmp_path / str(groups))
         heads.append(model.backbone.get_classifier().weight.detach().clone())
     assert not torch.allclose(heads[0], heads[1])
+
+
+def test_predict_puts_new_images_in_their_look_alike_group():
+    feats, labels, truth = confounded()
+    b = GroupBalancer(2).fit(feats, labels, 2)
+    new, _, new_truth = confounded(seed=5)
+    same_as_fit = {int(t): int(g) for t, g in zip(truth, b.groups_, strict=True)}
+    assert all(g == same_as_fit[int(t)] for t, g in zip(new_truth, b.predict(new), strict=True))

@@ -20,7 +20,8 @@ import numpy as np
 
 
 class GroupBalancer:
-    """scikit-learn-style: ``fit(features, labels)`` learns ``groups_``, ``table_`` and ``weights_``.
+    """scikit-learn-style: ``fit(features, labels)`` learns ``pca_``, ``kmeans_``, ``groups_``, ``table_``,
+    ``weights_``; ``predict(features)`` assigns other images to the learnt groups.
 
     ``weights_`` (mean 1) are sampling weights for the training images, in the order given to ``fit``.
     """
@@ -47,12 +48,19 @@ class GroupBalancer:
             raise ValueError(f"{len(labels)} training images cannot form {self.n_groups} groups")
         x = normalize(np.asarray(features, dtype=np.float64))
         k = max(1, min(self.n_components, x.shape[1], len(x) - 1))
-        x = PCA(k, random_state=self.seed).fit_transform(x)
-        self.groups_ = KMeans(self.n_groups, n_init=5, random_state=self.seed).fit_predict(x)
+        self.pca_ = PCA(k, random_state=self.seed).fit(x)
+        self.kmeans_ = KMeans(self.n_groups, n_init=5, random_state=self.seed).fit(self.pca_.transform(x))
+        self.groups_ = self.kmeans_.labels_
         self.table_ = np.zeros((self.n_groups, num_classes), dtype=np.int64)
         np.add.at(self.table_, (self.groups_, labels), 1)
         self.weights_ = self._weights(labels, num_classes)
         return self
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """The group of other images (e.g. an external set's: which training look-alikes they resemble)."""
+        from sklearn.preprocessing import normalize
+
+        return self.kmeans_.predict(self.pca_.transform(normalize(np.asarray(features, dtype=np.float64))))
 
     def _weights(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
         group_size = self.table_.sum(1)
