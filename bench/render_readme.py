@@ -435,6 +435,38 @@ def block_paired(name: str) -> str | None:
     return "\n".join([head, "", _bench_module("paired").render_markdown(r)])
 
 
+def block_shortcuts() -> str | None:
+    """The look-alike groups of the training set and the linear probe with group vs class balancing."""
+    r = _load(RESULTS / "shortcuts.json")
+    if r is None:
+        return None
+    g = r["groups"].get("12") or next(iter(r["groups"].values()))
+    probes = r["linear_probe"]
+    ref = next(p for p in probes if p["weights"] == "class-balanced")
+    lines = [
+        f"From `bench/results/shortcuts.json` (`python bench/shortcuts.py --run RUN`; "
+        f"{r['settings']['features']} features, k-means seeds {'/'.join(map(str, r['settings']['seeds']))}):",
+        "",
+        f"- the majority class of an image's look-alike group (12 groups) alone gets "
+        f"**{_pct(g['group_only_val_accuracy'])}** of the validation split right (largest class: "
+        f"{_pct(g['largest_class_share_val'])});",
+        "",
+        "| linear probe weights | groups | val accuracy | lgg-flair AUC | navoneel AUC |",
+        "|---|---|---|---|---|",
+        f"| class-balanced | – | {_pct(ref['val_accuracy'])} | {ref['lgg-flair_auc']:.3f} "
+        f"| {ref['navoneel_auc']:.3f} |",
+    ]
+    for n in r["settings"]["groups"]:
+        rows = [p for p in probes if p.get("groups") == n]
+        cells = [
+            "/".join(_pct(p["val_accuracy"]) for p in rows),
+            "/".join(f"{p['lgg-flair_auc']:.3f}" for p in rows),
+            "/".join(f"{p['navoneel_auc']:.3f}" for p in rows),
+        ]
+        lines.append(f"| group-balanced | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def block_randomisation() -> str | None:
     on, off = _load(RESULTS / "robustness_randomised.json"), _load(RESULTS / "robustness_no_randomisation.json")
     if on is None or off is None:
@@ -500,6 +532,7 @@ BLOCKS = {
     "paired_mirror": lambda: block_paired("paired_mirror.json"),
     "paired_ema": lambda: block_paired("paired_ema.json"),
     "paired_ensemble": lambda: block_paired("paired_ensemble.json"),
+    "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "external_validation": block_external_validation,
     "study_level": block_study_level,
