@@ -204,7 +204,8 @@ class StageConfig(Section):
 
 
 class BalanceConfig(Section):
-    """Appearance-group balancing of the training draws (``brainmri.train.balance``)."""
+    """Appearance-group balancing of the training draws (``brainmri.train.balance``). Measured with three seeds,
+    not adopted: it helps a linear probe on lgg-flair but not a fine-tuned model (docs/robustness.md)."""
 
     groups: int = Field(0, ge=0)
     """k-means groups of the frozen ImageNet features; each (group, class) cell is drawn equally often within
