@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -90,7 +91,12 @@ def test_health_ready_and_model_card(client: TestClient, bundle_dir: Path) -> No
 def test_docs_openapi_and_page(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/predict/batch", "/predict", "/health", "/ready", "/v1/model"} <= set(schema["paths"])
-    assert client.get("/docs").status_code == 200
+    html = client.get("/docs")  # served offline: scripts and styles from the app, none from a CDN
+    assert html.status_code == 200 and "https://" not in html.text
+    assets = re.findall(r'(?:src|href)="(/static-offline-docs/[^"]+)"', html.text)
+    assert any(a.endswith(".js") for a in assets), html.text[:500]
+    assert all(client.get(a).status_code == 200 for a in assets), assets
+    assert client.get("/redoc").status_code == 404  # ReDoc would fetch its logo from a CDN
     page = client.get("/")
     assert page.status_code == 200 and "Research use only" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]

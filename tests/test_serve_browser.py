@@ -62,15 +62,21 @@ def server_url(bundle_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def page(server_url: str):
+def browser():
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
-        context = browser.new_context(viewport={"width": 1100, "height": 900})
-        pg = context.new_page()
-        pg.on("pageerror", lambda exc: pytest.fail(f"JavaScript error on the page: {exc}"))
-        pg.goto(server_url + "/")
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server_url: str):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    pg = context.new_page()
+    pg.on("pageerror", lambda exc: pytest.fail(f"JavaScript error on the page: {exc}"))
+    pg.goto(server_url + "/")
+    yield pg
+    context.close()
 
 
 def loaded(page, selector: str) -> bool:
@@ -115,3 +121,25 @@ def test_page_uploads_a_real_slice_and_shows_the_result(page, brain_tumor_mri_di
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out), full_page=True)
     assert out.stat().st_size > 10_000
+
+
+def test_api_docs_render_with_every_other_origin_blocked(browser, server_url: str) -> None:
+    """A hospital network without internet: Swagger UI comes from the app itself (fastapi-offline) and asks
+    no other origin for anything."""
+    context = browser.new_context()
+    page = context.new_page()
+    elsewhere: list[str] = []
+
+    def only_local(route) -> None:
+        if route.request.url.startswith(server_url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(server_url + "/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)  # Swagger UI rendered the operations
+    assert "/v1/predict" in page.content()
+    context.close()
+    assert elsewhere == [], elsewhere

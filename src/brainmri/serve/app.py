@@ -2,7 +2,8 @@
 
 Endpoints (see docs/serve.md): ``GET /health``, ``GET /ready``, ``GET /v1/model``, ``POST /v1/predict``,
 ``POST /v1/predict/batch``, ``POST /predict`` (the reference design's response shape), the web page at
-``/`` (static files, no CDN) and the OpenAPI docs at ``/docs``.
+``/`` (static files, no CDN) and the OpenAPI docs at ``/docs`` (Swagger UI served by the app itself through
+``fastapi-offline``: hospital networks are often cut off from CDNs).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from brainmri.serve.errors import ApiError, install_error_handlers, request_id_of
 from brainmri.serve.middleware import RequestContextMiddleware
@@ -76,11 +78,12 @@ def create_app(
         yield
         service.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # a FastAPI app whose /docs and /redoc load their scripts from the app, not a CDN
         title="brainmri",
         version=__version__,
         description="Brain MRI slice classification (research use only; not a medical device).",
         lifespan=lifespan,
+        redoc_url=None,  # ReDoc still fetches its logo from a CDN (tests/test_serve_browser.py); Swagger UI does not
     )
     app.state.service = service
     app.state.settings = settings
