@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from brainmri.errors import DataError
 from brainmri.models import create_model
 from brainmri.train.balance import GroupBalancer
 from brainmri.train.trainer import BALANCE_FILE, fit_stages
@@ -88,6 +89,10 @@ def test_training_records_the_groups_and_a_resume_reads_them_back(tmp_path):
     draws = balance_weights(cfg, create_model(cfg.model, 4), data, tmp_path, resume=True)
     assert draws.weights is not None and np.all(draws.weights == 1.0)
     assert draws.features is None
+    record["weights"] = [1.0] * 3  # a record from another training set is refused, not silently misapplied
+    (tmp_path / BALANCE_FILE).write_text(json.dumps(record))
+    with pytest.raises(DataError, match="3 weights for 24 training images"):
+        balance_weights(cfg, create_model(cfg.model, 4), data, tmp_path, resume=True)
 
 
 def test_balancing_changes_what_stage1_draws(tmp_path):

@@ -78,7 +78,7 @@ def create_app(
         yield
         service.close()
 
-    app = FastAPIOffline(  # a FastAPI app whose /docs and /redoc load their scripts from the app, not a CDN
+    app = FastAPIOffline(  # a FastAPI app whose /docs loads Swagger UI from the app itself, not from a CDN
         title="brainmri",
         version=__version__,
         description="Brain MRI slice classification (research use only; not a medical device).",

@@ -471,7 +471,10 @@ def balance_weights(cfg: Config, model: BrainClassifier, train: SplitImages, run
         return Draws()
     path = run_dir / BALANCE_FILE
     if resume and path.is_file():
-        return Draws(np.asarray(json.loads(path.read_text())["weights"], dtype=np.float64))
+        weights = np.asarray(json.loads(path.read_text())["weights"], dtype=np.float64)
+        if len(weights) != len(train.ids):
+            raise DataError(f"{path}: {len(weights)} weights for {len(train.ids)} training images; train afresh")
+        return Draws(weights)
     feats = frozen_features(model, cfg, train.images, "balance: features (train)")
     balancer = GroupBalancer(bc.groups, bc.max_weight, seed=cfg.train.seed).fit(
         feats.numpy(), train.labels, model.num_classes
