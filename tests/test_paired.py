@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_paired", REPO / "bench" / "paired.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_support import load_bench
 
 
 def _scores(p: np.ndarray, y: np.ndarray, groups: list[str]) -> dict:
@@ -28,7 +16,7 @@ def _scores(p: np.ndarray, y: np.ndarray, groups: list[str]) -> dict:
 
 
 def test_a_better_arm_gets_a_positive_difference_whose_interval_excludes_zero():
-    bench = load_bench()
+    bench = load_bench("paired")
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 100)
     groups = [f"patient{i // 10}" for i in range(len(y))]
@@ -50,7 +38,7 @@ def test_a_better_arm_gets_a_positive_difference_whose_interval_excludes_zero():
 
 
 def test_runs_scored_on_different_images_are_refused():
-    bench = load_bench()
+    bench = load_bench("paired")
     y = np.array([0, 1, 0, 1])
     a = _scores(np.array([0.1, 0.9, 0.2, 0.8]), y, ["a", "a", "b", "b"])
     b = _scores(np.array([0.1, 0.9, 0.2, 0.8]), y, ["a", "a", "b", "b"])
@@ -60,7 +48,7 @@ def test_runs_scored_on_different_images_are_refused():
 
 
 def test_arm_specs_are_parsed_and_bad_ones_named():
-    bench = load_bench()
+    bench = load_bench("paired")
     arms = bench.parse_arms(["base=runs/a,runs/b", "mirror=runs/c"])
     assert list(arms) == ["base", "mirror"] and len(arms["base"]) == 2 and len(arms["base"][0]) == 1
     assert len(bench.parse_arms(["ens=runs/a+runs/b"])["ens"][0]) == 2
@@ -69,7 +57,7 @@ def test_arm_specs_are_parsed_and_bad_ones_named():
 
 
 def test_an_ensemble_averages_the_members_calibrated_probabilities():
-    bench = load_bench()
+    bench = load_bench("paired")
     labels = np.array([0, 2, 2, 1])
     ids = ["a", "b", "c", "d"]
 

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench_support import load_bench
+
 pytest.importorskip("brainmri.preprocess.cache")
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 64
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_robustness", REPO / "bench" / "robustness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _binary_set(root: Path, n: int, with_patients: bool) -> Path:
@@ -74,7 +68,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def test_corruptions_are_deterministic_and_keep_uint8():
-    bench = load_bench()
+    bench = load_bench("robustness")
     rng = np.random.default_rng(0)
     images = np.zeros((3, 48, 48), np.uint8)
     images[:, 8:40, 8:40] = rng.integers(60, 220, (3, 32, 32))
@@ -91,7 +85,7 @@ def test_corruptions_are_deterministic_and_keep_uint8():
 
 
 def test_patient_bootstrap_and_summary():
-    bench = load_bench()
+    bench = load_bench("robustness")
     rng = np.random.default_rng(1)
     y = np.r_[np.ones(40), np.zeros(40)].astype(int)
     p = np.clip(y * 0.6 + rng.uniform(0, 0.5, 80), 0, 1)
@@ -106,7 +100,7 @@ def test_patient_bootstrap_and_summary():
 
 
 def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
-    bench = load_bench()
+    bench = load_bench("robustness")
     out = tmp_path / "robustness.json"
     root = tiny_run.parents[1]
     corruptions = "jpeg,contrast_inversion,rician_noise"
@@ -139,7 +133,7 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
 
 
 def test_slice_levels_and_by_level_bands(tmp_path: Path):
-    bench = load_bench()
+    bench = load_bench("robustness")
     rows = ["file,label,patient,slice"] + [f"t/a{i}.png,tumor,A,{10 + i}" for i in range(7)]
     rows += [f"t/b{i}.png,tumor,B,{i}" for i in range(4)] + ["t/c.png,tumor,C,5"]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
@@ -162,14 +156,14 @@ def test_slice_levels_and_by_level_bands(tmp_path: Path):
 
 
 def test_figures(tiny_run: Path, tmp_path: Path):
-    bench = load_bench()
+    bench = load_bench("robustness")
     assert bench.main(["--run", str(tiny_run), "--figures", "--figures-dir", str(tmp_path)]) == 0
     assert (tmp_path / "augment_examples.png").stat().st_size > 1000
     assert (tmp_path / "robustness_corruptions.png").stat().st_size > 1000
 
 
 def test_answered_scores_only_the_images_the_gate_passes():
-    bench = load_bench()
+    bench = load_bench("robustness")
 
     class Gate:  # passes images whose first feature is below 1
         def predict(self, feats):

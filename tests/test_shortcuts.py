@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
+from bench_support import load_bench
 from brainmri.train.balance import GroupBalancer
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_shortcuts", REPO / "bench" / "shortcuts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def looks(n: int, look: int, rng: np.random.Generator) -> np.ndarray:
@@ -27,7 +14,7 @@ def looks(n: int, look: int, rng: np.random.Generator) -> np.ndarray:
 
 def test_look_only_accuracy_and_landing_expose_a_shortcut():
     """Class 2 ('no_tumor') only ever has look B in training: an external tumour with look B lands among them."""
-    bench = load_bench()
+    bench = load_bench("shortcuts")
     rng = np.random.default_rng(0)
     f_train = np.concatenate([looks(40, 0, rng), looks(40, 1, rng)])
     y_train = np.array([0] * 40 + [2] * 40)
@@ -46,7 +33,7 @@ def test_look_only_accuracy_and_landing_expose_a_shortcut():
 
 
 def test_probe_reports_validation_accuracy_and_external_aucs():
-    bench = load_bench()
+    bench = load_bench("shortcuts")
     rng = np.random.default_rng(1)
     f_train = np.concatenate([looks(30, c, rng) for c in range(4)])
     y_train = np.repeat(np.arange(4), 30)
