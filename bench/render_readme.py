@@ -533,6 +533,7 @@ BLOCKS = {
     "paired_ema": lambda: block_paired("paired_ema.json"),
     "paired_ensemble": lambda: block_paired("paired_ensemble.json"),
     "paired_balance": lambda: block_paired("paired_balance.json"),
+    "paired_lite1": lambda: block_paired("paired_lite1.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "external_validation": block_external_validation,
