@@ -440,14 +440,14 @@ def block_shortcuts() -> str | None:
     r = _load(RESULTS / "shortcuts.json")
     if r is None:
         return None
-    g = r["groups"].get("12") or next(iter(r["groups"].values()))
+    n_groups, g = ("12", r["groups"]["12"]) if "12" in r["groups"] else next(iter(r["groups"].items()))
     probes = r["linear_probe"]
     ref = next(p for p in probes if p["weights"] == "class-balanced")
     lines = [
         f"From `bench/results/shortcuts.json` (`python bench/shortcuts.py --run RUN`; "
         f"{r['settings']['features']} features, k-means seeds {'/'.join(map(str, r['settings']['seeds']))}):",
         "",
-        f"- the majority class of an image's look-alike group (12 groups) alone gets "
+        f"- the majority class of an image's look-alike group ({n_groups} groups) alone gets "
         f"**{_pct(g['group_only_val_accuracy'])}** of the validation split right (largest class: "
         f"{_pct(g['largest_class_share_val'])});",
         "",

@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python bench/shortcuts.py --run runs/cpu-fast [--out bench/results/shortcuts.json]``
 
-Why (docs/robustness.md, "Group balancing"): the training images are grouped the way ``train.balance``
+Why (docs/robustness.md, "Look-alike groups"): the training images are grouped the way ``train.balance``
 groups them (k-means on frozen ImageNet features of the run's preprocessed slices; the run only lends its
 split and preprocessor, its own weights are not used). Reported:
 
@@ -30,13 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
-def frozen_features(cfg, images: np.ndarray) -> np.ndarray:
-    """Pooled features of the pretrained backbone (what ``train.balance`` clusters)."""
+def frozen_features(cfg, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pooled features of the pretrained backbone (what ``train.balance`` clusters), one model for every set."""
     from brainmri.models import create_model
     from brainmri.train.trainer import frozen_features as features
 
     model = create_model(cfg.model, len(cfg.data.classes))
-    return features(model, cfg, images, "features").numpy()
+    return {name: features(model, cfg, x, f"features ({name})").numpy() for name, x in images.items()}
 
 
 def landing(groups: np.ndarray, y_tumour: np.ndarray, n_groups: int) -> list[list[int]]:
@@ -61,6 +61,7 @@ def probe(f: dict[str, np.ndarray], y: dict[str, np.ndarray], weights: np.ndarra
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
     from brainmri.runs import Run
     from brainmri.train.balance import GroupBalancer
+    from brainmri.train.data import oversampling_weights
     from brainmri.utils import machine_facts, setup_torch
     from robustness import enter_project_of, external_images, git_commit
 
@@ -74,12 +75,11 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     data = {"train": run.load_images("train"), "val": run.load_images("val")}
     data["lgg-flair"] = external_images(run, Path(args.lgg), cache_dir, remove_overlap=False)
     data["navoneel"] = external_images(run, Path(args.navoneel), cache_dir)
-    f = {k: frozen_features(run.cfg, d.images) for k, d in data.items()}
+    f = frozen_features(run.cfg, {k: d.images for k, d in data.items()})
     y = {k: data[k].labels for k in ("train", "val")}
     y |= {k: np.asarray(data[k].label_names) != "no_tumor" for k in ("lgg-flair", "navoneel")}
     n_classes = len(run.classes)
-    counts = np.bincount(y["train"], minlength=n_classes)
-    class_w = 1.0 / counts[y["train"]]
+    class_w = oversampling_weights(y["train"], n_classes)
     rows = [{"weights": "class-balanced", **probe(f, y, class_w / class_w.mean(), no_tumor)}]
     tables = {}
     for n_groups in args.groups:
