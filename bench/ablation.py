@@ -201,13 +201,12 @@ def part_labels(z, part: str, no_name: str) -> np.ndarray:
 
 
 def weights_for(z, part: str, resampling: str, lgg_root: Path) -> np.ndarray:
-    from brainmri.evaluate.external import group_counts
     from brainmri.evaluate.metrics import bootstrap_counts
 
     n = len(z[f"labels_{part}"])
     if resampling == "patients":
         groups = np.array(patient_groups(list(z["ids_lgg-flair"]), lgg_root))
-        return group_counts(groups, N_BOOT, BOOT_SEED)
+        return bootstrap_counts(n, N_BOOT, BOOT_SEED, groups)
     return bootstrap_counts(n, N_BOOT, BOOT_SEED)
 
 

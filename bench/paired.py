@@ -14,10 +14,11 @@ the held-out test split (4-class accuracy, tumour AUC), lgg-flair (all of it, ze
 run's temperature.
 
 Why paired: separate CIs of two runs overlap even when one is better on almost every resample, because
-both share the same hard images. Here each bootstrap resample (lgg-flair: whole patients; the others:
-images) is applied to every run at once, an arm's value is the mean over its seeds, and the difference
-to the reference arm gets a 95% percentile interval. With two seeds per arm the seed spread is shown,
-not modelled: a difference smaller than the spread between one arm's seeds is not a finding.
+both share the same hard images. Here each bootstrap resample (lgg-flair: whole patients; the test
+split: the scan groups its split file records, single images for split files written before groups
+were recorded; navoneel: images) is applied to every run at once, an arm's value is the mean over its
+seeds, and the difference to the reference arm gets a 95% percentile interval. With two seeds per arm
+the seed spread is shown, not modelled: a difference smaller than the spread between one arm's seeds is not a finding.
 """
 
 from __future__ import annotations
@@ -60,8 +61,12 @@ def score_run(run_dir: Path, cache_dir: Path, roots: dict[str, Path]) -> dict[st
     def probs(images: np.ndarray) -> np.ndarray:
         return rb.softmax(model(images)[0] / op["temperature"])
 
+    from brainmri.data.split import group_labels
+
     no = run.classes.index(rb.NO_TUMOR)
-    sets = {"test": {"ids": test.ids, "probs": probs(test.images), "labels": test.labels, "groups": test.ids}}
+    groups = group_labels(run.split(), test.ids)
+    groups = test.ids if groups is None else groups
+    sets = {"test": {"ids": test.ids, "probs": probs(test.images), "labels": test.labels, "groups": groups}}
     for name, root in roots.items():
         data = rb.external_images(run, root, cache_dir, remove_overlap=name != "lgg-flair")
         sets[name] = {"ids": data.ids, "probs": probs(data.images), "groups": rb.patient_groups(data.ids, root),

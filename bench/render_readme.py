@@ -467,6 +467,31 @@ def block_shortcuts() -> str | None:
     return "\n".join(lines)
 
 
+def block_grouped_ci() -> str | None:
+    """Per-image vs scan-group bootstrap intervals on the test split."""
+    r = _load(RESULTS / "grouped_ci.json")
+    if r is None:
+        return None
+    names = {"accuracy": "accuracy", "f1_macro": "macro F1", "tumour_auc": "tumour AUC", "ece": "ECE",
+             "tumour_sensitivity": "tumour sensitivity"}  # fmt: skip
+    lines = [
+        f"From `bench/results/grouped_ci.json` (`python bench/grouped_ci.py`; {r['test_images']} test slices in "
+        f"{r['test_groups']} scan groups, {r['images_in_groups_of_2_or_more']} of them in groups of two or more, "
+        f"the largest {r['largest_group']}; {len(r['runs'])} runs: {', '.join(r['runs'])}):",
+        "",
+        "| metric | group ÷ per-image interval width (mean over runs) | first run: per image | first run: by group |",
+        "|---|---|---|---|",
+    ]
+    first = next(iter(r["runs"].values()))
+    for key, label in names.items():
+        img, grp = first["images"][key], first["scan_groups"][key]
+        cell = (lambda e: f"{e['value']:.3f} ({e['ci'][0]:.3f}–{e['ci'][1]:.3f})") if key == "ece" else (
+            lambda e: f"{_pct(e['value'])} ({_pct(e['ci'][0])}–{_pct(e['ci'][1])})"
+        )  # fmt: skip
+        lines.append(f"| {label} | {r['mean_width_ratio'][key]:.2f} | {cell(img)} | {cell(grp)} |")
+    return "\n".join(lines)
+
+
 def block_randomisation() -> str | None:
     on, off = _load(RESULTS / "robustness_randomised.json"), _load(RESULTS / "robustness_no_randomisation.json")
     if on is None or off is None:
@@ -547,6 +572,7 @@ BLOCKS = {
     "train_gpu": lambda: block_train("gpu"),
     "latency": block_latency,
     "evaluation": block_evaluation,
+    "grouped_ci": block_grouped_ci,
 }
 
 

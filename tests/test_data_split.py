@@ -16,7 +16,7 @@ from brainmri.cli import main
 from brainmri.config import load_config
 from brainmri.data.manifest import build_manifest, read_manifest, write_manifest
 from brainmri.data.phantoms import KAGGLE_FOLDER, make_phantom
-from brainmri.data.split import assign_groups, make_split, read_split, split_frame, split_ids
+from brainmri.data.split import assign_groups, group_labels, make_split, read_split, split_frame, split_ids
 from brainmri.errors import DataError
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
@@ -247,6 +247,35 @@ def test_read_split_validation(split_data, tmp_path):
         read_split(write(dict(split, folds=folds)))
     with pytest.raises(DataError, match="version"):
         read_split(write(dict(split, version=99)))
+    with pytest.raises(DataError, match="in two groups"):
+        read_split(write(dict(split, groups=[split["groups"][0], split["groups"][0][:1] + split["train"][:1]])))
+    with pytest.raises(DataError, match="which no split holds"):
+        read_split(write(dict(split, groups=[["nowhere.png", split["train"][0]]])))
+    older = {k: v for k, v in split.items() if k != "groups"}
+    assert read_split(write(older))["train"] == split["train"]  # files written before groups were recorded
+
+
+def test_split_records_its_groups_for_the_bootstrap(split_data):
+    """Every group of two or more assigned images is recorded, lies inside one part, and holds the near
+    copies; ``group_labels`` gives their members one label and every other id its own."""
+    df, cfg = split_data["df"], split_data["cfg"]
+    split = _split(df, cfg)
+    part = {i: name for name in ("train", "val", "test") for i in split[name]}
+    assert split["groups"] and all(len(g) > 1 for g in split["groups"])
+    for g in split["groups"]:
+        assert len({part[i] for i in g}) == 1, g
+    for a, b in _duplicate_pairs(df, cfg.audit.near_threshold):
+        if a in part and b in part:
+            assert any(a in g and b in g for g in split["groups"]), (a, b)
+    ids = split["test"] + split["train"]
+    labels = group_labels(split, ids)
+    members = {i for g in split["groups"] for i in g}
+    lonely = [k for k, i in enumerate(ids) if i not in members]
+    assert len(set(labels[lonely].tolist())) == len(lonely)
+    for g in split["groups"]:
+        in_ids = [ids.index(i) for i in g if i in ids]
+        assert len(set(labels[in_ids].tolist())) <= 1
+    assert group_labels({k: v for k, v in split.items() if k != "groups"}, ids) is None
 
 
 def test_split_frame(split_data):

@@ -240,3 +240,61 @@ def test_invalid_inputs_are_rejected() -> None:
         expected_calibration_error(np.array([[2.0, 1.0]]), np.array([0]))
     with pytest.raises(ValueError, match="unknown"):
         compute_metrics(np.array([[0.5, 0.5, 0, 0]]), np.array([-1]), CLASSES)
+
+
+def _clustered(n_groups: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of ``size`` identical rows (a scan's adjacent slices, exaggerated): right or wrong together."""
+    p, y = _data(n_groups, seed=seed)
+    groups = np.repeat(np.arange(n_groups), size)
+    return np.repeat(p, size, axis=0), np.repeat(y, size), groups
+
+
+def test_group_bootstrap_draws_whole_groups() -> None:
+    groups = np.array([5, 5, 5, 9, 9, 2])
+    w = bootstrap_counts(6, 300, seed=4, groups=groups)
+    assert w.shape == (300, 6)
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 1] == w[:, 2]).all() and (w[:, 3] == w[:, 4]).all()
+    assert (w[:, [0, 3, 5]].sum(1) == 3).all()  # three groups drawn per resample
+    with pytest.raises(ValueError, match="one label per sample"):
+        bootstrap_counts(6, 10, groups=groups[:5])
+
+
+def test_group_bootstrap_widens_intervals_of_correlated_rows() -> None:
+    """60 groups of 8 copies: resampling rows pretends there are 480 independent samples; resampling
+    groups gives the interval of 60 (what the data support)."""
+    p, y, groups = _clustered(60, 8, seed=11)
+    rows = compute_metrics(p, y, CLASSES, n_bootstrap=400, seed=0)
+    grouped = compute_metrics(p, y, CLASSES, n_bootstrap=400, seed=0, groups=groups)
+    alone = compute_metrics(p[::8], y[::8], CLASSES, n_bootstrap=400, seed=0)
+
+    def width(e: dict) -> float:
+        return e["ci_high"] - e["ci_low"]
+
+    assert grouped["accuracy"]["value"] == pytest.approx(rows["accuracy"]["value"])
+    assert width(grouped["accuracy"]) > 2 * width(rows["accuracy"])
+    assert width(grouped["accuracy"]) == pytest.approx(width(alone["accuracy"]), rel=0.35)
+    assert grouped["accuracy"]["ci_method"] == "group bootstrap" and grouped["n_groups"] == 60
+    sens = grouped["per_class"]["glioma"]["sensitivity"]
+    assert sens["ci_method"] == "group bootstrap" and sens["ci_low"] <= sens["value"] <= sens["ci_high"]
+
+
+def test_binary_and_set_metrics_resample_groups_when_given() -> None:
+    from brainmri.evaluate.coverage import set_metrics
+
+    p, y, groups = _clustered(50, 6, seed=12)
+    pt, yt = 1 - p[:, 2], (y != 2).astype(int)
+    rows = binary_metrics(pt, yt, 0.5, n_bootstrap=300)
+    grouped = binary_metrics(pt, yt, 0.5, n_bootstrap=300, groups=groups)
+    for k in ("sensitivity", "specificity", "ppv", "npv", "auc"):
+        assert grouped[k]["value"] == pytest.approx(rows[k]["value"]), k
+        assert grouped[k]["ci_method"] == "group bootstrap"
+    assert grouped["auc"]["ci_high"] - grouped["auc"]["ci_low"] > 1.5 * (rows["auc"]["ci_high"] - rows["auc"]["ci_low"])
+    assert grouped["n_groups"] == 50
+    sets = p >= 0.2
+    plain = set_metrics(sets, y, CLASSES, n_bootstrap=300)
+    by_group = set_metrics(sets, y, CLASSES, n_bootstrap=300, groups=groups)
+    assert by_group["coverage"]["value"] == pytest.approx(plain["coverage"]["value"])
+    assert plain["coverage"]["ci_method"] == "clopper-pearson"
+    assert by_group["coverage"]["ci_method"] == "group bootstrap"
+    lo, hi = by_group["per_class"]["glioma"]["coverage_ci"]
+    assert lo <= by_group["per_class"]["glioma"]["coverage"] <= hi

@@ -63,3 +63,22 @@ def test_evaluate_real_stages(tmp_path: Path) -> None:
     removed = m["overlap_removed"]
     assert removed["n_exact"] == 1 and any(i.endswith("leaked_copy.png") for i in removed["removed_ids"])
     assert removed["n_evaluated"] == removed["n_readable"] - removed["n_removed"]
+    assert m["bootstrap"]["resampling"] == "images (a manifest CSV carries no groups)"
+    on_test = json.loads((out / "metrics.json").read_text())["bootstrap"]["resampling"]
+    assert on_test.startswith(("whole groups of the split file", "images (no two of them share"))
+
+
+def test_resampling_groups_follow_the_split_file() -> None:
+    from types import SimpleNamespace
+
+    from brainmri.evaluate.assess import resampling_groups
+
+    split = {"groups": [["a", "b", "c"], ["x", "y"]]}
+    run = SimpleNamespace(split=lambda: split)
+    groups, said = resampling_groups(run, ["a", "q", "b", "y", "c"], from_split=True)
+    assert groups[0] == groups[2] == groups[4] and len({groups[1], groups[3], groups[0]}) == 3
+    assert said == "whole groups of the split file: 3 groups for 5 images"
+    assert resampling_groups(run, ["a", "q", "y"], from_split=True)[0] is None  # nothing shared: exact CIs
+    older = SimpleNamespace(split=lambda: {})
+    groups, said = resampling_groups(older, ["a", "b"], from_split=True)
+    assert groups is None and "re-run `brainmri data split`" in said

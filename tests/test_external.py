@@ -46,10 +46,11 @@ def test_cost_threshold_never_calls_nothing_when_misses_are_expensive():
 
 
 def test_patient_bootstrap_resamples_whole_patients():
-    from brainmri.evaluate.external import group_counts, patient_bootstrap
+    from brainmri.evaluate.external import patient_bootstrap
+    from brainmri.evaluate.metrics import bootstrap_counts
 
     groups = np.array(["a", "a", "a", "b", "b", "c"])
-    w = group_counts(groups, 200, seed=1)
+    w = bootstrap_counts(6, 200, seed=1, groups=groups)
     assert w.shape == (200, 6)
     assert (w[:, 0] == w[:, 1]).all() and (w[:, 1] == w[:, 2]).all() and (w[:, 3] == w[:, 4]).all()
     assert np.allclose(w.sum(1) % 1, 0)

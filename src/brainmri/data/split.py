@@ -17,6 +17,11 @@ With ``split.group_by: scan`` the groups assigned whole are the duplicate cluste
 slices of their scan series (``brainmri.data.grouping``: mutual nearest neighbours on cheap image
 descriptors, within one image size and label, under a group-size cap), so adjacent slices that are
 further apart than the near-duplicate threshold stay on one side too.
+
+The split file records the groups it assigned (``groups``: every group of two or more assigned images,
+singletons left out), so evaluation can resample whole groups: adjacent slices of one scan are not
+independent samples, and a per-image bootstrap on them gives confidence intervals that are too narrow
+(:func:`group_labels`).
 """
 
 from __future__ import annotations
@@ -146,6 +151,7 @@ def make_split(
         **parts,
         "folds": folds,
         "excluded": [{"id": k, "reason": excluded[k]} for k in sorted(excluded)],
+        "groups": _group_lists(ids, cluster, assignment >= 0),
         "params": {
             "near_threshold": audit.near_threshold,
             "hash_size": audit.hash_size,
@@ -251,6 +257,29 @@ def _keep_one_exact_copy(
             excluded[ids[r]] = f"exact duplicate of {first}"
             keep[r] = False
     return keep
+
+
+def _group_lists(ids: np.ndarray, cluster: np.ndarray, assigned: np.ndarray) -> list[list[str]]:
+    """The assigned groups of two or more images, each a sorted id list, in order of their first id."""
+    rows = np.flatnonzero(assigned)
+    members: dict[int, list[str]] = {}
+    for r in rows:
+        members.setdefault(int(cluster[r]), []).append(str(ids[r]))
+    return sorted(sorted(m) for m in members.values() if len(m) > 1)
+
+
+def group_labels(split: dict[str, Any], ids: Sequence[str]) -> np.ndarray | None:
+    """One integer per id: ids of one recorded group share it, any other id gets its own.
+
+    ``None`` for a split file written before groups were recorded (callers then resample images and
+    say so). Used for cluster-bootstrap CIs on the test and validation parts.
+    """
+    groups = split.get("groups")
+    if groups is None:
+        return None
+    of = {i: g for g, members in enumerate(groups) for i in members}
+    first_free = len(groups)
+    return np.array([of.get(i, first_free + k) for k, i in enumerate(ids)], dtype=np.int64)
 
 
 def _assign_splits(
@@ -397,6 +426,25 @@ def validate_split(split: Any, name: str = "split") -> None:
         seen_val |= va
     if seen_val != trainval:
         raise DataError(f"{name}: fold validation sets do not cover train+val (id {sorted(trainval - seen_val)[0]!r})")
+    _validate_groups(split.get("groups"), set().union(*sets.values()), name)
+
+
+def _validate_groups(groups: Any, assigned: set[str], name: str) -> None:
+    """``groups`` (optional): lists of assigned ids, each id in at most one group."""
+    if groups is None:
+        return
+    if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+        raise DataError(f"{name}: 'groups' must be a list of id lists")
+    seen: set[str] = set()
+    for k, g in enumerate(groups):
+        members = set(g)
+        if not all(isinstance(i, str) for i in g) or len(members) != len(g):
+            raise DataError(f"{name}: groups[{k}] must list distinct id strings")
+        if members & seen:
+            raise DataError(f"{name}: id {sorted(members & seen)[0]!r} is in two groups")
+        if members - assigned:
+            raise DataError(f"{name}: groups[{k}] names id {sorted(members - assigned)[0]!r}, which no split holds")
+        seen |= members
 
 
 _FOLD_RE = re.compile(r"^fold(\d+)[:/](train|val)$")

@@ -60,6 +60,26 @@ def conformal_sets(
     return sets, qhat
 
 
+def resampling_groups(run: Any, ids: list[str], from_split: bool) -> tuple[np.ndarray | None, str]:
+    """Group labels for the bootstrap of a split part, and a sentence saying what is resampled.
+
+    Why: the split keeps each scan's slices together, and those slices are correlated; resampling single
+    slices would give intervals that are too narrow. Manifest CSVs and split files written before groups
+    were recorded fall back to single images, and the sentence says so.
+    """
+    from brainmri.data.split import group_labels
+
+    if not from_split:
+        return None, "images (a manifest CSV carries no groups)"
+    groups = group_labels(run.split(), ids)
+    if groups is None:
+        return None, "images (the split file records no groups; re-run `brainmri data split` to record them)"
+    n_groups = len(np.unique(groups))
+    if n_groups == len(ids):
+        return None, "images (no two of them share a group of the split file)"
+    return groups, f"whole groups of the split file: {n_groups} groups for {len(ids)} images"
+
+
 def assess(
     logits: np.ndarray,
     probs_cal: np.ndarray,
@@ -70,6 +90,7 @@ def assess(
     thresholds: float | np.ndarray | None,
     sets: Sets | None,
     qhat: dict[str, dict[str, Any]] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All metrics of one evaluated set, from arrays (used by ``evaluate`` and ``kfold``).
 
@@ -78,6 +99,7 @@ def assess(
         label_names: the manifest label per row (a class, ``tumor`` for binary sets, or anything else = unknown).
         thresholds: the tumour threshold (scalar, or per sample when calibration was cross-fitted).
         sets: ``{method: {alpha: bool (N, C)}}`` prediction sets of ``probs_cal``; ``qhat`` the matching quantiles.
+        groups: one label per row (the split's scan groups): CIs then resample whole groups; ``None`` resamples rows.
     """
     classes = list(classes)
     probs_raw = softmax(logits)
@@ -85,7 +107,7 @@ def assess(
     y = np.array([idx.get(n, -1) for n in label_names], dtype=np.int64)
     binary_only = any(n == TUMOR for n in label_names)
     known = (y >= 0) & (not binary_only)
-    boot = {"n_bootstrap": ecfg.bootstrap, "seed": ecfg.seed}
+    boot = {"n_bootstrap": ecfg.bootstrap, "seed": ecfg.seed, "groups": groups}
     out: dict[str, Any] = {
         "n": len(label_names),
         "n_labelled_4class": int(known.sum()),
@@ -93,9 +115,9 @@ def assess(
         "multiclass": None,
     }
     if known.any():
-        out |= _multiclass_view(probs_raw[known], probs_cal[known], y[known], classes, ecfg, boot)
+        out |= _multiclass_view(probs_raw[known], probs_cal[known], y[known], classes, ecfg, _rows(boot, known))
         if sets is not None:
-            out["conformal"] = _conformal_view(sets, known, y[known], classes, qhat, boot)
+            out["conformal"] = _conformal_view(sets, known, y[known], classes, qhat, _rows(boot, known))
             out["conformal"]["primary_method"] = primary_variant(ecfg)
     if NO_TUMOR in classes:
         view = _tumour_view(probs_raw, probs_cal, label_names, classes, ecfg, thresholds, boot)
@@ -104,13 +126,18 @@ def assess(
     return out
 
 
+def _rows(boot: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    """The bootstrap settings for the rows ``mask`` (the group labels follow the rows)."""
+    return boot | {"groups": None if boot["groups"] is None else np.asarray(boot["groups"])[mask]}
+
+
 def _multiclass_view(
     probs_raw: np.ndarray,
     probs_cal: np.ndarray,
     y: np.ndarray,
     classes: list[str],
     ecfg: EvaluateConfig,
-    boot: dict[str, int],
+    boot: dict[str, Any],
 ) -> dict[str, Any]:
     """4-class metrics before and after temperature scaling, and the most confused class pairs."""
     return {
@@ -128,7 +155,7 @@ def _conformal_view(
     y_known: np.ndarray,
     classes: list[str],
     qhat: dict[str, dict[str, Any]] | None,
-    boot: dict[str, int],
+    boot: dict[str, Any],
 ) -> dict[str, Any]:
     """Coverage and set sizes of every variant and alpha on the rows with a 4-class label (overall and per
     class; Mondrian variants promise coverage per class, marginal ones only overall)."""
@@ -148,7 +175,7 @@ def _tumour_view(
     classes: list[str],
     ecfg: EvaluateConfig,
     thresholds: float | np.ndarray | None,
-    boot: dict[str, int],
+    boot: dict[str, Any],
 ) -> dict[str, Any] | None:
     """Tumour vs no tumour: a fixed 0.5 on uncalibrated probabilities (reference) and the validation-chosen
     threshold on calibrated ones; ``None`` when no row has a tumour / no-tumour label."""
@@ -156,6 +183,7 @@ def _tumour_view(
     kt = yt >= 0
     if not kt.any():
         return None
+    boot = _rows(boot, kt)
     views: dict[str, Any] = {
         "uncalibrated": binary_metrics(
             tumour_probability(probs_raw[kt], classes), yt[kt], UNCALIBRATED_THRESHOLD, **boot

@@ -17,29 +17,45 @@ def set_metrics(
     *,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    groups: Any = None,
 ) -> dict[str, Any]:
     """Empirical coverage (overall, per class), mean set size, empty-set rate, how informative the sets are
     (``ambiguous_rate``: sets of more than one class; ``full_rate``: sets of every class, which say nothing)
     and the size histogram, with 95% CIs: exact Clopper–Pearson for the proportions of counts (coverage
     overall and per class as ``coverage_ci``, empty, ambiguous and full rates), percentile bootstrap for
-    the mean set size."""
-    from brainmri.evaluate.metrics import bootstrap_counts, estimate, proportion_estimate
+    the mean set size. With ``groups`` every interval comes from resampling whole groups (``"group bootstrap"``)."""
+    from brainmri.evaluate.metrics import bootstrap_counts, ci_method, estimate, proportion_estimate
 
     s = np.asarray(sets, dtype=bool)
     y = as_labels(labels, len(s), len(classes))
     covered = s[np.arange(len(y)), y].astype(np.float64)
     size = s.sum(1).astype(np.float64)
     empty = (size == 0).astype(np.float64)
-    w = bootstrap_counts(len(y), n_bootstrap, seed) if n_bootstrap > 0 else None
-    tot = w.sum(1) if w is not None else None
+    w = bootstrap_counts(len(y), n_bootstrap, seed, groups) if n_bootstrap > 0 else None
+    method = ci_method(groups)
 
-    def est(v: np.ndarray) -> dict[str, float | None]:
-        return estimate(float(v.mean()), (w @ v) / tot if w is not None else None)
+    def est(v: np.ndarray, rows: np.ndarray | None = None) -> dict[str, float | None]:
+        keep = np.ones(len(v), bool) if rows is None else rows
+        if not keep.any():
+            return {"value": None, "ci_low": None, "ci_high": None, "ci_method": None}
+        if w is None:
+            return estimate(float(v[keep].mean()), None, method)
+        tot = w[:, keep].sum(1)
+        resampled = np.full(len(w), np.nan)
+        np.divide(w[:, keep] @ v[keep], tot, out=resampled, where=tot > 0)
+        return estimate(float(v[keep].mean()), resampled, method)
+
+    def share(v: np.ndarray, rows: np.ndarray | None = None) -> dict[str, float | None]:
+        """A proportion: exact interval for independent rows, the group bootstrap otherwise."""
+        if groups is not None:
+            return est(v, rows)
+        keep = np.ones(len(v), bool) if rows is None else rows
+        return proportion_estimate(v[keep].sum(), keep.sum())
 
     per_class = {}
     for i, c in enumerate(classes):
         m = y == i
-        ci = proportion_estimate(covered[m].sum(), m.sum())
+        ci = share(covered, m)
         per_class[c] = {
             "coverage": float(covered[m].mean()) if m.any() else None,
             "coverage_ci": [ci["ci_low"], ci["ci_high"]],
@@ -48,11 +64,11 @@ def set_metrics(
         }
     hist = np.bincount(size.astype(int), minlength=len(classes) + 1)
     return {
-        "coverage": proportion_estimate(covered.sum(), len(y)),
+        "coverage": share(covered),
         "mean_set_size": est(size),
-        "empty_rate": proportion_estimate(empty.sum(), len(y)),
-        "ambiguous_rate": proportion_estimate((size > 1).sum(), len(y)),
-        "full_rate": proportion_estimate((size == s.shape[1]).sum(), len(y)),
+        "empty_rate": share(empty),
+        "ambiguous_rate": share((size > 1).astype(np.float64)),
+        "full_rate": share((size == s.shape[1]).astype(np.float64)),
         "per_class": per_class,
         "set_size_counts": {str(k): int(v) for k, v in enumerate(hist)},
         "n": len(y),

@@ -30,7 +30,7 @@ from brainmri.calibrate.posthoc import PostHocCalibration
 from brainmri.calibrate.probabilities import softmax, tumour_labels
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
-from brainmri.evaluate.assess import assess, conformal_sets, headline, primary_variant
+from brainmri.evaluate.assess import assess, conformal_sets, headline, primary_variant, resampling_groups
 from brainmri.evaluate.domain import fit_ood
 from brainmri.labels import NO_TUMOR
 from brainmri.utils import atomic_write_json, atomic_write_text
@@ -229,10 +229,12 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | No
     if ecfg.ood:
         fit_ood(run, model, val_part(run), quantile=ecfg.ood_quantile, batch_size=ecfg.batch_size)
     ev = _evaluated_split(run, model, ecfg, cal, name, manifest, val, val_logits)
+    groups, resampling = resampling_groups(run, ev.data.ids, from_split=manifest is None)
     metrics = assess(ev.logits, ev.probs, ev.data.label_names, run.classes, ecfg, thresholds=cal.threshold,
-                     sets=ev.sets, qhat=ev.qhat)  # fmt: skip
+                     sets=ev.sets, qhat=ev.qhat, groups=groups)  # fmt: skip
     binary_only = metrics["binary_labels_only"]
     meta = _meta(run, ev, cal, ecfg, binary_only)
+    meta["bootstrap"]["resampling"] = resampling
     metrics = meta | metrics
 
     title = f"{run.name} / {name}"

@@ -43,7 +43,7 @@ from brainmri.evaluate.metrics import (
     bootstrap_counts,
     estimate,
     expected_calibration_error,
-    weighted_auc,
+    weighted_rates,
 )
 from brainmri.labels import NO_TUMOR
 from brainmri.runs import Run, images_from_files, predict_logits
@@ -105,36 +105,9 @@ def choose_thresholds(p: np.ndarray, y: np.ndarray, ecfg: ExternalConfig) -> dic
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def group_counts(groups: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """(B, N) multiplicities of a cluster bootstrap: whole groups (patients) drawn with replacement."""
-    _, inverse = np.unique(groups, return_inverse=True)
-    counts = bootstrap_counts(int(inverse.max()) + 1, n_resamples, seed)
-    return counts[:, inverse]
-
-
-def weighted_rates(w: np.ndarray, p: np.ndarray, y: np.ndarray, t: float) -> dict[str, np.ndarray]:
-    """Sensitivity, specificity, PPV, NPV and AUC for every row of multiplicities ``w`` (B, N); NaN when undefined."""
-    pos, called = (y == 1).astype(np.float64), (p >= t).astype(np.float64)
-    tp, fn = w @ (pos * called), w @ (pos * (1 - called))
-    tn, fp = w @ ((1 - pos) * (1 - called)), w @ ((1 - pos) * called)
-
-    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        out = np.full(len(w), np.nan)
-        np.divide(a, b, out=out, where=b > 0)
-        return out
-
-    return {
-        "sensitivity": ratio(tp, tp + fn),
-        "specificity": ratio(tn, tn + fp),
-        "ppv": ratio(tp, tp + fp),
-        "npv": ratio(tn, tn + fn),
-        "auc": weighted_auc(w, p, y == 1),
-    }
-
-
 def patient_bootstrap(p: np.ndarray, y: np.ndarray, groups: np.ndarray, t: float, n: int, seed: int) -> dict:
     """Sensitivity/specificity/PPV/NPV/AUC with percentile CIs from resampling whole patients."""
-    w = group_counts(groups, n, seed)
+    w = bootstrap_counts(len(p), n, seed, groups)
     full = weighted_rates(np.ones((1, len(p))), p, y, t)
     boot = weighted_rates(w, p, y, t)
     out = {k: estimate(float(full[k][0]), boot[k]) for k in (*RATES, "auc")}

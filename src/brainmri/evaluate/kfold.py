@@ -30,7 +30,7 @@ from brainmri.calibrate.conformal import alpha_key, variant_key, variants
 from brainmri.calibrate.posthoc import PostHocCalibration
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
-from brainmri.evaluate.assess import assess, conformal_sets, headline
+from brainmri.evaluate.assess import assess, conformal_sets, headline, resampling_groups
 from brainmri.utils import atomic_write_json, atomic_write_text
 
 HEADLINE_KEYS = (
@@ -178,8 +178,9 @@ def evaluate_fold(run_dir: Path, fold: int, ecfg: EvaluateConfig) -> dict[str, A
     data = run.load_images(f"fold{fold}:val")
     logits = predict_logits(model, data.images, ecfg.batch_size, desc=f"predict fold{fold}:val")
     cf = cross_fit(logits, data.labels, run.classes, ecfg, seed=ecfg.seed)
+    groups, resampling = resampling_groups(run, data.ids, from_split=True)
     metrics = assess(logits, cf["probs"], data.label_names, run.classes, ecfg, thresholds=cf["thresholds"],
-                     sets=cf["sets"], qhat=cf["qhat"])  # fmt: skip
+                     sets=cf["sets"], qhat=cf["qhat"], groups=groups)  # fmt: skip
     t_mean = float(np.mean(cf["temperatures"]))
     metrics = {
         "run": run.name,
@@ -187,7 +188,13 @@ def evaluate_fold(run_dir: Path, fold: int, ecfg: EvaluateConfig) -> dict[str, A
         "split": f"fold{fold}:val",
         "calibration": "cross-fitted: each half of the fold's validation part calibrated on the other half",
         "temperatures": cf["temperatures"],
-        "bootstrap": {"resamples": ecfg.bootstrap, "seed": ecfg.seed, "level": 0.95, "method": "percentile"},
+        "bootstrap": {
+            "resamples": ecfg.bootstrap,
+            "seed": ecfg.seed,
+            "level": 0.95,
+            "method": "percentile",
+            "resampling": resampling,
+        },
         "note": OPTIMISM_NOTE,
     } | metrics
     h = headline(metrics, ecfg, t_mean)

@@ -22,7 +22,12 @@ Proportions of a count (sensitivity, specificity, PPV, NPV; conformal coverage a
 exact Clopper–Pearson 95% interval instead (``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``):
 the percentile bootstrap collapses at 0/n and n/n and is too narrow for small n (10/11 gave 70–100%, the
 exact interval is 58.7–99.8%). Every estimate says which interval it carries in ``ci_method``
-(``"bootstrap"``, ``"clopper-pearson"``, or ``None`` when there is none).
+(``"bootstrap"``, ``"clopper-pearson"``, ``"group bootstrap"``, or ``None`` when there is none).
+
+Groups: with ``groups`` (one label per sample, e.g. the scan groups of the split file) whole groups are
+drawn instead of samples (cluster bootstrap), and every interval, proportions included, comes from those
+resamples (``"group bootstrap"``). Adjacent slices of one scan are correlated, so an interval that treats
+them as independent is too narrow; Clopper–Pearson assumes independent trials and is not used then.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from brainmri.calibrate.base import as_labels, as_probs
 
 CI_LEVEL = 0.95
 BOOTSTRAP = "bootstrap"
+GROUP_BOOTSTRAP = "group bootstrap"
 CLOPPER_PEARSON = "clopper-pearson"
 _CHUNK = 250  # resamples evaluated at once (bounds memory for large N)
 
@@ -45,8 +51,20 @@ _CHUNK = 250  # resamples evaluated at once (bounds memory for large N)
 # bootstrap machinery
 
 
-def bootstrap_counts(n: int, n_resamples: int, seed: int = 0) -> np.ndarray:
-    """Multiplicity of each of ``n`` samples in each of ``n_resamples`` resamples: float64 (B, N)."""
+def bootstrap_counts(n: int, n_resamples: int, seed: int = 0, groups: Any = None) -> np.ndarray:
+    """Multiplicity of each of ``n`` samples in each of ``n_resamples`` resamples: float64 (B, N).
+
+    With ``groups`` (``n`` labels) whole groups are drawn with replacement and every member of a drawn
+    group counts once per draw (cluster bootstrap).
+    """
+    if groups is not None:
+        labels = np.asarray(groups)
+        if labels.shape != (n,):
+            raise ValueError(f"groups must hold one label per sample ({n}), got shape {labels.shape}")
+        if n == 0:
+            return bootstrap_counts(0, n_resamples, seed)
+        _, inverse = np.unique(labels, return_inverse=True)
+        return bootstrap_counts(int(inverse.max()) + 1, n_resamples, seed)[:, inverse]
     if n <= 0 or n_resamples <= 0:
         return np.zeros((max(n_resamples, 0), max(n, 0)))
     rng = np.random.default_rng(seed)
@@ -60,7 +78,12 @@ def _clean(x: Any) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def estimate(value: float, resampled: np.ndarray | None) -> dict[str, float | str | None]:
+def ci_method(groups: Any) -> str:
+    """The ``ci_method`` of a resampled estimate: per sample, or per group when groups are given."""
+    return BOOTSTRAP if groups is None else GROUP_BOOTSTRAP
+
+
+def estimate(value: float, resampled: np.ndarray | None, method: str = BOOTSTRAP) -> dict[str, float | str | None]:
     """``{value, ci_low, ci_high, ci_method}`` with a percentile-bootstrap CI from the resampled values;
     non-finite numbers become ``None`` (JSON null)."""
     lo = hi = None
@@ -76,7 +99,7 @@ def estimate(value: float, resampled: np.ndarray | None) -> dict[str, float | st
         "value": _clean(value),
         "ci_low": low,
         "ci_high": high,
-        "ci_method": BOOTSTRAP if low is not None and high is not None else None,
+        "ci_method": method if low is not None and high is not None else None,
     }
 
 
@@ -161,6 +184,27 @@ def weighted_auc(w: np.ndarray, score: np.ndarray, positive: np.ndarray) -> np.n
     out = np.full(len(w), np.nan)
     np.divide(num, den, out=out, where=den > 0)
     return out
+
+
+def weighted_rates(w: np.ndarray, p: np.ndarray, y: np.ndarray, t: Any) -> dict[str, np.ndarray]:
+    """Sensitivity, specificity, PPV, NPV and AUC of calling ``p >= t`` a tumour, for every row of
+    multiplicities ``w`` (B, N); NaN when undefined. ``t`` is a scalar or one threshold per sample."""
+    pos, called = (y == 1).astype(np.float64), (p >= t).astype(np.float64)
+    tp, fn = w @ (pos * called), w @ (pos * (1 - called))
+    tn, fp = w @ ((1 - pos) * (1 - called)), w @ ((1 - pos) * called)
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.full(len(w), np.nan)
+        np.divide(a, b, out=out, where=b > 0)
+        return out
+
+    return {
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "auc": weighted_auc(w, p, y == 1),
+    }
 
 
 def equal_width_bin(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -356,9 +400,10 @@ def compute_metrics(
     n_bootstrap: int = 1000,
     seed: int = 0,
     n_bins: int = 15,
+    groups: Any = None,
 ) -> dict[str, Any]:
     """All multi-class metrics with 95% CIs: bootstrap, except the per-class sensitivity and specificity
-    (proportions of counts: exact Clopper–Pearson).
+    (proportions of counts: exact Clopper–Pearson; group bootstrap like the rest when ``groups`` is given).
 
     Returns ``{"n", metric: {value, ci_low, ci_high, ci_method} for SCALAR_METRICS, "per_class": {class:
     {sensitivity, specificity, auc, support}}}``. ``labels`` must be class indices in [0, C) (drop unknown
@@ -370,31 +415,46 @@ def compute_metrics(
         raise ValueError("no labelled samples to evaluate")
     point = _sklearn_point_values(p, y)
     point.update(calibration_stats(np.ones((1, len(p))), p, y, n_bins))
-    counts = bootstrap_counts(len(p), n_bootstrap, seed)
+    counts = bootstrap_counts(len(p), n_bootstrap, seed, groups)
     boot = _in_chunks(lambda w: multiclass_stats(w, p, y, n_bins), counts) if n_bootstrap > 0 else {}
+    method = ci_method(groups)
     out: dict[str, Any] = {"n": len(p)}
+    if groups is not None:
+        out["n_groups"] = len(np.unique(groups))
     for name in SCALAR_METRICS:
         v = point[name]
-        out[name] = estimate(float(np.ravel(v)[0]), boot.get(name))
-    out["per_class"] = _per_class(p, y, classes, point, boot)
+        out[name] = estimate(float(np.ravel(v)[0]), boot.get(name), method)
+    out["per_class"] = _per_class(p, y, classes, point, boot, method)
     return out
 
 
 def _per_class(
-    p: np.ndarray, y: np.ndarray, classes: Sequence[str], point: dict[str, Any], boot: dict[str, np.ndarray]
+    p: np.ndarray,
+    y: np.ndarray,
+    classes: Sequence[str],
+    point: dict[str, Any],
+    boot: dict[str, np.ndarray],
+    method: str,
 ) -> dict[str, dict[str, Any]]:
-    """Per class: sensitivity tp/(tp+fn) and specificity tn/(tn+fp) with exact CIs, AUC with the bootstrap."""
+    """Per class: sensitivity tp/(tp+fn) and specificity tn/(tn+fp) with exact CIs (group bootstrap CIs
+    when ``method`` says so), AUC with the bootstrap."""
     n_classes = len(classes)
     cm = np.bincount(y * n_classes + p.argmax(1), minlength=n_classes * n_classes).reshape(n_classes, n_classes)
     tp = np.diag(cm)
     support, predicted = cm.sum(1), cm.sum(0)
     tn = len(y) - support - predicted + tp
     fp = predicted - tp
+
+    def rate(name: str, i: int, k: float, n: float) -> dict[str, Any]:
+        if method != GROUP_BOOTSTRAP:
+            return proportion_estimate(k, n)
+        return estimate(k / n if n else float("nan"), boot[name][:, i] if name in boot else None, method)
+
     return {
         c: {
-            "sensitivity": proportion_estimate(tp[i], support[i]),
-            "specificity": proportion_estimate(tn[i], tn[i] + fp[i]),
-            "auc": estimate(point["auc"][i], boot["auc"][:, i] if "auc" in boot else None),
+            "sensitivity": rate("sensitivity", i, tp[i], support[i]),
+            "specificity": rate("specificity", i, tn[i], tn[i] + fp[i]),
+            "auc": estimate(point["auc"][i], boot["auc"][:, i] if "auc" in boot else None, method),
             "support": int(support[i]),
         }
         for i, c in enumerate(classes)
@@ -412,12 +472,14 @@ def binary_metrics(
     *,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    groups: Any = None,
 ) -> dict[str, Any]:
     """Tumour-vs-no-tumour view: a slice is called 'tumour' when ``p_tumour >= threshold``.
 
     Sensitivity and specificity use that call; AUC is threshold-free (scikit-learn for the value).
     PPV/NPV depend on the prevalence of the evaluated set. Sensitivity, specificity, PPV and NPV are
-    proportions of counts: exact Clopper–Pearson CIs; AUC: percentile bootstrap.
+    proportions of counts: exact Clopper–Pearson CIs; AUC: percentile bootstrap. With ``groups`` every
+    CI comes from resampling whole groups (see the module docstring).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -431,21 +493,27 @@ def binary_metrics(
         raise ValueError("no labelled samples for the tumour-vs-no-tumour view")
     pos = y == 1
     auc = roc_auc_score(pos, s) if 0 < pos.sum() < len(s) else np.nan
-    counts = bootstrap_counts(len(s), n_bootstrap, seed)
-    boot = _in_chunks(lambda w: {"auc": weighted_auc(w, s, pos)}, counts) if n_bootstrap > 0 else {}
-    called = s >= np.asarray(threshold, dtype=np.float64)
+    t = np.asarray(threshold, dtype=np.float64)
+    counts = bootstrap_counts(len(s), n_bootstrap, seed, groups)
+    called = s >= t
     tp, fn = int((pos & called).sum()), int((pos & ~called).sum())
     tn, fp = int((~pos & ~called).sum()), int((~pos & called).sum())
-    return {
-        "threshold": float(np.mean(threshold)),
-        "n_tumour": int(pos.sum()),
-        "n_no_tumour": int((~pos).sum()),
-        "sensitivity": proportion_estimate(tp, tp + fn),
-        "specificity": proportion_estimate(tn, tn + fp),
-        "ppv": proportion_estimate(tp, tp + fp),
-        "npv": proportion_estimate(tn, tn + fn),
-        "auc": estimate(auc, boot.get("auc")),
-    }
+    out: dict[str, Any] = {"threshold": float(np.mean(threshold)), "n_tumour": int(pos.sum()),
+                           "n_no_tumour": int((~pos).sum())}  # fmt: skip
+    if groups is None:
+        boot = _in_chunks(lambda w: {"auc": weighted_auc(w, s, pos)}, counts) if n_bootstrap > 0 else {}
+        for name, (k, n) in {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp),
+                             "ppv": (tp, tp + fp), "npv": (tn, tn + fn)}.items():  # fmt: skip
+            out[name] = proportion_estimate(k, n)
+        out["auc"] = estimate(auc, boot.get("auc"))
+        return out
+    full = weighted_rates(np.ones((1, len(s))), s, y, t)
+    boot = _in_chunks(lambda w: weighted_rates(w, s, y, t), counts) if n_bootstrap > 0 else {}
+    out["n_groups"] = len(np.unique(groups))
+    for name in ("sensitivity", "specificity", "ppv", "npv"):
+        out[name] = estimate(float(full[name][0]), boot.get(name), GROUP_BOOTSTRAP)
+    out["auc"] = estimate(auc, boot.get("auc"), GROUP_BOOTSTRAP)
+    return out
 
 
 def most_confused_pairs(labels: Any, preds: Any, classes: Sequence[str], top: int = 5) -> list[dict[str, Any]]:
