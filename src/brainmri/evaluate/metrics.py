@@ -163,8 +163,9 @@ def confusion_stats(cm: np.ndarray) -> dict[str, np.ndarray]:
         "precision_weighted": _div((precision * support).sum(1), wsum),
         "recall_weighted": _div((recall * support).sum(1), wsum),
         "f1_weighted": _div((f1 * support).sum(1), wsum),
-        "sensitivity": recall,  # (B, C)
-        "specificity": specificity,  # (B, C)
+        # (B, C), NaN where undefined (a resample without the class), so such resamples leave the CI
+        "sensitivity": np.where(support > 0, recall, np.nan),
+        "specificity": np.where(tn + fp > 0, specificity, np.nan),
     }
 
 
