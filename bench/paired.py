@@ -202,12 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "reference": next(iter(arms)),
         "arms": {a: ["+".join(str(m) for m in members) for members in seeds] for a, seeds in arms.items()},
-        "resampling": "lgg-flair: patients; test and navoneel: images; one resample applied to every run",
         "bootstrap": args.bootstrap,
         "sets": compare(scores, args.bootstrap),
         "seconds": round(time.perf_counter() - t0, 1),
         "machine": machine_facts(),
     }
+    test = result["sets"]["test"]
+    grouped = test["n_groups"] < test["n"]
+    result["resampling"] = (
+        f"lgg-flair: patients; test: {'scan groups of the split file' if grouped else 'images'} "
+        f"({test['n_groups']} for {test['n']} slices); navoneel: images; one resample applied to every run"
+    )
     atomic_write_json(Path(args.out), result)
     print(render_markdown(result))
     return 0

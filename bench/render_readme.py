@@ -559,6 +559,7 @@ BLOCKS = {
     "paired_ensemble": lambda: block_paired("paired_ensemble.json"),
     "paired_balance": lambda: block_paired("paired_balance.json"),
     "paired_lite1": lambda: block_paired("paired_lite1.json"),
+    "paired_wise": lambda: block_paired("paired_wise.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "external_validation": block_external_validation,
