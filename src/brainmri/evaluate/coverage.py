@@ -24,7 +24,7 @@ def set_metrics(
     and the size histogram, with 95% CIs: exact Clopper–Pearson for the proportions of counts (coverage
     overall and per class as ``coverage_ci``, empty, ambiguous and full rates), percentile bootstrap for
     the mean set size. With ``groups`` every interval comes from resampling whole groups (``"group bootstrap"``)."""
-    from brainmri.evaluate.metrics import bootstrap_counts, ci_method, estimate, proportion_estimate
+    from brainmri.evaluate.metrics import bootstrap_counts, ci_method, proportion_estimate
 
     s = np.asarray(sets, dtype=bool)
     y = as_labels(labels, len(s), len(classes))
@@ -35,21 +35,13 @@ def set_metrics(
     method = ci_method(groups)
 
     def est(v: np.ndarray, rows: np.ndarray | None = None) -> dict[str, float | None]:
-        keep = np.ones(len(v), bool) if rows is None else rows
-        if not keep.any():
-            return {"value": None, "ci_low": None, "ci_high": None, "ci_method": None}
-        if w is None:
-            return estimate(float(v[keep].mean()), None, method)
-        tot = w[:, keep].sum(1)
-        resampled = np.full(len(w), np.nan)
-        np.divide(w[:, keep] @ v[keep], tot, out=resampled, where=tot > 0)
-        return estimate(float(v[keep].mean()), resampled, method)
+        return _mean_estimate(v, np.ones(len(v), bool) if rows is None else rows, w, method)
 
     def share(v: np.ndarray, rows: np.ndarray | None = None) -> dict[str, float | None]:
         """A proportion: exact interval for independent rows, the group bootstrap otherwise."""
-        if groups is not None:
-            return est(v, rows)
         keep = np.ones(len(v), bool) if rows is None else rows
+        if groups is not None:
+            return _mean_estimate(v, keep, w, method)
         return proportion_estimate(v[keep].sum(), keep.sum())
 
     per_class = {}
@@ -73,3 +65,17 @@ def set_metrics(
         "set_size_counts": {str(k): int(v) for k, v in enumerate(hist)},
         "n": len(y),
     }
+
+
+def _mean_estimate(v: np.ndarray, keep: np.ndarray, w: np.ndarray | None, method: str) -> dict[str, float | None]:
+    """Mean of ``v`` over the rows ``keep`` with the percentile interval of its resampled means (``w``: (B, N))."""
+    from brainmri.evaluate.metrics import estimate
+
+    if not keep.any():
+        return {"value": None, "ci_low": None, "ci_high": None, "ci_method": None}
+    if w is None:
+        return estimate(float(v[keep].mean()), None, method)
+    tot = w[:, keep].sum(1)
+    resampled = np.full(len(w), np.nan)
+    np.divide(w[:, keep] @ v[keep], tot, out=resampled, where=tot > 0)
+    return estimate(float(v[keep].mean()), resampled, method)
