@@ -6,7 +6,11 @@ border brightness, ``PredictConfig.ood_max_*``) on
 - in-domain: the held-out test split of the bundle's own training data (expected ~5% flagged: the threshold
   passes 95% of validation images);
 - not MRI at all: photographs shipped with pip packages (scikit-learn's sample images, matplotlib's sample
-  photo) and generated images (noise, textures, gradients, checkerboards, text-like stripes) — should be flagged;
+  photo, scikit-image's test images: colour ones as uploaded and every one as a grayscale JPEG, since the
+  colour check cannot help there), a CT-like head (scikit-image's Shepp–Logan phantom, reconstructed by
+  filtered back-projection from 30 to 360 projections, with and without noise: CT streaks on a head-shaped
+  slice) and generated images (noise, textures, gradients, checkerboards, text-like stripes) — should be
+  flagged;
 - other MRI sources: lgg-flair (FLAIR, another hospital) and navoneel.
 
     python bench/ood_check.py bundles/cpu-robust --split work/data/split.json -> bench/results/ood_check.json
@@ -77,11 +81,74 @@ def photographs() -> list[tuple[str, np.ndarray]]:
     return out
 
 
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "camera",
+    "moon",
+    "coins",
+    "clock",
+    "page",
+    "text",
+    "horse",
+    "brick",
+    "grass",
+    "gravel",
+    "cell",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+)
+
+
+def skimage_photos() -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """scikit-image's bundled test images (no download): (colour ones as they are, every one in grayscale)."""
+    try:
+        import skimage.data
+        from skimage.color import rgb2gray
+    except ImportError as exc:
+        print(f"note: scikit-image unavailable ({exc}); its images are left out", file=sys.stderr)
+        return [], []
+    colour, grey = [], []
+    for name in SKIMAGE_PHOTOS:
+        img = np.asarray(getattr(skimage.data, name)())
+        if img.ndim == 3:
+            colour.append((f"skimage {name}", img[..., :3].astype(np.float32)))
+            g = rgb2gray(img[..., :3])
+        else:
+            g = img.astype(np.float64) / (255.0 if img.max() > 1 else 1.0)
+        grey.append((f"skimage {name} (grayscale)", (g * 255).astype(np.float32)))
+    return colour, grey
+
+
+def ct_phantoms(seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """A CT-like head: the Shepp–Logan phantom reconstructed by filtered back-projection (streaks, noise)."""
+    try:
+        from skimage.data import shepp_logan_phantom
+        from skimage.transform import iradon, radon, rescale
+    except ImportError as exc:
+        print(f"note: scikit-image unavailable ({exc}); no CT-like images", file=sys.stderr)
+        return []
+    rng = np.random.default_rng(seed)
+    phantom = rescale(shepp_logan_phantom(), 0.64)  # 256 px, a typical slice size
+    out = [("shepp-logan phantom", phantom)]
+    for n_angles in (30, 90, 360):
+        theta = np.linspace(0.0, 180.0, n_angles, endpoint=False)
+        sino = radon(phantom, theta=theta)
+        for noise in (0.0, 0.02):
+            noisy = sino + rng.normal(0, noise * sino.max(), sino.shape) if noise else sino
+            out.append((f"FBP {n_angles} projections, noise {noise}", iradon(noisy, theta=theta, filter_name="ramp")))
+    return [(name, (np.clip(img, 0, None) / max(img.max(), 1e-6) * 255).astype(np.float32)) for name, img in out]
+
+
 def photo_files(photos: list[tuple[str, np.ndarray]], folder: Path) -> list[str]:
     """The photographs as JPEG files: colour uploads go through the reader's grayscale conversion like a user's."""
     from PIL import Image
 
     paths = []
+    folder.mkdir(parents=True, exist_ok=True)
     for i, (_, img) in enumerate(photos):
         path = folder / f"photo{i}.jpg"
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
@@ -128,6 +195,8 @@ def main() -> int:
         return [paths[i] for i in sorted(rng.choice(len(paths), min(args.limit, len(paths)), replace=False))]
 
     photos = photographs()
+    colour_photos, grey_photos = skimage_photos()
+    phantoms = ct_phantoms()
     with brainmri.load_bundle(args.bundle) as predictor, tempfile.TemporaryDirectory() as tmp:
         if predictor.ood is None:
             raise SystemExit(f"{args.bundle}: exported without an out-of-domain score (run brainmri evaluate first)")
@@ -147,11 +216,15 @@ def main() -> int:
             "sets": {
                 "in-domain test split": flagged(predictor, sample(test)),
                 "photographs (pip sample images)": flagged(predictor, photo_files(photos, Path(tmp))),
+                "colour photographs (scikit-image)": flagged(predictor, photo_files(colour_photos, Path(tmp) / "c")),
+                "grayscale photographs (scikit-image)": flagged(predictor, photo_files(grey_photos, Path(tmp) / "g")),
+                "CT-like head phantom (scikit-image)": flagged(predictor, photo_files(phantoms, Path(tmp) / "ct")),
                 "generated noise/texture/pattern images": flagged(predictor, generated_images()),
                 "lgg-flair (FLAIR, other hospital)": flagged(predictor, sample(lgg)),
                 "navoneel": flagged(predictor, sample(nav)),
             },
-            "photographs": [name for name, _ in photos],
+            "photographs": [name for name, _ in photos + colour_photos + grey_photos],
+            "ct_like": [name for name, _ in phantoms],
             "machine": machine_facts(),
         }
     atomic_write_json(args.out, result)
