@@ -67,6 +67,7 @@ def patched(monkeypatch):
     monkeypatch.setattr(Run, "load_images", lambda self, which: parts[which])
     binary = ["tumor"] * 12 + ["no_tumor"] * 8
     monkeypatch.setattr(Run, "load_external", lambda self, path: _images(20, 5000, binary))
+    monkeypatch.setattr(Run, "split", lambda self: {})  # a split file without recorded groups
 
 
 def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
