@@ -64,6 +64,7 @@ def test_evaluate_real_stages(tmp_path: Path) -> None:
     assert removed["n_exact"] == 1 and any(i.endswith("leaked_copy.png") for i in removed["removed_ids"])
     assert removed["n_evaluated"] == removed["n_readable"] - removed["n_removed"]
     assert m["bootstrap"]["resampling"] == "images (a manifest CSV carries no groups)"
+    assert m["bootstrap"]["note"].startswith("95% CIs: exact Clopper–Pearson")
     on_test = json.loads((out / "metrics.json").read_text())["bootstrap"]["resampling"]
     assert on_test.startswith(("whole groups of the split file", "images (no two of them share"))
 
@@ -79,6 +80,10 @@ def test_resampling_groups_follow_the_split_file() -> None:
     assert groups[0] == groups[2] == groups[4] and len({groups[1], groups[3], groups[0]}) == 3
     assert said == "whole groups of the split file: 3 groups for 5 images"
     assert resampling_groups(run, ["a", "q", "y"], from_split=True)[0] is None  # nothing shared: exact CIs
+    from brainmri.evaluate.assess import ci_note
+
+    assert "for every metric" in ci_note(True, said, 1000) and said in ci_note(True, said, 1000)
+    assert "Clopper–Pearson" in ci_note(False, "images", 1000)
     older = SimpleNamespace(split=lambda: {})
     groups, said = resampling_groups(older, ["a", "b"], from_split=True)
     assert groups is None and "re-run `brainmri data split`" in said

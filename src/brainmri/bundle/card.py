@@ -263,9 +263,12 @@ def _evaluation_section(metrics: dict[str, Any] | None) -> list[str]:
     rows = metric_rows(metrics.get("metrics")) if metrics else []
     if not rows:
         return [*lines, "**No evaluation report was found in the run; this model's performance is unknown.**", ""]
+    note = ((metrics.get("metrics") or {}).get("bootstrap") or {}).get("note") or (
+        "95% CIs: exact Clopper–Pearson for sensitivity, specificity, PPV, NPV and conformal coverage; percentile "
+        "bootstrap otherwise."
+    )
     lines += [
-        "Values from the run's `reports/metrics.json`, 95% CI in brackets where reported (exact Clopper–Pearson "
-        "for sensitivity, specificity, PPV, NPV and conformal coverage; percentile bootstrap otherwise).",
+        f"Values from the run's `reports/metrics.json`, 95% CI in brackets where reported. {note}",
         "",
         "| metric | value |",
         "|---|---|",

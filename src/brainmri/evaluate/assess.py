@@ -80,6 +80,16 @@ def resampling_groups(run: Any, ids: list[str], from_split: bool) -> tuple[np.nd
     return groups, f"whole groups of the split file: {n_groups} groups for {len(ids)} images"
 
 
+def ci_note(grouped: bool, resampling: str, resamples: int) -> str:
+    """One sentence on how the 95% intervals of a report were made (printed by the HTML report and the card)."""
+    if grouped:
+        return f"95% CIs: percentile bootstrap for every metric, {resamples} resamples of {resampling}."
+    return (
+        "95% CIs: exact Clopper–Pearson for sensitivity, specificity, PPV, NPV and conformal coverage; percentile "
+        f"bootstrap otherwise, {resamples} resamples of {resampling}."
+    )
+
+
 def assess(
     logits: np.ndarray,
     probs_cal: np.ndarray,

@@ -30,7 +30,14 @@ from brainmri.calibrate.posthoc import PostHocCalibration
 from brainmri.calibrate.probabilities import softmax, tumour_labels
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
-from brainmri.evaluate.assess import assess, conformal_sets, headline, primary_variant, resampling_groups
+from brainmri.evaluate.assess import (
+    assess,
+    ci_note,
+    conformal_sets,
+    headline,
+    primary_variant,
+    resampling_groups,
+)
 from brainmri.evaluate.domain import fit_ood
 from brainmri.labels import NO_TUMOR
 from brainmri.utils import atomic_write_json, atomic_write_text
@@ -234,7 +241,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, split: str | No
                      sets=ev.sets, qhat=ev.qhat, groups=groups)  # fmt: skip
     binary_only = metrics["binary_labels_only"]
     meta = _meta(run, ev, cal, ecfg, binary_only)
-    meta["bootstrap"]["resampling"] = resampling
+    meta["bootstrap"] |= {"resampling": resampling, "note": ci_note(groups is not None, resampling, ecfg.bootstrap)}
     metrics = meta | metrics
 
     title = f"{run.name} / {name}"

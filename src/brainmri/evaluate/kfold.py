@@ -30,7 +30,7 @@ from brainmri.calibrate.conformal import alpha_key, variant_key, variants
 from brainmri.calibrate.posthoc import PostHocCalibration
 from brainmri.config import Config, EvaluateConfig, save_config
 from brainmri.errors import DataError
-from brainmri.evaluate.assess import assess, conformal_sets, headline, resampling_groups
+from brainmri.evaluate.assess import assess, ci_note, conformal_sets, headline, resampling_groups
 from brainmri.utils import atomic_write_json, atomic_write_text
 
 HEADLINE_KEYS = (
@@ -194,6 +194,7 @@ def evaluate_fold(run_dir: Path, fold: int, ecfg: EvaluateConfig) -> dict[str, A
             "level": 0.95,
             "method": "percentile",
             "resampling": resampling,
+            "note": ci_note(groups is not None, resampling, ecfg.bootstrap),
         },
         "note": OPTIMISM_NOTE,
     } | metrics

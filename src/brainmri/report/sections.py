@@ -183,10 +183,13 @@ def test_metrics(inp: Inputs, opts: Options) -> str:
     if m is None:
         return not_run("evaluation", inp.reports_dir / "metrics.json", "Run `brainmri evaluate RUN`.")
     boot = m.get("bootstrap") or {}
+    note = boot.get("note") or (
+        f"95% CIs: {boot.get('method', 'bootstrap')} bootstrap with {boot.get('resamples', '?')} resamples, "
+        "Clopper–Pearson for proportions."
+    )
     parts = [
         f"<p>{esc(m.get('split', '?'))} split (source {esc(m.get('source', '?'))}), n = {esc(m.get('n', '?'))}; "
-        f"95% CIs: {esc(boot.get('method', 'bootstrap'))} bootstrap with {esc(boot.get('resamples', '?'))} "
-        "resamples, Clopper–Pearson for proportions.</p>"
+        f"{esc(note)}</p>"
     ]
     multi = m.get("multiclass") or {}
     if multi:
