@@ -16,7 +16,9 @@ border brightness, ``PredictConfig.ood_max_*``) on
     python bench/ood_check.py bundles/cpu-robust --split work/data/split.json -> bench/results/ood_check.json
 
 Each set reports ``flagged`` (the whole gate) and what flagged it: ``flagged_features`` (the feature score
-alone, the gate before the input checks), ``flagged_colour``, ``flagged_border``.
+alone, the gate before the input checks), ``flagged_colour``, ``flagged_border``. ``confident_unflagged`` is the share
+of the set that passes the gate, is not sent to review and still gets a class with probability >= 0.9 (the
+outcome that misleads a user); ``passed_labels`` counts the classes given to what passed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +172,11 @@ def flagged(predictor, inputs: list) -> dict:
     for key, prefix in REASONS.items():
         hits = [any(r.startswith(prefix) for r in getattr(p, "ood_reasons", [])) for p in preds]
         out[key] = float(np.mean(hits)) if hits else None
+    passed = [p for p in preds if p.in_domain is not False]
+    # the failure that matters: passes the gate, is not sent to review, and gets a confident class
+    silent = [not p.review and max(p.probabilities.values()) >= 0.9 for p in passed]
+    out["confident_unflagged"] = float(np.sum(silent) / len(preds)) if preds else None
+    out["passed_labels"] = dict(Counter(p.label for p in passed))
     return out
 
 

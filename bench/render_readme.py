@@ -250,10 +250,12 @@ def block_ood_check() -> str | None:
         f"{checks.get('max_colourfulness')}, border brightness ≤ {checks.get('max_border_brightness')}); the "
         "feature score alone was the whole gate before (`bench/results/ood_check_features_only.json`)."
     )
-    lines += ["| images | n | flagged | by feature score | by colour | by border |", "|---|---|---|---|---|---|"]
+    silent = "confident_unflagged" in next(iter(r["sets"].values()))
+    head = "| images | n | flagged | by feature score | by colour | by border |"
+    lines += [head + (" passed, no review, p ≥ 0.9 |" if silent else ""), "|---|---|---|---|---|---|" + "---|" * silent]
     lines += [
         f"| {name} | {v['n']} | {_pct(v['flagged'])} | {_pct(v['flagged_features'])} | {_pct(v['flagged_colour'])} "
-        f"| {_pct(v['flagged_border'])} |"
+        f"| {_pct(v['flagged_border'])} |" + (f" {_pct(v['confident_unflagged'])} |" if silent else "")
         for name, v in r["sets"].items()
     ]
     return "\n".join(lines)
