@@ -231,12 +231,12 @@ def block_robustness_table() -> str | None:
     return None if r is None else _bench_module("robustness").render_markdown(r)
 
 
-def block_ood_check() -> str | None:
-    r = _load(RESULTS / "ood_check.json")
+def block_ood_check(name: str = "ood_check.json") -> str | None:
+    r = _load(RESULTS / name)
     if r is None:
         return None
     lines = [
-        f"From `bench/results/ood_check.json` (`python bench/ood_check.py BUNDLE`, bundle `{r['bundle']}`): share of "
+        f"From `bench/results/{name}` (`python bench/ood_check.py BUNDLE`, bundle `{r['bundle']}`): share of "
         "images the deployed gate flags `in_domain: false`.",
         "",
     ]
@@ -469,6 +469,21 @@ def block_shortcuts() -> str | None:
     return "\n".join(lines)
 
 
+def block_rerun() -> str | None:
+    """A fresh ./run.sh against the published run: run-to-run spread of the recipe, with scan-group CIs."""
+    r = _load(ROOT / "docs" / "results" / "summary_rerun.json")
+    if r is None:
+        return None
+    t, tr = r["test"], r["train"]
+    return (
+        f"From `docs/results/summary_rerun.json` ({r['what']}): training {tr['wall_seconds'] / 60:.1f} min, best "
+        f"epoch {tr['best_epoch']} (validation accuracy {_pct(tr['best_val_acc'])}); test accuracy "
+        f"{_ci(t['accuracy'])}, tumour AUC {_ci(t['tumour_auc'])}, ECE after temperature scaling "
+        f"{_ci(t['ece_after'], pct=False)} ({t['accuracy']['ci_method']}); the exported bundle agrees "
+        f"({_pct(r['bundle_check'])})."
+    )
+
+
 def block_grouped_ci() -> str | None:
     """Per-image vs scan-group bootstrap intervals on the test split."""
     r = _load(RESULTS / "grouped_ci.json")
@@ -564,6 +579,7 @@ BLOCKS = {
     "paired_wise": lambda: block_paired("paired_wise.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
+    "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
     "external_validation": block_external_validation,
     "study_level": block_study_level,
     "serve": block_serve,
@@ -576,6 +592,7 @@ BLOCKS = {
     "latency": block_latency,
     "evaluation": block_evaluation,
     "grouped_ci": block_grouped_ci,
+    "rerun": block_rerun,
 }
 
 
