@@ -96,8 +96,11 @@ def combine(members: list[dict[str, Any]]) -> dict[str, Any]:
 def metrics(s: dict[str, Any], idx: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
+    from brainmri.evaluate.metrics import expected_calibration_error
+
     y, p = s["y"][idx], s["p"][idx]
-    out = {"tumour_auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")}
+    out = {"tumour_auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan"),
+           "tumour_ece": float(expected_calibration_error(np.c_[1.0 - p, p], y))}  # fmt: skip
     if "hit" in s:
         out["accuracy"] = float(s["hit"][idx].mean())
     return out
@@ -145,6 +148,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     ref = r["reference"]
     cols = [("test", "accuracy", "test accuracy"), ("test", "tumour_auc", "test tumour AUC"),
             ("lgg-flair", "tumour_auc", "lgg-flair AUC"), ("navoneel", "tumour_auc", "navoneel AUC")]  # fmt: skip
+    if "tumour_ece" in r["sets"]["lgg-flair"]["arms"][ref]["mean"]:  # results before the ECE columns lack them
+        cols += [("lgg-flair", "tumour_ece", "lgg-flair tumour ECE"), ("navoneel", "tumour_ece", "navoneel tumour ECE")]
     lines = ["| arm | seeds | " + " | ".join(c[2] for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for arm, runs in r["arms"].items():
         cells = []

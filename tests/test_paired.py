@@ -33,8 +33,10 @@ def test_a_better_arm_gets_a_positive_difference_whose_interval_excludes_zero():
     assert np.isclose(lgg["arms"]["strong"]["mean"]["tumour_auc"],
                       np.mean([m["tumour_auc"] for m in lgg["arms"]["strong"]["per_seed"]]))  # fmt: skip
     assert "accuracy" in out["test"]["arms"]["strong"]["mean"]
-    assert "| strong | 2 |" in bench.render_markdown({"reference": "weak", "arms": {"weak": [1, 2], "strong": [1, 2]},
-                                                       "sets": out})  # fmt: skip
+    ece = [m["tumour_ece"] for m in lgg["arms"]["strong"]["per_seed"]]
+    assert all(0 <= e <= 1 for e in ece)
+    table = bench.render_markdown({"reference": "weak", "arms": {"weak": [1, 2], "strong": [1, 2]}, "sets": out})
+    assert "| strong | 2 |" in table and "lgg-flair tumour ECE" in table
 
 
 def test_runs_scored_on_different_images_are_refused():
