@@ -140,10 +140,13 @@ class InterruptAfter(Callback):
             raise RuntimeError("simulated crash")
 
 
-@pytest.mark.parametrize(("mixup_alpha", "ema_decay"), [(0.0, 0.0), (0.4, 0.0), (0.0, 0.9)])
-def test_resume_reaches_same_weights_as_uninterrupted(tmp_path, mixup_alpha, ema_decay):
+@pytest.mark.parametrize(
+    ("mixup_alpha", "ema_decay", "lesions"), [(0.0, 0.0, 0.0), (0.4, 0.0, 0.0), (0.0, 0.9, 0.0), (0.4, 0.0, 0.5)]
+)
+def test_resume_reaches_same_weights_as_uninterrupted(tmp_path, mixup_alpha, ema_decay, lesions):
     cfg = tiny_cfg(mixup_alpha=mixup_alpha, ema_decay=ema_decay)
     cfg.train.augment.enabled = True
+    cfg.train.augment.synthetic_lesion = lesions  # drawn per step from (seed, stage, step): a resume redraws them
     cfg.model.drop_rate = 0.2
     cfg.train.stage1.epochs, cfg.train.stage2.epochs = 1, 3
     data = phantom_split(5)

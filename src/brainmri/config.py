@@ -248,6 +248,10 @@ class AugmentConfig(Section):
     """Probability of low-frequency Fourier amplitude mixing (FDA/FACT style)."""
     fourier_beta: float = Field(0.1, gt=0.0, le=0.5)
     """Half-width of the mixed low-frequency band, as a fraction of the image size."""
+    synthetic_lesion: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability that a lesion-free training slice gets a drawn lesion and a tumour target (train/lesions.py)."""
+    synthetic_lesion_target: dict[str, float] = Field(default_factory=lambda: {"glioma": 0.5, "meningioma": 0.5})
+    """Target of a slice with a drawn lesion: class -> probability (normalised to sum 1)."""
     appearance: bool = False
     """Preset: appearance keys still at 0 get the values of train.augment.APPEARANCE_PRESET (see docs/robustness.md)."""
 

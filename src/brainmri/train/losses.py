@@ -93,7 +93,7 @@ def mixup(
 
     ``rng`` is seeded by the caller from (seed, step), so a resumed run mixes the same pairs.
     """
-    y1 = F.one_hot(y, num_classes).float()
+    y1 = y if y.is_floating_point() else F.one_hot(y, num_classes).float()  # soft targets pass through
     if alpha <= 0:
         return x, y1, 1.0
     lam = float(rng.beta(alpha, alpha))

@@ -16,11 +16,13 @@ import math
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from brainmri.config import TrainConfig
 from brainmri.models import BrainClassifier
+from brainmri.train.lesions import insert_lesions
 from brainmri.train.losses import WeightedSoftCrossEntropy, mixup
 
 
@@ -69,7 +71,9 @@ class ClassifierModule(L.LightningModule):
         steps_per_epoch: int,
         epochs: int,
         stage: int,
+        lesions: tuple[int, torch.Tensor] | None = None,
     ) -> None:
+        """``lesions``: (index of the lesion-free class, soft target of a drawn lesion), or None (train/lesions.py)."""
         super().__init__()
         # plain JSON values only (no model, loss or pydantic objects): checkpoints stay loadable with weights_only
         self.save_hyperparameters(
@@ -91,6 +95,7 @@ class ClassifierModule(L.LightningModule):
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.epochs = max(1, epochs)
         self.stage = stage
+        self.lesions = lesions
         n = model.num_classes
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
@@ -120,12 +125,17 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        targets = y
+        if self.lesions is not None and self.cfg.augment.synthetic_lesion > 0:
+            rng = np.random.default_rng((self.cfg.seed, self.stage, self.global_step, 1))
+            source, target = self.lesions
+            targets = F.one_hot(y, self.model.num_classes).float()
+            x, targets = insert_lesions(x, targets, y, p=self.cfg.augment.synthetic_lesion, source=source,
+                                        target=target, rng=rng)  # fmt: skip
         x = self._layout(x)
         if self.cfg.mixup_alpha > 0:
             rng = np.random.default_rng((self.cfg.seed, self.stage, self.global_step))
-            x, targets, _ = mixup(x, y, self.model.num_classes, self.cfg.mixup_alpha, rng)
-        else:
-            targets = y
+            x, targets, _ = mixup(x, targets, self.model.num_classes, self.cfg.mixup_alpha, rng)
         logits = self.model(x)
         loss = self.loss_fn(logits, targets)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))

@@ -23,6 +23,7 @@ from torch import nn
 
 from brainmri.config import Config, save_config
 from brainmri.errors import ConfigError, DataError
+from brainmri.labels import NO_TUMOR
 from brainmri.models import BrainClassifier, create_model
 from brainmri.runs import RUN_JSON, WEIGHTS_FILE, SplitImages, images_from_cache, write_run
 from brainmri.train.augment import Augmenter
@@ -524,10 +525,31 @@ class _Stages:
             steps_per_epoch=len(dm.train_dataloader()),
             epochs=epochs,
             stage=stage,
+            lesions=lesion_settings(self.cfg),
         )
         trainer = _trainer(self.cfg, self.run_dir, stage, epochs, callbacks + self.extra_callbacks)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
         return trainer
+
+
+def lesion_settings(cfg: Config) -> tuple[int, torch.Tensor] | None:
+    """(lesion-free class index, soft target) for ``train.augment.synthetic_lesion``, or None when it is off."""
+    aug, classes = cfg.train.augment, list(cfg.data.classes)
+    if aug.synthetic_lesion <= 0:
+        return None
+    if NO_TUMOR not in classes:
+        raise ConfigError(f"train.augment.synthetic_lesion needs a '{NO_TUMOR}' class to draw lesions into")
+    unknown = sorted(set(aug.synthetic_lesion_target) - set(classes) | ({NO_TUMOR} & set(aug.synthetic_lesion_target)))
+    total = sum(aug.synthetic_lesion_target.values())
+    if unknown or total <= 0 or min(aug.synthetic_lesion_target.values()) < 0:
+        raise ConfigError(
+            f"train.augment.synthetic_lesion_target {aug.synthetic_lesion_target}: needs non-negative weights of "
+            f"tumour classes among {classes} (not {NO_TUMOR}) summing above 0"
+        )
+    target = torch.zeros(len(classes))
+    for name, w in aug.synthetic_lesion_target.items():
+        target[classes.index(name)] = w / total
+    return classes.index(NO_TUMOR), target
 
 
 def _stage1(s: _Stages, history: list[dict[str, Any]], done: dict[str, Any], state_file: Path) -> None:
