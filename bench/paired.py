@@ -143,6 +143,20 @@ def compare(scores: dict[str, list[dict[str, Any]]], n_boot: int) -> dict[str, A
     return out
 
 
+def same_test_split(arms: dict[str, list[list[Path]]]) -> None:
+    """Refuse, before any scoring, runs whose split files hold other test ids than the first run's."""
+    from brainmri.runs import Run
+
+    first: list[str] | None = None
+    for arm, seeds in arms.items():
+        for run_dir in (m for members in seeds for m in members):
+            test = Run.load(run_dir).split()["test"]
+            if first is None:
+                first = test
+            elif test != first:
+                raise SystemExit(f"{arm}: {run_dir} has other test images than the first run (another split?)")
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """One row per arm: seed-mean metric with the paired difference to the reference and its 95% interval."""
     ref = r["reference"]
@@ -199,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache_dir).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     roots = {"lgg-flair": Path(args.lgg), "navoneel": Path(args.navoneel)}
+    same_test_split(arms)
     scored = functools.cache(lambda run: score_run(run, cache, roots))  # a run in several arms is scored once
     scores = {a: [combine([scored(m) for m in members]) for members in seeds] for a, seeds in arms.items()}
     result = {

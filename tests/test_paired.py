@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,16 @@ def test_an_ensemble_averages_the_members_calibrated_probabilities():
     np.testing.assert_array_equal(ens["y"], [1, 0, 0, 1])
     np.testing.assert_array_equal(ens["hit"], [0.0, 1.0, 1.0, 1.0])
     np.testing.assert_array_equal(bench.combine([one])["sets"]["test"]["hit"], [1.0, 1.0, 0.0, 0.0])
+
+
+def test_runs_of_another_split_are_refused_before_scoring(monkeypatch):
+    from types import SimpleNamespace
+
+    from brainmri.runs import Run
+
+    bench = load_bench("paired")
+    tests = {"a": ["x.png", "y.png"], "b": ["x.png", "y.png"], "c": ["Training/x.png", "Training/y.png"]}
+    monkeypatch.setattr(Run, "load", lambda d: SimpleNamespace(split=lambda: {"test": tests[Path(d).name]}))
+    bench.same_test_split({"one": [[Path("a")]], "two": [[Path("b")]]})
+    with pytest.raises(SystemExit, match="other test images"):
+        bench.same_test_split({"one": [[Path("a")]], "two": [[Path("b"), Path("c")]]})
