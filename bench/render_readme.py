@@ -578,6 +578,7 @@ BLOCKS = {
     "paired_lite1": lambda: block_paired("paired_lite1.json"),
     "paired_wise": lambda: block_paired("paired_wise.json"),
     "paired_lesions": lambda: block_paired("paired_lesions.json"),
+    "paired_ece": lambda: block_paired("paired_ece.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
