@@ -164,7 +164,8 @@ REASONS = {"flagged_features": "unlike the training images", "flagged_colour": "
 """Which check flagged an image, from the first words of its ``ood_reasons``."""
 
 
-def flagged(predictor, inputs: list) -> dict:
+def flagged(predictor, inputs: list, names: list[str] | None = None) -> dict:
+    """Gate statistics of one set; with ``names`` (small sets) every image that passes is listed too."""
     preds = [p for p in predictor.predict(inputs) if hasattr(p, "in_domain")]
     flags = [p.in_domain is False for p in preds]
     out = {"n": len(preds), "flagged": float(np.mean(flags)) if flags else None,
@@ -177,7 +178,23 @@ def flagged(predictor, inputs: list) -> dict:
     silent = [not p.review and max(p.probabilities.values()) >= 0.9 for p in passed]
     out["confident_unflagged"] = float(np.sum(silent) / len(preds)) if preds else None
     out["passed_labels"] = dict(Counter(p.label for p in passed))
+    if names is not None:
+        by_source = dict(zip(inputs, names, strict=True))
+        out["passed"] = [
+            {
+                "image": by_source.get(p.source, p.source),
+                "label": p.label,
+                "p": round(max(p.probabilities.values()), 3),
+                "review": p.review,
+            }
+            for p in passed
+        ]
     return out
+
+
+def named(predictor, images: list[tuple[str, np.ndarray]], folder: Path) -> dict:
+    """``flagged`` for a small named set (files written to ``folder``), listing what passes the gate."""
+    return flagged(predictor, photo_files(images, folder), [name for name, _ in images])
 
 
 def main() -> int:
@@ -224,9 +241,9 @@ def main() -> int:
             "sets": {
                 "in-domain test split": flagged(predictor, sample(test)),
                 "photographs (pip sample images)": flagged(predictor, photo_files(photos, Path(tmp))),
-                "colour photographs (scikit-image)": flagged(predictor, photo_files(colour_photos, Path(tmp) / "c")),
-                "grayscale photographs (scikit-image)": flagged(predictor, photo_files(grey_photos, Path(tmp) / "g")),
-                "CT-like head phantom (scikit-image)": flagged(predictor, photo_files(phantoms, Path(tmp) / "ct")),
+                "colour photographs (scikit-image)": named(predictor, colour_photos, Path(tmp) / "c"),
+                "grayscale photographs (scikit-image)": named(predictor, grey_photos, Path(tmp) / "g"),
+                "CT-like head phantom (scikit-image)": named(predictor, phantoms, Path(tmp) / "ct"),
                 "generated noise/texture/pattern images": flagged(predictor, generated_images()),
                 "lgg-flair (FLAIR, other hospital)": flagged(predictor, sample(lgg)),
                 "navoneel": flagged(predictor, sample(nav)),

@@ -40,10 +40,7 @@ from brainmri.errors import DataError
 from brainmri.evaluate.bundle_source import BundleSource
 from brainmri.evaluate.metrics import (
     binary_metrics,
-    bootstrap_counts,
-    estimate,
     expected_calibration_error,
-    weighted_rates,
 )
 from brainmri.labels import NO_TUMOR
 from brainmri.runs import Run, images_from_files, predict_logits
@@ -106,11 +103,10 @@ def choose_thresholds(p: np.ndarray, y: np.ndarray, ecfg: ExternalConfig) -> dic
 
 
 def patient_bootstrap(p: np.ndarray, y: np.ndarray, groups: np.ndarray, t: float, n: int, seed: int) -> dict:
-    """Sensitivity/specificity/PPV/NPV/AUC with percentile CIs from resampling whole patients."""
-    w = bootstrap_counts(len(p), n, seed, groups)
-    full = weighted_rates(np.ones((1, len(p))), p, y, t)
-    boot = weighted_rates(w, p, y, t)
-    out = {k: estimate(float(full[k][0]), boot[k]) for k in (*RATES, "auc")}
+    """Sensitivity/specificity/PPV/NPV/AUC with percentile CIs from resampling whole patients
+    (``binary_metrics``' group bootstrap, labelled as a patient bootstrap)."""
+    full = binary_metrics(p, y, t, n_bootstrap=n, seed=seed, groups=groups)
+    out = {k: full[k] for k in (*RATES, "auc")}
     for v in out.values():
         if v.get("ci_method"):
             v["ci_method"] = "patient bootstrap"
