@@ -416,7 +416,17 @@ class AdaptConfig(Section):
     """``brainmri adapt``: fine-tune on the calibration part of an external set, keeping the source skill."""
 
     run_name: str | None = None
-    """Name of the new run folder (under paths.runs_dir); None: <run>-adapted-<set name>."""
+    """Name of the new run folder (under paths.runs_dir) or bundle (a bundle was adapted); None:
+    <run or bundle>-adapted-<set name>."""
+    method: Literal["auto", "finetune", "head"] = "auto"
+    """``finetune``: the trainable tail and the head learn with the hybrid loss (needs a run: replays its training
+    images); ``head``: refit only the ``no_tumor`` row of the linear head on frozen features (site head,
+    ``brainmri.train.site_head``; seconds, keeps the out-of-domain gate valid, works from a bundle); ``auto``:
+    ``head`` for a bundle, ``finetune`` for a run."""
+    head_c_grid: list[float] = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 1.0], min_length=1)
+    """Site head: inverse L2 strengths tried; the one with the lowest patient-grouped cross-validated log loss wins."""
+    head_folds: int = Field(3, ge=2)
+    """Site head: cross-validation folds (whole patients / clusters)."""
     epochs: int = Field(6, ge=1)
     lr: float = Field(3e-4, gt=0.0)
     weight_decay: float = 1e-4

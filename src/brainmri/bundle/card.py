@@ -188,6 +188,7 @@ def render_readme(card: dict[str, Any]) -> str:
         *_use_and_model_section(card),
         *_data_section(card["data"]),
         *_calibration_section(card["calibration"]),
+        *_adaptation_section(card.get("adaptation")),
         *_evaluation_section(card.get("metrics")),
         *LIMITATIONS,
         *_verification_section(card),
@@ -256,6 +257,30 @@ def _calibration_section(cal: dict[str, Any]) -> list[str]:
     if cal.get("fitted_on"):
         lines.append(f"- Fitted on: the `{cal['fitted_on']}` split ({cal.get('n')} images).")
     return [*lines, ""]
+
+
+def _adaptation_section(adapt: dict[str, Any] | None) -> list[str]:
+    """What ``brainmri adapt BUNDLE`` changed, and on which slices (absent for an exported run)."""
+    if not adapt:
+        return []
+    ext = adapt.get("external") or {}
+    before, after = adapt.get("holdout_before") or {}, adapt.get("holdout_after") or {}
+    return [
+        "## Site adaptation",
+        "",
+        f"- Adapted from bundle `{adapt.get('source_bundle')}` (card sha256 `{adapt.get('source_card_sha256')}`) to "
+        f"the set `{ext.get('name')}` by `{adapt.get('method')}`: only the `{NO_TUMOR}` row of the linear head was "
+        "refitted on frozen features (offset logistic regression, L2 strength "
+        f"C = {_fmt(adapt.get('c'))} by patient-grouped cross-validation); the source temperature is folded in.",
+        f"- Fitted on {ext.get('n_train')} labelled slices; threshold chosen on {ext.get('n_holdout')} held-out "
+        "slices of other patients (not used in the fit).",
+        f"- Held-out tumour AUC {_fmt(before.get('holdout_auc'))} before, {_fmt(after.get('holdout_auc'))} after; "
+        f"log loss {_fmt(before.get('holdout_bce'))} before, {_fmt(after.get('holdout_bce'))} after.",
+        "- Conformal sets were dropped: adaptation changed the probabilities and tumour / no-tumour labels cannot "
+        "refit 4-class sets. The source evaluation is in `card.json` → `adaptation.source_metrics`; measure this "
+        f"model on the site's evaluation part: `brainmri validate BUNDLE DATA --split-file {ext.get('split_file')}`.",
+        "",
+    ]
 
 
 def _evaluation_section(metrics: dict[str, Any] | None) -> list[str]:

@@ -27,6 +27,7 @@ from brainmri.bundle.sealed import (
     ONNX_FILE,
     ONNX_OPSET,
     README_FILE,
+    SEAL_FIELD,
     WEIGHTS_FILE,
     seal_card,
     sha256_bytes,
@@ -133,6 +134,52 @@ def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path
         card = build_card(run, out.name, model, preprocessor, calibration, size=size, opset=opset, parity=parity)
         card["outputs"] = _outputs_spec(outputs, len(run.classes))
         card["ood"] = _read_ood(run.ood_path)
+        _write_readme_and_card(card, tmp)
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def export_adapted_bundle(
+    source: Any,
+    model,
+    out: str | Path,
+    calibration: dict[str, Any],
+    adaptation: dict[str, Any],
+    *,
+    opset: int = ONNX_OPSET,
+) -> Path:
+    """A new bundle from ``source`` (a loaded :class:`Bundle`) with an adapted ``model`` (same architecture).
+
+    Written by ``brainmri adapt BUNDLE`` (site head): preprocessing, out-of-domain state and training lineage
+    are the source's; the model files, the calibration (fitted on the site's held-out slices) and the new
+    ``adaptation`` section are this bundle's. The source's evaluation no longer describes this model, so it
+    moves to ``adaptation.source_metrics`` and ``metrics`` is empty.
+    """
+    import copy
+
+    out = Path(out)
+    card = {k: copy.deepcopy(v) for k, v in source.card.items() if k not in ("files", SEAL_FIELD)}
+    size = int(card["input"]["size"])
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        parity, outputs = _write_model_files(model, card["model"]["config"]["backbone"], size, tmp, opset)
+        card["model"]["onnx"]["parity_max_abs_diff_probability"] = parity
+        source_info = {"source_bundle": source.name, "source_card_sha256": source.card_sha256}
+        card.update(
+            name=out.name,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            calibration=calibration,
+            outputs=_outputs_spec(outputs, len(card["classes"])),
+            adaptation={**adaptation, **source_info, "source_metrics": card.get("metrics")},
+            metrics=None,
+            versions=package_versions(),
+        )
         _write_readme_and_card(card, tmp)
         _replace_dir(tmp, out)
     finally:

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainmri.bundle.source import BundleSource
 from brainmri.calibrate.probabilities import softmax, tumour_probability
 from brainmri.calibrate.threshold import ThresholdSelector
 from brainmri.config import Config, ExternalConfig, save_config
 from brainmri.data.external import ExternalSet, prepare_external, tumour_of, write_split_file
 from brainmri.errors import DataError
-from brainmri.evaluate.bundle_source import BundleSource
 from brainmri.evaluate.metrics import (
     binary_metrics,
     expected_calibration_error,

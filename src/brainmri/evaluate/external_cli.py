@@ -24,14 +24,21 @@ def _validate(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _adapt(cfg: Config, args: argparse.Namespace) -> int:
+    from brainmri.runs import Run
     from brainmri.train.adapt import adapt_run
 
-    run = adapt_run(args.run, list(args.external), cfg, out_dir=args.out)
-    print(f"adapted run: {run.dir} (from {run.info['adapted_from']}, best epoch {run.info['adapt']['best_epoch']})")
-    print(
-        f"  next: brainmri validate {run.dir} {' '.join(args.external)} "
-        f"--split-file {run.info['external']['split_file']}"
-    )
+    result = adapt_run(args.run, list(args.external), cfg, out_dir=args.out)
+    if isinstance(result, Run):
+        info = result.info
+        print(f"adapted run: {result.dir} (from {info['adapted_from']}, best epoch {info['adapt']['best_epoch']})")
+        target, split_file = result.dir, info["external"]["split_file"]
+    else:
+        from brainmri.bundle import Bundle
+
+        adaptation = Bundle.load(result).card["adaptation"]
+        print(f"adapted bundle: {result} (site head on bundle {adaptation['source_bundle']})")
+        target, split_file = result, adaptation["external"]["split_file"]
+    print(f"  next: brainmri validate {target} {' '.join(args.external)} --split-file {split_file}")
     return 0
 
 
@@ -98,12 +105,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     a = sub.add_parser(
         "adapt",
         parents=[common],
-        help="fine-tune a run on the calibration part of an external set (keeps the 4-class skill)",
+        help="adapt a run (fine-tune) or a bundle (site head) to the calibration part of an external set",
     )
-    a.add_argument("run", metavar="RUN", help="run folder (runs/<name>)")
+    a.add_argument("run", metavar="RUN", help="run folder (runs/<name>) or bundle folder (bundles/<name>)")
     a.add_argument("--external", nargs="+", required=True, metavar="DATA", help="external image folder(s) or CSV")
-    a.add_argument("--out", default=None, help="new run folder (default <runs_dir>/<run>-adapted-<set>)")
-    add_config_flag(a, "--name", "adapt.run_name", help="name of the new run")
+    a.add_argument(
+        "--out", default=None, help="new run or bundle folder (default <runs_dir|bundles_dir>/<name>-adapted-<set>)"
+    )
+    add_config_flag(a, "--name", "adapt.run_name", help="name of the new run or bundle")
+    add_config_flag(
+        a, "--method", "adapt.method", choices=["auto", "finetune", "head"], help="fine-tune or site head (auto)"
+    )
     add_config_flag(a, "--epochs", "adapt.epochs", type=int, help="maximum epochs")
     add_config_flag(a, "--lr", "adapt.lr", type=float, help="learning rate")
     add_config_flag(a, "--w-ext", "adapt.w_ext", type=float, help="weight of the external BCE term")

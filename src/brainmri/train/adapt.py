@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainmri.bundle.source import BundleSource
 from brainmri.config import AdaptConfig, Config
 from brainmri.data.external import ExternalSet, grouped_split, prepare_external, tumour_of, write_split_file
 from brainmri.errors import ConfigError, DataError
@@ -377,37 +378,203 @@ def new_run_dir(run: Run, ext: ExternalSet, cfg: Config) -> Path:
     return Layout.from_config(cfg.paths).runs_dir / name
 
 
+def load_source(path: str | Path, cfg: Config) -> Run | BundleSource:
+    """A run folder, or a bundle folder (``card.json``) standing in for one."""
+    if BundleSource.is_bundle(path):
+        return BundleSource.load(path, cfg.audit.near_threshold)
+    return Run.load(path)
+
+
+def resolve_method(source: Run | BundleSource, acfg: AdaptConfig) -> str:
+    """``adapt.method`` with ``auto`` resolved: the site head for a bundle, fine-tuning for a run."""
+    is_bundle = isinstance(source, BundleSource)
+    method = acfg.method if acfg.method != "auto" else ("head" if is_bundle else "finetune")
+    if is_bundle and method == "finetune":
+        raise ConfigError(
+            f"{source.dir}: a bundle can only be adapted with adapt.method=head (fine-tuning replays the training "
+            "images, which a bundle does not carry); adapt the training run instead"
+        )
+    members = source.bundle.model_config().ensemble if is_bundle else source.cfg.model.ensemble
+    if members > 1:
+        raise ConfigError(
+            f"{source.dir}: an ensemble of {members} networks; adapt each member run, then combine "
+            "the adapted runs with `brainmri ensemble`"
+        )
+    return method
+
+
 def adapt_run(
     run_dir: str | Path,
     specs: list[str],
     cfg: Config,
     out_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
-) -> Run:
-    """``brainmri adapt``: prepare the external set, fine-tune, and write a new run folder (atomically)."""
+) -> Run | Path:
+    """``brainmri adapt``: prepare the external set, adapt, and write a new run folder or bundle (atomically).
+
+    Returns the new :class:`Run`, or the new bundle's folder when ``run_dir`` is a bundle.
+    """
     from brainmri.utils import setup_torch
 
     setup_torch(cfg.adapt.threads)
     torch.manual_seed(cfg.adapt.seed)
-    run = Run.load(run_dir)
-    if run.cfg.model.ensemble > 1:
-        raise ConfigError(
-            f"{run.dir}: an ensemble of {run.cfg.model.ensemble} runs; adapt each member run, then combine "
-            "the adapted runs with `brainmri ensemble`"
-        )
-    ext = prepare_external(specs, cfg, run.without_training_overlap, str(run.dir))
+    source = load_source(run_dir, cfg)
+    method = resolve_method(source, cfg.adapt)
+    ext = prepare_external(specs, cfg, source.without_training_overlap, str(source.dir))
     train_ids, hold_ids = split_calibration(ext, cfg.adapt)
-    data = load_data(run, ext, train_ids, hold_ids, cfg.adapt)
-    log(
-        f"adapt: {len(train_ids)} external training + {len(hold_ids)} held-out images, "
-        f"{len(data.src_images)} source images to replay"
-    )
     t0 = time.perf_counter()
-    model, history = adapt_model(run.build_model(), data, cfg.adapt, run.classes, log)
-    seconds = time.perf_counter() - t0
-    out = Path(out_dir) if out_dir else new_run_dir(run, ext, cfg)
+    if method == "head":
+        model, extra = head_adapt(source, ext, train_ids, hold_ids, cfg.adapt, log)
+    else:
+        data = load_data(source, ext, train_ids, hold_ids, cfg.adapt)
+        log(
+            f"adapt: {len(train_ids)} external training + {len(hold_ids)} held-out images, "
+            f"{len(data.src_images)} source images to replay"
+        )
+        model, history = adapt_model(source.build_model(), data, cfg.adapt, source.classes, log)
+        extra = {"history": history}
+    extra["seconds"] = round(time.perf_counter() - t0, 1)
     split = {**ext.split, "adapt_train": train_ids, "adapt_holdout": hold_ids}
-    return write_adapted(run, model, out, split, cfg, {"history": history, "seconds": round(seconds, 1)})
+    if isinstance(source, BundleSource):
+        return write_adapted_bundle(source, model, ext, split, cfg, extra, out_dir)
+    out = Path(out_dir) if out_dir else new_run_dir(source, ext, cfg)
+    extra.pop("holdout", None)
+    return write_adapted(source, model, out, split, cfg, extra)
+
+
+# ------------------------------------------------------------------------------------------------ the site head
+
+
+def features_and_logits(model: nn.Module, images: np.ndarray, batch: int, flips: bool) -> tuple[np.ndarray, ...]:
+    """Pooled features and logits of uint8 images (with the horizontally flipped copies appended when ``flips``)."""
+    model.eval()
+    feats, logits = [], []
+    with torch.inference_mode():
+        for flip in (False, True) if flips else (False,):
+            for s in range(0, len(images), batch):
+                x = _to_x(images[s : s + batch])
+                f = model.forward_features(x.flip(-1) if flip else x)
+                feats.append(f.float().numpy())
+                logits.append(model.forward_classifier(f).float().numpy())
+    return np.concatenate(feats), np.concatenate(logits)
+
+
+def source_temperature(source: Run | BundleSource) -> float:
+    """The temperature the source serves its probabilities with (1 when it was never calibrated)."""
+    if isinstance(source, BundleSource):
+        return float(source.bundle.temperature)
+    if source.calibration_path.is_file():
+        from brainmri.calibrate.posthoc import PostHocCalibration
+
+        return float(PostHocCalibration.load(source.calibration_path).temperature)
+    return 1.0
+
+
+def head_adapt(
+    source: Run | BundleSource,
+    ext: ExternalSet,
+    train_ids: list[str],
+    hold_ids: list[str],
+    acfg: AdaptConfig,
+    log: Callable[[str], None] = print,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fit the site head on the training ids, score it on the held-out ids, write it into the source's model."""
+    from brainmri.train.site_head import (
+        apply_site_head,
+        calibrated_log_odds,
+        fit_site_head,
+        head_summary,
+        holdout_scores,
+    )
+
+    pre, frame = source.preprocessor(), ext.frame.set_index("id", drop=False)
+    tr = images_from_files(frame.loc[train_ids].reset_index(drop=True), pre, source.classes)
+    ho = images_from_files(frame.loc[hold_ids].reset_index(drop=True), pre, source.classes)
+    model, no, temp = source.build_model(), source.classes.index(NO_TUMOR), source_temperature(source)
+    f_tr, z_tr = features_and_logits(model, tr.images, acfg.batch_size, acfg.hflip)
+    copies = 2 if acfg.hflip else 1
+    y_tr = np.tile(tumour_of(tr.label_names), copies)
+    groups = np.tile(frame.loc[train_ids, "group"].astype(str).to_numpy(), copies)
+    head = fit_site_head(f_tr, calibrated_log_odds(z_tr, temp, no), y_tr, groups, acfg.head_c_grid,
+                         acfg.head_folds, acfg.seed)  # fmt: skip
+    f_ho, z_ho = features_and_logits(model, ho.images, acfg.batch_size, False)
+    o_ho, y_ho = calibrated_log_odds(z_ho, temp, no), tumour_of(ho.label_names)
+    before, after = holdout_scores(o_ho, y_ho), holdout_scores(o_ho + head.correction(f_ho), y_ho)
+    log(
+        f"adapt (site head): {len(train_ids)} slices (x{copies} with flips) fitted, C = {head.c:g}; held-out "
+        f"({len(hold_ids)}): AUC {before['holdout_auc']:.4f} -> {after['holdout_auc']:.4f}, "
+        f"log loss {before['holdout_bce']:.4f} -> {after['holdout_bce']:.4f}"
+    )
+    if after["holdout_bce"] > before["holdout_bce"]:
+        log("adapt (site head): warning: the held-out log loss got worse; this site head may not help here")
+    apply_site_head(model, head, temp, no)
+    summary = head_summary(head, before, after) | {"source_temperature": temp}
+    hold_p = 1.0 / (1.0 + np.exp(-(o_ho + head.correction(f_ho))))
+    return model.eval(), {"history": [{"epoch": 0, **after}], **summary, "holdout": (hold_p, y_ho)}
+
+
+def site_calibration(source: BundleSource, hold_p: np.ndarray, hold_y: np.ndarray, set_name: str) -> dict[str, Any]:
+    """The adapted bundle's ``calibration`` card section: temperature 1 (folded in), threshold on held-out slices."""
+    from brainmri.calibrate.posthoc import VERSION
+    from brainmri.calibrate.threshold import ThresholdSelector
+
+    details = (source.bundle.calibration.get("details") or {}).get("threshold") or {}
+    selector = ThresholdSelector(float(details.get("target_sensitivity", 0.95)),
+                                 float(details.get("max_threshold", 0.5))).fit(hold_p, hold_y)  # fmt: skip
+    fitted_on = f"{set_name} held-out calibration slices (site head)"
+    return {
+        "calibrated": True,
+        "source": f"brainmri adapt (site head), threshold on {len(hold_y)} held-out slices of {set_name}",
+        "source_sha256": None,
+        "note": "temperature folded into the adapted head; conformal sets dropped (not refittable from "
+        "tumour / no-tumour labels)",
+        "version": VERSION,
+        "classes": source.classes,
+        "fitted_on": fitted_on,
+        "n": len(hold_y),
+        "temperature": 1.0,
+        "threshold": float(selector.threshold_),
+        "conformal": {},
+        "details": {
+            "temperature": {"temperature": 1.0},
+            "threshold": selector.to_dict()
+            | {"applies_to": "calibrated p_tumour = 1 - p(no_tumor); tumour if p_tumour >= threshold"},
+            "conformal": {},
+            "source": {"fitted_on": fitted_on},
+        },
+    }
+
+
+def write_adapted_bundle(
+    source: BundleSource,
+    model: nn.Module,
+    ext: ExternalSet,
+    split: dict[str, Any],
+    cfg: Config,
+    extra: dict[str, Any],
+    out_dir: str | Path | None,
+) -> Path:
+    """The adapted bundle (``bundles/<bundle>-adapted-<set>`` by default), with its external split file beside it."""
+    from brainmri.bundle.export import export_adapted_bundle
+
+    layout = Layout.from_config(cfg.paths)
+    out = Path(out_dir) if out_dir else layout.bundle_dir(cfg.adapt.run_name or f"{source.name}-adapted-{ext.name}")
+    split_path = layout.external_dir(ext.name) / f"{out.name}-{SPLIT_FILE}"
+    write_split_file(split, split_path)
+    hold_p, hold_y = extra.pop("holdout")
+    adaptation = {
+        **extra,
+        "external": {
+            "name": split["name"],
+            "data": split["data"],
+            "split_file": str(split_path.resolve()),
+            "n_train": len(split["adapt_train"]),
+            "n_holdout": len(split["adapt_holdout"]),
+        },
+        "config": cfg.adapt.model_dump(mode="json"),
+    }
+    calibration = site_calibration(source, hold_p, hold_y, ext.name)
+    return export_adapted_bundle(source.bundle, model, out, calibration, adaptation)
 
 
 def write_adapted(

@@ -28,7 +28,10 @@ class BundleSource:
         self.dir = Path(bundle.dir)
         self.name = bundle.name
         self.classes = bundle.classes
-        self.info: dict[str, Any] = {}  # a bundle was not trained on any external ids
+        # A bundle made by ``brainmri adapt BUNDLE`` names the external split whose ``adapt_train`` ids it was
+        # fitted on (validation then fits thresholds on the held-out ids only and refuses a leak); others none.
+        adaptation = bundle.card.get("adaptation") or {}
+        self.info: dict[str, Any] = {"external": adaptation["external"]} if adaptation.get("external") else {}
 
     @staticmethod
     def is_bundle(path: str | Path) -> bool:
