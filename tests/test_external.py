@@ -159,8 +159,8 @@ def test_validate_folder_set_without_patients_groups_by_cluster(tiny, tmp_path, 
 def test_validate_a_bundle_like_its_run(tiny, tmp_path, capsys):
     """A site with only the bundle gets the run's numbers; without the training split, overlap is 'not checked'."""
     from brainmri.bundle import export_bundle
+    from brainmri.bundle.source import BundleSource
     from brainmri.cli import main
-    from brainmri.evaluate.bundle_source import BundleSource
     from external_support import phantom_csv_set
 
     bundle = export_bundle(tiny.dir, tmp_path / "bundle")

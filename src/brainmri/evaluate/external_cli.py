@@ -101,7 +101,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_config_flag(v, "--bootstrap", "external.bootstrap", type=int, help="bootstrap resamples (patients)")
     _shared_flags(v)
     v.set_defaults(handler=_validate)
+    _register_adapt(sub, common)
 
+
+def _register_adapt(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     a = sub.add_parser(
         "adapt",
         parents=[common],
