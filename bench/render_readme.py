@@ -266,6 +266,41 @@ def block_external_validation() -> str | None:
     return None if r is None else _bench_module("external").render_md(r)
 
 
+def _adaptation_row(method: str, sets: dict[str, Any], source: dict[str, Any], name: str) -> str:
+    a = sets[name]["adapted"]
+    y = a["thresholds"]["youden"]["evaluation"]
+    pb = y.get("patient_bootstrap") or y
+    seconds = (sets[name].get("adapt") or {}).get("seconds")
+    acc = (source.get(f"after_adapting_on_{name}") or {}).get("accuracy")
+    return (
+        f"| {name} | {method} | {_ci(a['auc'], False)} | {_pct(pb['sensitivity']['value'])} / "
+        f"{_pct(pb['specificity']['value'])} | {a['ece']:.3f} | {seconds} | {_pct(acc)} |"
+    )
+
+
+def block_external_site_head() -> str | None:
+    """Fine-tune and site head on the same run, the same external splits (two runs of bench/external.py)."""
+    head, ft = _load(RESULTS / "external_site_head.json"), _load(RESULTS / "external_finetune_rerun.json")
+    if head is None or ft is None:
+        return None
+    lines = [
+        f"From `bench/results/external_finetune_rerun.json` and `bench/results/external_site_head.json` (run "
+        f"`{Path(head['run']).name}`, the same seeded external splits; evaluation parts only, patients or clusters the "
+        "adaptation never saw). Source test accuracy before adaptation: "
+        f"{_pct(head['source_test']['before']['accuracy'])}.",
+        "",
+        "| set | method | AUC [95% CI] | sens / spec at Youden's threshold | ECE | seconds | source test accuracy "
+        "after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in head["sets"]:
+        zs = head["sets"][name]["zero_shot"]
+        lines.append(f"| {name} | zero-shot | {_ci(zs['auc'], False)} | | {zs['ece']:.3f} | | |")
+        lines.append(_adaptation_row("fine-tune (run)", ft["sets"], ft["source_test"], name))
+        lines.append(_adaptation_row("site head (bundle)", head["sets"], head["source_test"], name))
+    return "\n".join(lines)
+
+
 def block_study_level() -> str | None:
     r = _load(RESULTS / "study_level.json")
     if r is None:
@@ -583,6 +618,7 @@ BLOCKS = {
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
     "external_validation": block_external_validation,
+    "external_site_head": block_external_site_head,
     "study_level": block_study_level,
     "serve": block_serve,
     "external": block_external,
