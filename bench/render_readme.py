@@ -268,12 +268,13 @@ def block_external_validation() -> str | None:
 
 def _adaptation_row(method: str, sets: dict[str, Any], source: dict[str, Any], name: str) -> str:
     a = sets[name]["adapted"]
-    y = a["thresholds"]["youden"]["evaluation"]
+    y = a["thresholds"]["youden"]
     pb = y.get("patient_bootstrap") or y
     seconds = (sets[name].get("adapt") or {}).get("seconds")
     acc = (source.get(f"after_adapting_on_{name}") or {}).get("accuracy")
     return (
-        f"| {name} | {method} | {_ci(a['auc'], False)} | {_pct(pb['sensitivity']['value'])} / "
+        f"| {name} | {method} | {_ci(a.get('auc_patient_bootstrap') or a['auc'], False)} | "
+        f"{_pct(pb['sensitivity']['value'])} / "
         f"{_pct(pb['specificity']['value'])} | {a['ece']:.3f} | {seconds} | {_pct(acc)} |"
     )
 
@@ -286,7 +287,8 @@ def block_external_site_head() -> str | None:
     lines = [
         f"From `bench/results/external_finetune_rerun.json` and `bench/results/external_site_head.json` (run "
         f"`{Path(head['run']).name}`, the same seeded external splits; evaluation parts only, patients or clusters the "
-        "adaptation never saw). Source test accuracy before adaptation: "
+        "adaptation never saw; AUC intervals resample patients where they are known, lgg-flair). Seconds include "
+        "reading and preprocessing the slices. Source test accuracy before adaptation: "
         f"{_pct(head['source_test']['before']['accuracy'])}.",
         "",
         "| set | method | AUC [95% CI] | sens / spec at Youden's threshold | ECE | seconds | source test accuracy "
@@ -295,7 +297,8 @@ def block_external_site_head() -> str | None:
     ]
     for name in head["sets"]:
         zs = head["sets"][name]["zero_shot"]
-        lines.append(f"| {name} | zero-shot | {_ci(zs['auc'], False)} | | {zs['ece']:.3f} | | |")
+        auc = zs.get("auc_patient_bootstrap") or zs["auc"]
+        lines.append(f"| {name} | zero-shot | {_ci(auc, False)} | | {zs['ece']:.3f} | | |")
         lines.append(_adaptation_row("fine-tune (run)", ft["sets"], ft["source_test"], name))
         lines.append(_adaptation_row("site head (bundle)", head["sets"], head["source_test"], name))
     return "\n".join(lines)
