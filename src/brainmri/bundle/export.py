@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,21 +127,28 @@ def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path
     _check_preprocessor(preprocessor, size)
     calibration = read_calibration(run.calibration_path, run.classes)
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with _staging(out) as tmp:
         parity, outputs = _write_model_files(model, run.cfg.model.backbone, size, tmp, opset)
         card = build_card(run, out.name, model, preprocessor, calibration, size=size, opset=opset, parity=parity)
         card["outputs"] = _outputs_spec(outputs, len(run.classes))
         card["ood"] = _read_ood(run.ood_path)
         _write_readme_and_card(card, tmp)
         _replace_dir(tmp, out)
+    return out
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A fresh temporary sibling folder of ``out`` to write a bundle into (removed unless moved into place)."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return out
 
 
 def export_adapted_bundle(
@@ -163,11 +172,7 @@ def export_adapted_bundle(
     out = Path(out)
     card = {k: copy.deepcopy(v) for k, v in source.card.items() if k not in ("files", SEAL_FIELD)}
     size = int(card["input"]["size"])
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with _staging(out) as tmp:
         parity, outputs = _write_model_files(model, card["model"]["config"]["backbone"], size, tmp, opset)
         card["model"]["onnx"]["parity_max_abs_diff_probability"] = parity
         source_info = {"source_bundle": source.name, "source_card_sha256": source.card_sha256}
@@ -182,9 +187,6 @@ def export_adapted_bundle(
         )
         _write_readme_and_card(card, tmp)
         _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 from torch import nn
 
 from brainmri.bundle.source import BundleSource
@@ -509,7 +510,7 @@ def head_adapt(
         log("adapt (site head): warning: the held-out log loss got worse; this site head may not help here")
     apply_site_head(model, head, temp, no)
     summary = head_summary(head, before, after) | {"source_temperature": temp}
-    hold_p = 1.0 / (1.0 + np.exp(-(o_ho + head.correction(f_ho))))
+    hold_p = expit(o_ho + head.correction(f_ho))
     return model.eval(), {"history": [{"epoch": 0, **after}], **summary, "holdout": (hold_p, y_ho)}
 
 
