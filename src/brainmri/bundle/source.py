@@ -85,3 +85,12 @@ class BundleSource:
             "removed_ids": [],
         }
         return np.ones(len(frame), bool), overlap
+
+
+def load_source(path: str | Path, cfg: Any) -> Any:  # -> brainmri.runs.Run | BundleSource
+    """A run folder, or a bundle folder (``card.json``) standing in for one (``validate`` and ``adapt`` take both)."""
+    if BundleSource.is_bundle(path):
+        return BundleSource.load(path, cfg.audit.near_threshold)
+    from brainmri.runs import Run
+
+    return Run.load(path)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainmri.bundle.source import BundleSource
+from brainmri.bundle.source import BundleSource, load_source
 from brainmri.calibrate.probabilities import softmax, tumour_probability
 from brainmri.calibrate.threshold import ThresholdSelector
 from brainmri.config import Config, ExternalConfig, save_config
@@ -330,13 +330,6 @@ def write_figures(result: dict[str, Any], out: Path, ecfg: ExternalConfig) -> No
 
 def public(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if not k.startswith("_")}
-
-
-def load_source(path: str | Path, cfg: Config) -> Run | BundleSource:
-    """A run folder, or a bundle folder (``card.json``) standing in for one."""
-    if BundleSource.is_bundle(path):
-        return BundleSource.load(path, cfg.audit.near_threshold)
-    return Run.load(path)
 
 
 def default_out(run: Run | BundleSource, set_name: str, cfg: Config) -> Path:

@@ -31,7 +31,7 @@ import torch
 from scipy.special import expit
 from torch import nn
 
-from brainmri.bundle.source import BundleSource
+from brainmri.bundle.source import BundleSource, load_source
 from brainmri.config import AdaptConfig, Config
 from brainmri.data.external import ExternalSet, grouped_split, prepare_external, tumour_of, write_split_file
 from brainmri.errors import ConfigError, DataError
@@ -377,13 +377,6 @@ def replay_pool(run: Run, acfg: AdaptConfig):
 def new_run_dir(run: Run, ext: ExternalSet, cfg: Config) -> Path:
     name = cfg.adapt.run_name or f"{run.name}-adapted-{ext.name}"
     return Layout.from_config(cfg.paths).runs_dir / name
-
-
-def load_source(path: str | Path, cfg: Config) -> Run | BundleSource:
-    """A run folder, or a bundle folder (``card.json``) standing in for one."""
-    if BundleSource.is_bundle(path):
-        return BundleSource.load(path, cfg.audit.near_threshold)
-    return Run.load(path)
 
 
 def resolve_method(source: Run | BundleSource, acfg: AdaptConfig) -> str:
