@@ -93,3 +93,21 @@ def test_energy_score_threshold_and_round_trip():
     assert np.allclose(back.score(confident), energy.score(confident)) and back.threshold_ == energy.threshold_
     with pytest.raises(NotFittedError):
         EnergyOOD().score(x)
+
+
+@pytest.mark.parametrize("n_components", [32, None])
+def test_mahalanobis_samples_look_like_its_training_features(n_components):
+    """Draws from the fitted Gaussian (the site head's stand-ins for source features) pass the gate like held-out
+    in-domain features do, reproduce the class means, and are refused for a score on normalised features."""
+    xt, yt = gaussian_features(3000, 1)
+    ood = MahalanobisOOD(n_components=n_components).fit(xt, yt)
+    held_out = ood.score(gaussian_features(2000, 2)[0])
+    ood.fit_threshold(held_out)
+    draws = ood.sample(4000, seed=0)
+    assert draws.shape == (4000, D)
+    assert ood.predict(draws)[0].mean() >= 0.9
+    assert 0.8 < np.median(ood.score(draws)) / np.median(held_out) < 1.2
+    assert np.allclose(draws.mean(0), xt.mean(0), atol=0.35)  # classes drawn uniformly, as balanced as yt
+    assert np.allclose(ood.sample(10, seed=3), ood.sample(10, seed=3))
+    with pytest.raises(ValueError, match="normalised"):
+        MahalanobisOOD(normalize=True).fit(xt, yt).sample(5)

@@ -109,6 +109,7 @@ def test_adapt_a_bundle_writes_a_verified_bundle_that_validates(tmp_path, capsys
     card = new.card
     adapt = card["adaptation"]
     assert adapt["method"] == "head" and adapt["source_bundle"] == "bundle"
+    assert set(adapt["cv_log_loss_anchor"]) == {"0.001", "0.003", "0.01", "0.03", "0.1"}  # the gate gave stand-ins
     assert adapt["source_card_sha256"] == old.card_sha256 and adapt["source_metrics"] == old.card["metrics"]
     assert card["metrics"] is None and card["ood"] == old.card["ood"]  # same features: the gate carries over
     assert card["calibration"]["temperature"] == 1.0 and card["calibration"]["conformal"] == {}
@@ -143,3 +144,21 @@ def test_a_bundle_cannot_be_fine_tuned(tmp_path, capsys):
     rc = main(["adapt", str(bundle), "--external", str(csv), "--method", "finetune"])
     assert rc != 0
     assert "adapt.method=head" in capsys.readouterr().err
+
+
+def test_the_anchor_keeps_the_correction_small_on_source_stand_ins_at_little_site_cost():
+    """Site slices carry the lesion on feature 3 and a site-only cue on feature 5; the source images lie far out
+    on feature 5. The free head leans on both and moves every source answer; the anchored one keeps feature 3."""
+    f, off, y, g = _site()
+    f[:, 5] += 1.0 * y
+    source = np.random.default_rng(7).normal(size=(500, 16))
+    source[:, 5] += 4.0
+    free = fit_site_head(f, off, y, g, c_grid=(0.1,), folds=3)
+    held = fit_site_head(f, off, y, g, c_grid=(0.1,), folds=3, anchors=source, anchor_grid=(0.01, 0.1, 1.0, 10.0))
+    assert free.anchor == 0.0 and set(held.cv_anchor) == {"0.01", "0.1", "1.0", "10.0"}
+    assert held.anchor > 0.0  # the largest weight within 5% of the free head's cross-validated loss
+    assert held.cv_anchor[str(held.anchor)] <= 1.05 * held.cv["0.1"]
+    assert all(v > 1.05 * held.cv["0.1"] for a, v in held.cv_anchor.items() if float(a) > held.anchor)
+    assert np.mean(held.correction(source) ** 2) < 0.5 * np.mean(free.correction(source) ** 2)
+    ft, ot, yt, _ = _site(seed=1)
+    assert holdout_scores(ot + held.correction(ft), yt)["holdout_auc"] > 0.85

@@ -427,6 +427,14 @@ class AdaptConfig(Section):
     """Site head: inverse L2 strengths tried; the one with the lowest patient-grouped cross-validated log loss wins."""
     head_folds: int = Field(3, ge=2)
     """Site head: cross-validation folds (whole patients / clusters)."""
+    head_anchor_grid: list[float] = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
+    """Site head: weights tried for keeping the correction near 0 on stand-ins for the source features (drawn from
+    the out-of-domain gate's Gaussian); the largest whose cross-validated site log loss is within
+    ``head_anchor_tolerance`` of the unanchored one is used. Empty: no anchor (a pure site model)."""
+    head_anchor_tolerance: float = Field(0.05, ge=0.0)
+    """Site head: relative increase of the cross-validated site log loss accepted for keeping the source skill."""
+    head_anchor_samples: int = Field(2000, ge=1)
+    """Site head: stand-ins drawn for the anchor."""
     epochs: int = Field(6, ge=1)
     lr: float = Field(3e-4, gt=0.0)
     weight_decay: float = 1e-4

@@ -218,6 +218,30 @@ class MahalanobisOOD(OODScore):
             d2 = d2 + self._residual2(x, z) / self.residual_var_
         return np.sqrt(np.maximum(d2, 0.0))
 
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """(n, D) feature vectors drawn from the fitted model: a class (uniform), its mean plus shared-covariance
+        noise in the principal subspace, and isotropic ``residual_var_`` noise orthogonal to it.
+
+        Why: a bundle carries this state but not its training images; ``brainmri adapt BUNDLE`` uses the draws as
+        stand-ins for the source features, to keep a site head from changing the source model's answers
+        (``brainmri.train.site_head``). Not defined with ``normalize`` (the draws would not lie on the sphere).
+        """
+        self.check_fitted()
+        if self.normalize:
+            raise ValueError("sampling is not defined for a score fitted on L2-normalised features")
+        rng = np.random.default_rng(seed)
+        chol = np.linalg.cholesky(np.linalg.inv(self.precision_.astype(np.float64)))
+        means = self.class_means_.astype(np.float64)
+        z = means[rng.integers(0, len(means), n)] + rng.normal(size=(n, chol.shape[0])) @ chol.T
+        if self.components_ is None:
+            return z
+        comps = self.components_.astype(np.float64)
+        x = self.pca_mean_.astype(np.float64) + z @ comps
+        if self.residual_var_ is not None:
+            noise = rng.normal(size=x.shape) * np.sqrt(self.residual_var_)
+            x += noise - (noise @ comps.T) @ comps
+        return x
+
     def to_dict(self) -> dict[str, Any]:
         self.check_fitted()
         return {

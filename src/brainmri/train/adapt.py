@@ -19,6 +19,7 @@ the best epoch's weights are kept. The result is a new run folder (``runs.write_
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -464,6 +465,20 @@ def source_temperature(source: Run | BundleSource) -> float:
     return 1.0
 
 
+def source_stand_ins(source: Run | BundleSource, acfg: AdaptConfig, log: Callable[[str], None]) -> np.ndarray | None:
+    """Draws from the source's Mahalanobis gate (its fitted Gaussian of training features), or None without one."""
+    from brainmri.calibrate.ood import MahalanobisOOD, ood_from_dict
+
+    if isinstance(source, BundleSource):
+        gate = source.bundle.ood()
+    else:
+        gate = ood_from_dict(json.loads(source.ood_path.read_text())) if source.ood_path.is_file() else None
+    if not isinstance(gate, MahalanobisOOD) or gate.normalize or not acfg.head_anchor_grid:
+        log("adapt (site head): no Mahalanobis gate state (or no anchor grid): the head is not anchored to the source")
+        return None
+    return gate.sample(acfg.head_anchor_samples, acfg.seed)
+
+
 def head_adapt(
     source: Run | BundleSource,
     ext: ExternalSet,
@@ -489,13 +504,17 @@ def head_adapt(
     copies = 2 if acfg.hflip else 1
     y_tr = np.tile(tumour_of(tr.label_names), copies)
     groups = np.tile(frame.loc[train_ids, "group"].astype(str).to_numpy(), copies)
-    head = fit_site_head(f_tr, calibrated_log_odds(z_tr, temp, no), y_tr, groups, acfg.head_c_grid,
-                         acfg.head_folds, acfg.seed)  # fmt: skip
+    anchors = source_stand_ins(source, acfg, log)
+    head = fit_site_head(
+        f_tr, calibrated_log_odds(z_tr, temp, no), y_tr, groups, acfg.head_c_grid, acfg.head_folds, acfg.seed,
+        anchors=anchors, anchor_grid=acfg.head_anchor_grid, anchor_tolerance=acfg.head_anchor_tolerance,
+    )  # fmt: skip
     f_ho, z_ho = features_and_logits(model, ho.images, acfg.batch_size, False)
     o_ho, y_ho = calibrated_log_odds(z_ho, temp, no), tumour_of(ho.label_names)
     before, after = holdout_scores(o_ho, y_ho), holdout_scores(o_ho + head.correction(f_ho), y_ho)
     log(
-        f"adapt (site head): {len(train_ids)} slices (x{copies} with flips) fitted, C = {head.c:g}; held-out "
+        f"adapt (site head): {len(train_ids)} slices (x{copies} with flips) fitted, C = {head.c:g}, anchor "
+        f"{head.anchor:g}; held-out "
         f"({len(hold_ids)}): AUC {before['holdout_auc']:.4f} -> {after['holdout_auc']:.4f}, "
         f"log loss {before['holdout_bce']:.4f} -> {after['holdout_bce']:.4f}"
     )

@@ -44,6 +44,8 @@ class SiteHead:
     b: float
     c: float  # inverse L2 strength used for the final fit
     cv: dict[str, float] = field(default_factory=dict)  # mean held-out log loss per C
+    anchor: float = 0.0  # weight of the squared correction on the source stand-ins (0: not anchored)
+    cv_anchor: dict[str, float] = field(default_factory=dict)  # mean held-out log loss per anchor weight, at c
 
     def correction(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(features, np.float64) @ self.w + self.b
@@ -56,17 +58,25 @@ def calibrated_log_odds(logits: np.ndarray, temperature: float, no_tumor: int) -
     return logsumexp(tumour, axis=1) - z[:, no_tumor]
 
 
-def _fit_l2(x: np.ndarray, offset: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
-    """Minimise sum BCE(sigmoid(offset + x w + b), y) + ||w||^2 / (2c) on standardised x (L-BFGS)."""
-    d = x.shape[1]
+def _fit_l2(
+    x: np.ndarray, offset: np.ndarray, y: np.ndarray, c: float, anchors: np.ndarray | None = None, anchor: float = 0.0
+) -> tuple[np.ndarray, float]:
+    """Minimise sum BCE(sigmoid(offset + x w + b), y) + ||w||^2 / (2c) on standardised x (L-BFGS), plus
+    ``anchor * N * mean((anchors w + b)^2)``: the squared correction on stand-ins for the source features."""
+    n, d = x.shape
+    scale = anchor * n / len(anchors) if anchors is not None and anchor > 0 else 0.0
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = theta[:d], theta[d]
         t = offset + x @ w + b
-        p = expit(t)
-        nll = np.sum(np.logaddexp(0.0, t) - y * t)
-        g = p - y
-        return nll + w @ w / (2 * c), np.concatenate([x.T @ g + w / c, [g.sum()]])
+        g = expit(t) - y
+        value = np.sum(np.logaddexp(0.0, t) - y * t) + w @ w / (2 * c)
+        grad_w, grad_b = x.T @ g + w / c, g.sum()
+        if scale:
+            r = anchors @ w + b
+            value += scale * r @ r
+            grad_w, grad_b = grad_w + 2 * scale * anchors.T @ r, grad_b + 2 * scale * r.sum()
+        return value, np.concatenate([grad_w, [grad_b]])
 
     res = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": 500})
     return res.x[:d], float(res.x[d])
@@ -87,6 +97,16 @@ def _folds(groups: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     return [assigned == i for i in range(k)]
 
 
+def _cv_log_loss(x, off, y, splits, c: float, xa: np.ndarray | None, anchor: float) -> float:
+    losses = []
+    for test in splits:
+        if len(set(y[~test].tolist())) < 2 or not test.any():
+            continue
+        w, b = _fit_l2(x[~test], off[~test], y[~test], c, xa, anchor)
+        losses.append(_log_loss(off[test] + x[test] @ w + b, y[test]))
+    return float(np.mean(losses)) if losses else float("inf")
+
+
 def fit_site_head(
     features: np.ndarray,
     offset: np.ndarray,
@@ -95,33 +115,39 @@ def fit_site_head(
     c_grid: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0),
     folds: int = 3,
     seed: int = 0,
+    anchors: np.ndarray | None = None,
+    anchor_grid: Sequence[float] = (),
+    anchor_tolerance: float = 0.05,
 ) -> SiteHead:
     """Fit the correction on (N, F) features, (N,) offsets and 0/1 labels; C by grouped cross-validation.
 
     ``groups``: one id per row (patient, or near-duplicate cluster; flipped copies share their image's id) so
-    that no patient is on both sides of a fold.
+    that no patient is on both sides of a fold. ``anchors``: (M, F) stand-ins for the source features (drawn
+    from the out-of-domain gate's Gaussian, :meth:`MahalanobisOOD.sample`) on which the correction is pushed
+    towards 0, so that the adapted model keeps the source model's answers where the source images lie. Its
+    weight (relative to the mean site log loss) is the largest of ``anchor_grid`` whose cross-validated site log
+    loss, at the chosen C, is within ``anchor_tolerance`` (relative) of the unanchored one: as much of the
+    source skill as the site's own data says costs next to nothing there.
     """
-    f = np.asarray(features, np.float64)
-    y = np.asarray(y, np.float64)
-    off = np.asarray(offset, np.float64)
+    f, y, off = (np.asarray(a, np.float64) for a in (features, y, offset))
     groups = np.asarray([str(g) for g in groups])
     if len(set(y.tolist())) < 2:
         raise DataError("site head: the labelled slices hold one class only (need tumour and no-tumour slices)")
     mu, sd = f.mean(axis=0), f.std(axis=0) + 1e-6
     x = (f - mu) / sd
-    cv: dict[str, float] = {}
     splits = _folds(groups, folds, seed)
-    for c in c_grid:
-        losses = []
-        for test in splits:
-            if len(set(y[~test].tolist())) < 2 or not test.any():
-                continue
-            w, b = _fit_l2(x[~test], off[~test], y[~test], c)
-            losses.append(_log_loss(off[test] + x[test] @ w + b, y[test]))
-        cv[str(c)] = float(np.mean(losses)) if losses else float("inf")
+    cv = {str(c): _cv_log_loss(x, off, y, splits, c, None, 0.0) for c in c_grid}
     best = min(c_grid, key=lambda c: cv[str(c)])
-    w, b = _fit_l2(x, off, y, best)
-    return SiteHead(w=w / sd, b=float(b - np.sum(w * mu / sd)), c=float(best), cv=cv)
+    anchor, cv_anchor, xa = 0.0, {}, None
+    if anchors is not None and len(anchor_grid):
+        xa = (np.asarray(anchors, np.float64) - mu) / sd
+        cv_anchor = {str(a): _cv_log_loss(x, off, y, splits, best, xa, a) for a in anchor_grid}
+        ok = [a for a in anchor_grid if cv_anchor[str(a)] <= (1.0 + anchor_tolerance) * cv[str(best)]]
+        anchor = max(ok, default=0.0)
+    w, b = _fit_l2(x, off, y, best, xa, anchor)
+    return SiteHead(
+        w=w / sd, b=float(b - np.sum(w * mu / sd)), c=float(best), cv=cv, anchor=anchor, cv_anchor=cv_anchor
+    )
 
 
 def apply_site_head(model: Any, head: SiteHead, temperature: float, no_tumor: int) -> Any:
@@ -151,6 +177,8 @@ def head_summary(head: SiteHead, before: dict[str, float], after: dict[str, floa
         "method": "head",
         "c": head.c,
         "cv_log_loss": head.cv,
+        "anchor": head.anchor,
+        "cv_log_loss_anchor": head.cv_anchor,
         "weight_norm": float(np.linalg.norm(head.w)),
         "holdout_before": before,
         "holdout_after": after,
