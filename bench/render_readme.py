@@ -304,6 +304,27 @@ def block_external_site_head() -> str | None:
     return "\n".join(lines)
 
 
+def block_site_head_anchor() -> str | None:
+    r = _load(RESULTS / "site_head_anchor.json")
+    if r is None:
+        return None
+    lines = [
+        f"From `bench/results/site_head_anchor.json` ({r['n_site']} slices of {r['n_patients']} patients, "
+        f"C = {r['c']}, "
+        f"{r['stand_ins']} stand-ins; zero-shot site AUC {r['zero_shot_site_auc']:.3f}, source test accuracy before "
+        f"adaptation {_pct(r['source_accuracy_before'])}; means of the two directions).",
+        "",
+        "| anchor weight | site AUC (other half) | source test accuracy | source tumour AUC |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {row['anchor']:g} | {row['site_auc']:.3f} | {_pct(row['source_accuracy'])} "
+        f"| {row['source_tumour_auc']:.3f} |"
+        for row in r["rows"]
+    ]
+    return "\n".join(lines)
+
+
 def block_study_level() -> str | None:
     r = _load(RESULTS / "study_level.json")
     if r is None:
@@ -622,6 +643,7 @@ BLOCKS = {
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
     "external_validation": block_external_validation,
     "external_site_head": block_external_site_head,
+    "site_head_anchor": block_site_head_anchor,
     "study_level": block_study_level,
     "serve": block_serve,
     "external": block_external,

@@ -1,10 +1,10 @@
 """Site head: adapt a model to a new site by refitting one row of its linear head (last-layer retraining).
 
 Why: on a site it was not trained for, the frozen features separate tumour and lesion-free slices far better
-than the source head does. On lgg-flair (FLAIR, another source) a linear probe on the released model's pooled
-features, fitted on half of the patients, reaches a tumour AUC of 0.91-0.94 on the other half, against 0.61
-zero-shot (docs/external.md); last-layer retraining is known to undo what a head learnt from spurious cues
-(Kirichenko et al. 2022, "Last layer re-training is sufficient for robustness to spurious correlations").
+than the source head does: on lgg-flair (FLAIR, another source), a site head fitted on half of the patients
+ranks the other half far better than the bundle does zero-shot (``bench/site_head_anchor.py``); last-layer
+retraining is known to undo what a head learnt from spurious cues (Kirichenko et al. 2022, "Last layer
+re-training is sufficient for robustness to spurious correlations").
 
 Method, an offset logistic regression. The deployed tumour probability is ``p = sigmoid(o)`` with the calibrated
 log-odds ``o = logsumexp_{k != no_tumor}(z_k / T) - z_no_tumor / T``. The site head fits
@@ -20,7 +20,10 @@ scaling. Consequences, each deliberate:
 - fitting takes seconds (features are computed once, with horizontally flipped copies as extra samples).
 
 The fit is unweighted, so the adapted probability is calibrated to the site's own tumour share in the fitted
-slices (what a site's prevalence looks like); thresholds are chosen afterwards on held-out slices.
+slices (what a site's prevalence looks like); thresholds are chosen afterwards on held-out slices. Optionally
+anchored: stand-ins for the source features (drawn from the out-of-domain gate's Gaussian) keep the correction
+near 0 where the source images lie, so the adapted model keeps more of the source model's answers
+(:func:`fit_site_head`).
 """
 
 from __future__ import annotations
