@@ -162,3 +162,28 @@ def test_the_anchor_keeps_the_correction_small_on_source_stand_ins_at_little_sit
     assert np.mean(held.correction(source) ** 2) < 0.5 * np.mean(free.correction(source) ** 2)
     ft, ot, yt, _ = _site(seed=1)
     assert holdout_scores(ot + held.correction(ft), yt)["holdout_auc"] > 0.85
+
+
+def test_bench_anchor_scores_fit_on_one_half_and_measure_on_the_other():
+    """``bench/site_head_anchor.py``: a zero correction reproduces the offsets' AUC and the source argmax accuracy;
+    each half is scored by a head that never saw it."""
+    from bench_support import load_bench
+
+    bench = load_bench("site_head_anchor")
+    f, off, y, _ = _site()
+    halves = np.arange(len(y)) % 2
+    logits = np.random.default_rng(2).normal(size=(40, 4))
+    labels = logits.argmax(1)
+    labels[:10] = (labels[:10] + 1) % 4
+    seen: list[int] = []
+
+    def zero_head(ff, oo, yy):
+        seen.append(len(yy))
+        return SiteHead(w=np.zeros(f.shape[1]), b=0.0, c=1.0)
+
+    out = bench.scores((f, off, y, halves), (logits, np.zeros((40, 16)), labels), zero_head, 1.0, 2)
+    from sklearn.metrics import roc_auc_score
+
+    expected = np.mean([roc_auc_score(y[halves == h], off[halves == h]) for h in (0, 1)])
+    assert out["site_auc"] == pytest.approx(expected) and out["source_accuracy"] == pytest.approx(0.75)
+    assert seen == [int((halves == 1).sum()), int((halves == 0).sum())]
