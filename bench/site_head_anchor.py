@@ -83,7 +83,7 @@ def main() -> int:
         grid = (a,) if a else ()
 
         def head_fn(f, off, yy, grid=grid):
-            return fit_site_head(f, off, yy, np.arange(len(yy)) % 3, (args.c,), 3, 0, stand_ins, grid, np.inf)
+            return fit_site_head(f, off, yy, np.arange(len(yy)) % 3, (args.c,), 3, stand_ins, grid, np.inf)
 
         rows.append({"anchor": a, **scores(site, source, head_fn, temperature, no)})
         print(rows[-1], flush=True)

@@ -506,7 +506,7 @@ def head_adapt(
     groups = np.tile(frame.loc[train_ids, "group"].astype(str).to_numpy(), copies)
     anchors = source_stand_ins(source, acfg, log)
     head = fit_site_head(
-        f_tr, calibrated_log_odds(z_tr, temp, no), y_tr, groups, acfg.head_c_grid, acfg.head_folds, acfg.seed,
+        f_tr, calibrated_log_odds(z_tr, temp, no), y_tr, groups, acfg.head_c_grid, acfg.head_folds,
         anchors=anchors, anchor_grid=acfg.head_anchor_grid, anchor_tolerance=acfg.head_anchor_tolerance,
     )  # fmt: skip
     f_ho, z_ho = features_and_logits(model, ho.images, acfg.batch_size, False)
