@@ -189,7 +189,7 @@ def render_readme(card: dict[str, Any]) -> str:
         *_data_section(card["data"]),
         *_calibration_section(card["calibration"]),
         *_adaptation_section(card.get("adaptation")),
-        *_evaluation_section(card.get("metrics")),
+        *_evaluation_section(card.get("metrics"), adapted=bool(card.get("adaptation"))),
         *LIMITATIONS,
         *_verification_section(card),
     ]
@@ -271,7 +271,13 @@ def _adaptation_section(adapt: dict[str, Any] | None) -> list[str]:
         f"- Adapted from bundle `{adapt.get('source_bundle')}` (card sha256 `{adapt.get('source_card_sha256')}`) to "
         f"the set `{ext.get('name')}` by `{adapt.get('method')}`: only the `{NO_TUMOR}` row of the linear head was "
         "refitted on frozen features (offset logistic regression, L2 strength "
-        f"C = {_fmt(adapt.get('c'))} by patient-grouped cross-validation); the source temperature is folded in.",
+        f"C = {_fmt(adapt.get('c'))} by patient-grouped cross-validation); the source temperature is folded in. "
+        + (
+            f"Anchored to stand-ins for the source features (drawn from the out-of-domain gate) with weight "
+            f"{_fmt(adapt.get('anchor'))}."
+            if adapt.get("anchor")
+            else "Not anchored to the source: expect the source's own images to be answered differently."
+        ),
         f"- Fitted on {ext.get('n_train')} labelled slices; threshold chosen on {ext.get('n_holdout')} held-out "
         "slices of other patients (not used in the fit).",
         f"- Held-out tumour AUC {_fmt(before.get('holdout_auc'))} before, {_fmt(after.get('holdout_auc'))} after; "
@@ -283,9 +289,15 @@ def _adaptation_section(adapt: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def _evaluation_section(metrics: dict[str, Any] | None) -> list[str]:
+def _evaluation_section(metrics: dict[str, Any] | None, adapted: bool = False) -> list[str]:
     lines = ["## Evaluation", ""]
     rows = metric_rows(metrics.get("metrics")) if metrics else []
+    if not rows and adapted:
+        return [
+            *lines,
+            "**Adapted to a site: the source's evaluation no longer applies; validate it there (above).**",
+            "",
+        ]
     if not rows:
         return [*lines, "**No evaluation report was found in the run; this model's performance is unknown.**", ""]
     note = ((metrics.get("metrics") or {}).get("bootstrap") or {}).get("note") or (
