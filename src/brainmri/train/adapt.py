@@ -1,6 +1,10 @@
 """Domain adaptation: fine-tune a run on the calibration part of an external set, keeping the source skill.
 
-Loss of one step (a batch of ``adapt.batch_size`` = external images + replayed source training images)::
+Two methods (``adapt.method``): ``finetune`` (below; needs a run, whose training images it replays) and ``head``
+(``brainmri.train.site_head``: refit the ``no_tumor`` row of the linear head on frozen features; the only one a
+bundle allows, and ``auto`` picks it for a bundle). A run gives a new run folder, a bundle a new bundle.
+
+Fine-tuning, the loss of one step (``adapt.batch_size`` = external images + replayed source training images)::
 
     w_ext * BCE(p_tumour, y_tumour)                       external images, p_tumour = 1 - softmax(z)[no_tumor]
   + w_src * CE(z, y_class)                               replayed source images (4 classes)
