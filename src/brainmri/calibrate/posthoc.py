@@ -123,9 +123,10 @@ class PostHocCalibration(FittedMixin):
         return None if self.threshold_ is None else float(self.threshold_.threshold_)
 
     @property
-    def default_alpha(self) -> float:
+    def default_alpha(self) -> float | None:
+        """The first alpha; None without conformal sets (e.g. a site-adapted bundle, which cannot refit them)."""
         self.check_fitted()
-        return self.alphas[0]
+        return self.alphas[0] if self.alphas else None
 
     def probabilities(self, logits: Any) -> np.ndarray:
         """Calibrated class probabilities softmax(logits / T), (N, C) float64."""
@@ -188,7 +189,8 @@ class PostHocCalibration(FittedMixin):
                 float(k): ConformalPredictor.from_dict({"alpha": float(k), **v}) for k, v in d["conformal"].items()
             }
             alphas = list(conformal)
-            default = float(d.get("default_alpha", alphas[0] if alphas else 0.1))
+            raw_default = d.get("default_alpha")
+            default = float(raw_default) if raw_default is not None else (alphas[0] if alphas else 0.1)
             alphas.sort(key=lambda a: (not math.isclose(a, default), a))
             first = next(iter(conformal.values()), ConformalPredictor())
             tdet = details.get("threshold") or {}

@@ -515,7 +515,8 @@ def head_adapt(
     )  # fmt: skip
     f_ho, z_ho = features_and_logits(model, ho.images, acfg.batch_size, False)
     o_ho, y_ho = calibrated_log_odds(z_ho, temp, no), tumour_of(ho.label_names)
-    before, after = holdout_scores(o_ho, y_ho), holdout_scores(o_ho + head.correction(f_ho), y_ho)
+    o_after = o_ho + head.correction(f_ho)
+    before, after = holdout_scores(o_ho, y_ho), holdout_scores(o_after, y_ho)
     log(
         f"adapt (site head): {len(train_ids)} slices (x{copies} with flips) fitted, C = {head.c:g}, anchor "
         f"{head.anchor:g}; held-out "
@@ -526,39 +527,31 @@ def head_adapt(
         log("adapt (site head): warning: the held-out log loss got worse; this site head may not help here")
     apply_site_head(model, head, temp, no)
     summary = head_summary(head, before, after) | {"source_temperature": temp}
-    hold_p = expit(o_ho + head.correction(f_ho))
-    return model.eval(), {"history": [{"epoch": 0, **after}], **summary, "holdout": (hold_p, y_ho)}
+    return model.eval(), {"history": [{"epoch": 0, **after}], **summary, "holdout": (expit(o_after), y_ho)}
 
 
 def site_calibration(source: BundleSource, hold_p: np.ndarray, hold_y: np.ndarray, set_name: str) -> dict[str, Any]:
-    """The adapted bundle's ``calibration`` card section: temperature 1 (folded in), threshold on held-out slices."""
-    from brainmri.calibrate.posthoc import VERSION
+    """The adapted bundle's ``calibration`` card section: temperature 1 (folded in), threshold on held-out slices,
+    no conformal sets (tumour / no-tumour labels cannot refit them); the format is ``PostHocCalibration``'s."""
+    from brainmri.calibrate.posthoc import PostHocCalibration
+    from brainmri.calibrate.temperature import TemperatureScaler
     from brainmri.calibrate.threshold import ThresholdSelector
 
     details = (source.bundle.calibration.get("details") or {}).get("threshold") or {}
-    selector = ThresholdSelector(float(details.get("target_sensitivity", 0.95)),
-                                 float(details.get("max_threshold", 0.5))).fit(hold_p, hold_y)  # fmt: skip
-    fitted_on = f"{set_name} held-out calibration slices (site head)"
+    target, cap = float(details.get("target_sensitivity", 0.95)), float(details.get("max_threshold", 0.5))
+    cal = PostHocCalibration(source.classes, alphas=(), target_sensitivity=target, max_threshold=cap)
+    cal.temperature_ = TemperatureScaler.from_dict({"temperature": 1.0})
+    cal.threshold_ = ThresholdSelector(target, cap).fit(hold_p, hold_y)
+    cal.conformal_ = {}
+    cal.fitted_on_ = f"{set_name} held-out calibration slices (site head)"
+    cal.n_fit_, cal.source_ = len(hold_y), {"fitted_on": cal.fitted_on_}
     return {
         "calibrated": True,
         "source": f"brainmri adapt (site head), threshold on {len(hold_y)} held-out slices of {set_name}",
         "source_sha256": None,
         "note": "temperature folded into the adapted head; conformal sets dropped (not refittable from "
         "tumour / no-tumour labels)",
-        "version": VERSION,
-        "classes": source.classes,
-        "fitted_on": fitted_on,
-        "n": len(hold_y),
-        "temperature": 1.0,
-        "threshold": float(selector.threshold_),
-        "conformal": {},
-        "details": {
-            "temperature": {"temperature": 1.0},
-            "threshold": selector.to_dict()
-            | {"applies_to": "calibrated p_tumour = 1 - p(no_tumor); tumour if p_tumour >= threshold"},
-            "conformal": {},
-            "source": {"fitted_on": fitted_on},
-        },
+        **cal.to_dict(),
     }
 
 
