@@ -9,8 +9,9 @@ border brightness, ``PredictConfig.ood_max_*``) on
   photo, scikit-image's test images: colour ones as uploaded and every one as a grayscale JPEG, since the
   colour check cannot help there), a CT-like head (scikit-image's Shepp–Logan phantom, reconstructed by
   filtered back-projection from 30 to 360 projections, with and without noise: CT streaks on a head-shaped
-  slice) and generated images (noise, textures, gradients, checkerboards, text-like stripes) — should be
-  flagged;
+  slice), chest X-ray-like images (frontal projections of random thorax phantoms: ribs, spine, lungs,
+  heart, on a black background) and generated images (noise, textures, gradients, checkerboards,
+  text-like stripes) — should be flagged;
 - other MRI sources: lgg-flair (FLAIR, another hospital) and navoneel.
 
     python bench/ood_check.py bundles/cpu-robust --split work/data/split.json -> bench/results/ood_check.json
@@ -146,6 +147,60 @@ def ct_phantoms(seed: int = 0) -> list[tuple[str, np.ndarray]]:
     return [(name, (np.clip(img, 0, None) / max(img.max(), 1e-6) * 255).astype(np.float32)) for name, img in out]
 
 
+def _thorax_attenuation(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Line integrals of a random frontal thorax phantom (arbitrary units): an elliptic body with a neck,
+    two air-filled lungs over domed diaphragms, the heart, the spine, curved paired ribs, clavicles and the
+    upper arms; each a closed-form path length through a simple solid."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    xx = xx - 0.5  # 0 on the midline; yy 0 at the top, 1 at the bottom
+
+    def slab(cx: float, half_width: float) -> np.ndarray:  # path length through a vertical cylinder
+        return np.sqrt(np.clip(1 - ((xx - cx) / half_width) ** 2, 0, None))
+
+    shoulders = rng.uniform(0.1, 0.16)
+    body = np.where(yy > shoulders, slab(0, rng.uniform(0.40, 0.46)), slab(0, 0.12) * (yy > 0.0))
+    lungs = np.zeros_like(xx)
+    for side in (-1, 1):
+        cx, top, base = side * rng.uniform(0.15, 0.19), rng.uniform(0.1, 0.16), rng.uniform(0.72, 0.82)
+        dome = base - 0.08 * ((xx - cx) / 0.14) ** 2  # the diaphragm, highest under the lung's centre
+        vertical = np.sqrt(np.clip((yy - top) * (dome - yy), 0, None)) / (0.5 * (base - top))
+        lungs += slab(cx, rng.uniform(0.12, 0.15)) * np.clip(vertical, 0, 1)
+    heart = np.sqrt(np.clip(1 - ((xx - 0.05) / 0.14) ** 2 - ((yy - 0.63) / 0.16) ** 2, 0, None))
+    bone = 0.8 * slab(0, 0.03)  # spine
+    gap = rng.uniform(0.055, 0.065)
+    for i in range(10):  # posterior ribs: from the spine up and out, then down along the chest wall
+        y0 = shoulders + 0.04 + i * gap
+        for side in (-1, 1):
+            u = np.clip(side * xx, 0, None)
+            arc = y0 - 0.25 * u + 1.6 * u**2
+            bone += 0.5 * (np.abs(yy - arc) < 0.008 + 0.01 * u) * (u > 0.03) * (u < 0.4)
+    for side in (-1, 1):  # clavicles and the upper arms at the edges
+        u = side * xx
+        bone += 0.7 * (np.abs(yy - shoulders - 0.02 + 0.1 * u) < 0.012) * (u > 0.03) * (u < 0.3)
+        bone += 1.2 * slab(side * rng.uniform(0.44, 0.47), 0.025) * (yy > shoulders)
+    return body - 0.85 * lungs + 0.5 * heart + bone
+
+
+def chest_radiographs(n: int = 12, size: int = 256, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Chest X-ray-like images: frontal projections of random thorax phantoms, displayed as a radiograph
+    (bone white, lungs dark, air outside the body black), with detector blur and quantum noise.
+
+    No chest X-ray ships with the packages here, so a digitally reconstructed radiograph stands in: the
+    point is an image a user could plausibly upload that shares the MRI slice's dark background (the border
+    check cannot catch it), so only the feature score can."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        attenuation = _thorax_attenuation(rng, size)
+        img = 1 - np.exp(-rng.uniform(1.2, 2.0) * np.clip(attenuation, 0, None))
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5)) + rng.normal(0, rng.uniform(0.005, 0.03), img.shape)
+        img = np.clip(img, 0, None) ** rng.uniform(0.7, 1.3)  # display window / look-up table
+        out.append((f"chest radiograph {i}", (img / max(img.max(), 1e-6) * 255).astype(np.float32)))
+    return out
+
+
 def photo_files(photos: list[tuple[str, np.ndarray]], folder: Path) -> list[str]:
     """The photographs as JPEG files: colour uploads go through the reader's grayscale conversion like a user's."""
     from PIL import Image
@@ -222,6 +277,7 @@ def main() -> int:
     photos = photographs()
     colour_photos, grey_photos = skimage_photos()
     phantoms = ct_phantoms()
+    chests = chest_radiographs()
     with brainmri.load_bundle(args.bundle) as predictor, tempfile.TemporaryDirectory() as tmp:
         if predictor.ood is None:
             raise SystemExit(f"{args.bundle}: exported without an out-of-domain score (run brainmri evaluate first)")
@@ -244,12 +300,14 @@ def main() -> int:
                 "colour photographs (scikit-image)": named(predictor, colour_photos, Path(tmp) / "c"),
                 "grayscale photographs (scikit-image)": named(predictor, grey_photos, Path(tmp) / "g"),
                 "CT-like head phantom (scikit-image)": named(predictor, phantoms, Path(tmp) / "ct"),
+                "chest X-ray-like (generated radiographs)": named(predictor, chests, Path(tmp) / "cxr"),
                 "generated noise/texture/pattern images": flagged(predictor, generated_images()),
                 "lgg-flair (FLAIR, other hospital)": flagged(predictor, sample(lgg)),
                 "navoneel": flagged(predictor, sample(nav)),
             },
             "photographs": [name for name, _ in photos + colour_photos + grey_photos],
             "ct_like": [name for name, _ in phantoms],
+            "chest_like": [name for name, _ in chests],
             "machine": machine_facts(),
         }
     atomic_write_json(args.out, result)

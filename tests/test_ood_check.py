@@ -29,3 +29,17 @@ def test_ct_phantoms_are_head_shaped_with_reconstruction_streaks():
     assert corners.max() == 0  # dark background, a bright skull ring: the look of a head slice
     streaky = dict(phantoms)["FBP 30 projections, noise 0.0"]
     assert np.abs(streaky - clean).mean() > 1  # few projections: visible streaks
+
+
+def test_chest_radiographs_look_like_a_frontal_chest_film():
+    bench = load_bench("ood_check")
+    images = bench.chest_radiographs(n=4, size=128, seed=3)
+    assert len(images) == 4 and len({name for name, _ in images}) == 4
+    for name, img in images:
+        assert img.shape == (128, 128) and img.min() >= 0 and img.max() == pytest.approx(255), name
+        assert img[:5, :10].mean() < 20 and img[:5, -10:].mean() < 20  # air above the shoulders stays black
+        lung = img[50:80, 30:40].mean()  # left lung field, between ribs and heart
+        spine = img[50:80, 62:66].mean()
+        assert spine > lung + 20, name  # bone white, air-filled lung dark: a radiograph's contrast
+    again = bench.chest_radiographs(n=4, size=128, seed=3)
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(images, again, strict=True))
