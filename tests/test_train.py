@@ -222,3 +222,43 @@ def test_weight_average_is_what_validation_keeps_while_training_continues_from_r
     key = "backbone.classifier.weight"
     assert torch.allclose(best[key], ema_state[key])  # validation and the kept weights used the average
     assert not torch.allclose(best[key], raw[key])  # and the raw weights went back for the checkpoint
+
+
+def test_training_size_follows_the_schedule_and_resizes_with_antialiasing():
+    from brainmri.train.module import resize_batch, training_size
+
+    sizes = {3: 48, 0: 16, 5: 32}
+    assert [training_size(sizes, e) for e in range(7)] == [16, 16, 16, 48, 48, 32, 32]
+    assert training_size({2: 64}, 1) is None and training_size({}, 9) is None
+    x = torch.rand(2, 1, 32, 32)
+    assert resize_batch(x, None) is x and resize_batch(x, 32) is x
+    small = resize_batch(x, 16)
+    assert small.shape == (2, 1, 16, 16)
+    # antialiased: a 4x reduction filters over the whole 4x4 footprint; plain bilinear would read 2 of its
+    # pixels per axis and keep half the noise (std ratio 0.5)
+    quarter = resize_batch(x, 8)
+    assert quarter.mean().item() == pytest.approx(x.mean().item(), abs=0.02)
+    assert quarter.std().item() < 0.35 * x.std().item()
+    assert resize_batch(torch.rand(1, 1, 32, 16), 16).shape == (1, 1, 16, 8)
+
+
+def test_progressive_resizing_trains_stage2_at_the_scheduled_sizes_and_validates_at_full_size(tmp_path):
+    cfg = tiny_cfg(stage2_sizes={0: 16, 1: 32})
+    cfg.train.stage1.epochs, cfg.train.stage2.epochs = 1, 2
+    data = phantom_split(4)
+    model = create_model(cfg.model, 4)
+    seen: list[tuple[bool, int]] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append((module.training, args[0].shape[-1])))
+    result = fit_stages(cfg, model, data, data, tmp_path)
+    assert {size for training, size in seen if not training} == {32}  # validation: the preprocessing size
+    assert {size for training, size in seen if training} == {16, 32}  # stage 1 at 32, stage-2 epoch 0 at 16
+    assert [h.get("train_size") for h in result["history"]] == [None, 16, 32]
+
+
+def test_progressive_resizing_config_is_validated():
+    from brainmri.config import load_config
+    from brainmri.errors import ConfigError
+
+    assert load_config(None, ["train.stage2_sizes={4: 160, 0: 128}"]).train.stage2_sizes == {0: 128, 4: 160}
+    with pytest.raises(ConfigError, match="stage2_sizes"):
+        load_config(None, ["train.stage2_sizes={0: 8}"])

@@ -265,6 +265,12 @@ class TrainConfig(Section):
     stage2: StageConfig = Field(default_factory=lambda: StageConfig(epochs=10, lr=2e-4))
     stage2_trainable: list[str] = Field(default_factory=list)
     """Backbone module-name prefixes trained in stage 2 (e.g. [blocks.5, blocks.6, conv_head, bn2]); empty: all."""
+    stage2_sizes: dict[int, int] = Field(default_factory=dict)
+    """Progressive resizing (fast.ai; progressive learning of EfficientNetV2, Tan & Le 2021): stage-2 epoch ->
+    training input size from that epoch on, e.g. ``{0: 128, 10: 160, 14: 192}``. The augmented batch is
+    resized (antialiased) before the forward pass: an epoch costs about (size / preprocess.size)² as much, so
+    early epochs are cheap and the last ones see the deployed size. Validation always runs at the preprocessing
+    size. Empty: every epoch at the preprocessing size."""
     channels_last: bool = True
     """NHWC memory format: about 3x faster training of EfficientNet's depthwise convs on CPU (bench/train.py)."""
     cache_frozen_features: bool = False
@@ -285,6 +291,14 @@ class TrainConfig(Section):
     ``ModelEmaV3``) when > 0, e.g. 0.995 (a horizon of ~200 steps); 0 = off. Weight averaging along the trajectory
     (SWA, Izmailov et al. 2018; SWAD, Cha et al. 2021) finds flatter minima that transfer better to
     unseen domains."""
+
+    @field_validator("stage2_sizes")
+    @classmethod
+    def _check_sizes(cls, sizes: dict[int, int]) -> dict[int, int]:
+        if any(epoch < 0 for epoch in sizes) or any(size < 16 for size in sizes.values()):
+            raise ValueError(f"epochs must be >= 0 and sizes >= 16 px, got {sizes}")
+        return dict(sorted(sizes.items()))
+
     precision: str = "auto"
     accelerator: str = "auto"
     devices: int | str = "auto"

@@ -59,6 +59,21 @@ def freeze_batchnorm(model: BrainClassifier, prefixes: list[str] | None = None) 
             m.eval()
 
 
+def training_size(sizes: dict[int, int], epoch: int) -> int | None:
+    """The input size ``train.stage2_sizes`` sets for ``epoch`` (the last entry at or before it), or None."""
+    started = [size for first, size in sorted(sizes.items()) if first <= epoch]
+    return started[-1] if started else None
+
+
+def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """``x`` (N, C, H, W) with its longer side at ``size``, antialiased (a cheaper scan of the same slice)."""
+    if size is None or size == max(x.shape[-2:]):
+        return x
+    scale = size / max(x.shape[-2:])
+    shape = (max(1, round(x.shape[-2] * scale)), max(1, round(x.shape[-1] * scale)))
+    return F.interpolate(x, size=shape, mode="bilinear", antialias=True, align_corners=False)
+
+
 class ClassifierModule(L.LightningModule):
     def __init__(
         self,
@@ -132,6 +147,8 @@ class ClassifierModule(L.LightningModule):
             targets = F.one_hot(y, self.model.num_classes).float()
             x, targets = insert_lesions(x, targets, y, p=self.cfg.augment.synthetic_lesion, source=source,
                                         target=target, rng=rng)  # fmt: skip
+        if self.stage == 2:
+            x = resize_batch(x, training_size(self.cfg.stage2_sizes, self.current_epoch))
         x = self._layout(x)
         if self.cfg.mixup_alpha > 0:
             rng = np.random.default_rng((self.cfg.seed, self.stage, self.global_step))

@@ -30,7 +30,7 @@ from brainmri.train.augment import Augmenter
 from brainmri.train.data import SliceDataModule
 from brainmri.train.ema import WeightAverage
 from brainmri.train.losses import balanced_class_weights, build_loss
-from brainmri.train.module import ClassifierModule, warmup_cosine
+from brainmri.train.module import ClassifierModule, training_size, warmup_cosine
 from brainmri.utils import atomic_path, atomic_write_json, progress, setup_torch
 
 
@@ -128,6 +128,11 @@ class History(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.t0 = time.perf_counter()
 
+    @staticmethod
+    def _size(pl_module: L.LightningModule, epoch: int) -> dict[str, int]:
+        size = training_size(pl_module.cfg.stage2_sizes, epoch) if pl_module.stage == 2 else None
+        return {} if size is None else {"train_size": size}
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
         seconds = time.perf_counter() - self.t0
@@ -138,6 +143,7 @@ class History(Callback):
                 "epoch": trainer.current_epoch,
                 "seconds": round(seconds, 2),
                 "images_per_s": round(seen / max(seconds, 1e-9), 2),
+                **self._size(pl_module, trainer.current_epoch),
                 **m,
             }
         )
