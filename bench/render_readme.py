@@ -496,6 +496,22 @@ def block_paired(name: str) -> str | None:
     return "\n".join([head, "", _bench_module("paired").render_markdown(r)])
 
 
+def block_progressive() -> str | None:
+    """Progressive resizing with a full fine-tune against the released recipe: training record + paired table."""
+    train, ref = _load(RESULTS / "train_cpu_progressive.json"), _load(RESULTS / "train_cpu.json")
+    paired = block_paired("paired_progressive.json")
+    if train is None or ref is None or paired is None:
+        return None
+    line = (
+        f"From `bench/results/train_cpu_progressive.json` (`{train['recipe']}` with "
+        f"{', '.join(f'`{o}`' for o in train['overrides'])}): training "
+        f"{train['train_wall_minutes']:.1f} min, best validation accuracy **{_pct(train['best_val_acc'])}** at "
+        f"{train['best']['epoch']} (released recipe, `train_cpu.json`: {ref['train_wall_minutes']:.1f} min, "
+        f"{_pct(ref['best_val_acc'])})."
+    )
+    return "\n".join([line, "", paired])
+
+
 def block_shortcuts() -> str | None:
     """The look-alike groups of the training set and the linear probe with group vs class balancing."""
     r = _load(RESULTS / "shortcuts.json")
@@ -637,6 +653,7 @@ BLOCKS = {
     "paired_lite1": lambda: block_paired("paired_lite1.json"),
     "paired_wise": lambda: block_paired("paired_wise.json"),
     "paired_lesions": lambda: block_paired("paired_lesions.json"),
+    "progressive": block_progressive,
     "paired_ece": lambda: block_paired("paired_ece.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,

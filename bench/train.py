@@ -29,13 +29,17 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--prep-only", action="store_true", help="import, split and preprocess, then stop")
     ap.add_argument("--skip-prep", action="store_true", help="use the prepared work folder as it is")
+    ap.add_argument("--from-run", metavar="RUN", help="record a run trained already (its run.json time), train nothing")
     args = ap.parse_args()
+    if args.from_run:
+        run_dir = Path(args.from_run)
+        result = record(run_dir, args.recipe, args.overrides, None, _run_info(run_dir)["wall_seconds"])
+        result["recorded_from"] = str(run_dir.resolve())
+        return write(result, args)
 
     from brainmri.cli import main as cli_main
     from brainmri.config import load_config, save_config
-    from brainmri.runs import Run
     from brainmri.train.trainer import train_run
-    from brainmri.utils import atomic_write_json, machine_facts
 
     work = Path(args.work)
     overrides = [f"paths.work_dir={work}", f"paths.runs_dir={work / 'runs'}", *args.overrides]
@@ -64,22 +68,33 @@ def main() -> int:
 
     t1 = time.perf_counter()
     run_dir = train_run(cfg, split, overwrite=True)
-    train_seconds = time.perf_counter() - t1
-    run = Run.load(run_dir)
+    return write(record(run_dir, args.recipe, args.overrides, prep_seconds, time.perf_counter() - t1), args)
+
+
+def _run_info(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def record(run_dir: Path, recipe: str, overrides: list[str], prep_seconds: float | None, train_seconds: float) -> dict:
+    """The benchmark record of a trained run: time, sizes, the best epoch and every epoch's metrics."""
+    from brainmri.config import load_config
+    from brainmri.utils import machine_facts
+
+    info, cfg = _run_info(run_dir), load_config(run_dir / "config.yaml")
     history = json.loads((run_dir / "history.json").read_text())
     result = {
         "benchmark": "train",
-        "recipe": Path(args.recipe).name,
-        "overrides": args.overrides,
+        "recipe": Path(recipe).name,
+        "overrides": overrides,
         "backbone": cfg.model.backbone,
         "weights": cfg.model.weights,
         "img_size": cfg.preprocess.size,
-        "n_train": run.info["n_train"],
-        "n_val": run.info["n_val"],
-        "data_prep_seconds": round(prep_seconds, 1),
+        "n_train": info["n_train"],
+        "n_val": info["n_val"],
+        "data_prep_seconds": None if prep_seconds is None else round(prep_seconds, 1),
         "train_wall_seconds": round(train_seconds, 1),
         "train_wall_minutes": round(train_seconds / 60, 2),
-        "best": {"monitor": run.info["monitor"], "score": run.info["best_score"], "epoch": run.info["best_epoch"]},
+        "best": {"monitor": info["monitor"], "score": info["best_score"], "epoch": info["best_epoch"]},
         "best_val_acc": max(h.get("val_acc", 0.0) for h in history),
         "best_val_macro_f1": max(h.get("val_macro_f1", 0.0) for h in history),
         "epochs": history,
@@ -92,6 +107,12 @@ def main() -> int:
             result["machine"]["gpu"] = torch.cuda.get_device_name(0)
     except Exception:
         pass
+    return result
+
+
+def write(result: dict, args: argparse.Namespace) -> int:
+    from brainmri.utils import atomic_write_json
+
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"train_{args.tag}.json"
     atomic_write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("epochs", "machine")}, indent=2))
