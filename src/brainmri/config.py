@@ -292,13 +292,6 @@ class TrainConfig(Section):
     (SWA, Izmailov et al. 2018; SWAD, Cha et al. 2021) finds flatter minima that transfer better to
     unseen domains."""
 
-    @field_validator("stage2_sizes")
-    @classmethod
-    def _check_sizes(cls, sizes: dict[int, int]) -> dict[int, int]:
-        if any(epoch < 0 for epoch in sizes) or any(size < 16 for size in sizes.values()):
-            raise ValueError(f"epochs must be >= 0 and sizes >= 16 px, got {sizes}")
-        return dict(sorted(sizes.items()))
-
     precision: str = "auto"
     accelerator: str = "auto"
     devices: int | str = "auto"
@@ -311,6 +304,13 @@ class TrainConfig(Section):
     limit_train_batches: float | int = 1.0
     deterministic: bool = True
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("stage2_sizes")
+    @classmethod
+    def _check_sizes(cls, sizes: dict[int, int]) -> dict[int, int]:
+        if any(epoch < 0 for epoch in sizes) or any(size < 16 for size in sizes.values()):
+            raise ValueError(f"epochs must be >= 0 and sizes >= 16 px, got {sizes}")
+        return dict(sorted(sizes.items()))
 
 
 class EvaluateConfig(Section):
