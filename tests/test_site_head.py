@@ -156,7 +156,8 @@ def test_the_anchor_keeps_the_correction_small_on_source_stand_ins_at_little_sit
     source[:, 5] += 4.0
     free = fit_site_head(f, off, y, g, c_grid=(0.1,), folds=3)
     held = fit_site_head(f, off, y, g, c_grid=(0.1,), folds=3, anchors=source, anchor_grid=(0.01, 0.1, 1.0, 10.0))
-    assert free.anchor == 0.0 and set(held.cv_anchor) == {"0.01", "0.1", "1.0", "10.0"}
+    assert free.anchor == 0.0 and free.cv == {}  # one C, no anchor: nothing to choose, no cross-validation
+    assert set(held.cv_anchor) == {"0.01", "0.1", "1.0", "10.0"}
     assert held.anchor > 0.0  # the largest weight within 5% of the free head's cross-validated loss
     assert held.cv_anchor[str(held.anchor)] <= 1.05 * held.cv["0.1"]
     assert all(v > 1.05 * held.cv["0.1"] for a, v in held.cv_anchor.items() if float(a) > held.anchor)
@@ -188,3 +189,12 @@ def test_bench_anchor_scores_fit_on_one_half_and_measure_on_the_other():
     expected = np.mean([roc_auc_score(y[halves == h], off[halves == h]) for h in (0, 1)])
     assert out["site_auc"] == pytest.approx(expected) and out["source_accuracy"] == pytest.approx(0.75)
     assert seen == [int((halves == 1).sum()), int((halves == 0).sum())]
+
+
+def test_a_single_accepted_anchor_weight_is_fitted_without_cross_validation():
+    f, off, y, g = _site()
+    source = np.random.default_rng(7).normal(size=(200, 16))
+    head = fit_site_head(f, off, y, g, c_grid=(0.1,), anchors=source, anchor_grid=(0.3,), anchor_tolerance=np.inf)
+    assert head.anchor == 0.3 and head.cv == {} and head.cv_anchor == {}
+    free = fit_site_head(f, off, y, g, c_grid=(0.1,))
+    assert np.mean(head.correction(source) ** 2) < np.mean(free.correction(source) ** 2)

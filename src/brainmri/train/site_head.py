@@ -138,14 +138,19 @@ def fit_site_head(
     mu, sd = f.mean(axis=0), f.std(axis=0) + 1e-6
     x = (f - mu) / sd
     splits = _folds(groups, folds)
-    cv = {str(c): _cv_log_loss(x, off, y, splits, c, None, 0.0) for c in c_grid}
-    best = min(c_grid, key=lambda c: cv[str(c)])
+    # cross-validation only where there is something to choose (one C, one accepted weight: fit directly)
+    cv = {str(c): _cv_log_loss(x, off, y, splits, c, None, 0.0) for c in c_grid} if len(c_grid) > 1 else {}
+    best = min(c_grid, key=lambda c: cv[str(c)]) if cv else c_grid[0]
     anchor, cv_anchor, xa = 0.0, {}, None
     if anchors is not None and len(anchor_grid):
         xa = (np.asarray(anchors, np.float64) - mu) / sd
-        cv_anchor = {str(a): _cv_log_loss(x, off, y, splits, best, xa, a) for a in anchor_grid}
-        ok = [a for a in anchor_grid if cv_anchor[str(a)] <= (1.0 + anchor_tolerance) * cv[str(best)]]
-        anchor = max(ok, default=0.0)
+        if len(anchor_grid) == 1 and np.isinf(anchor_tolerance):
+            anchor = float(anchor_grid[0])
+        else:
+            cv = cv or {str(best): _cv_log_loss(x, off, y, splits, best, None, 0.0)}  # the loss to stay near
+            cv_anchor = {str(a): _cv_log_loss(x, off, y, splits, best, xa, a) for a in anchor_grid}
+            ok = [a for a in anchor_grid if cv_anchor[str(a)] <= (1.0 + anchor_tolerance) * cv[str(best)]]
+            anchor = max(ok, default=0.0)
     w, b = _fit_l2(x, off, y, best, xa, anchor)
     return SiteHead(
         w=w / sd, b=float(b - np.sum(w * mu / sd)), c=float(best), cv=cv, anchor=anchor, cv_anchor=cv_anchor
