@@ -304,6 +304,26 @@ def block_external_site_head() -> str | None:
     return "\n".join(lines)
 
 
+def block_ood_lowlevel() -> str | None:
+    r = _load(RESULTS / "ood_lowlevel.json")
+    if r is None:
+        return None
+    lines = [
+        f"From `bench/results/ood_lowlevel.json` (`{r['command']}`; run `{r['run']}`; feature scores alone, no "
+        f"input checks; each threshold passes 95% of validation slices): share of images flagged.",
+        "",
+        f"| images | n | deployed score (last layer) | low-level score (blocks {', '.join(map(str, r['blocks']))}) "
+        "| either |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {v['n']} | {_pct(v['deployed_feature_score'])} | {_pct(v['low_level_score'])} "
+        f"| {_pct(v['either'])} |"
+        for name, v in r["sets"].items()
+    ]
+    return "\n".join(lines)
+
+
 def block_site_head_anchor() -> str | None:
     r = _load(RESULTS / "site_head_anchor.json")
     if r is None:
@@ -658,6 +678,7 @@ BLOCKS = {
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
+    "ood_lowlevel": block_ood_lowlevel,
     "external_validation": block_external_validation,
     "external_site_head": block_external_site_head,
     "site_head_anchor": block_site_head_anchor,
