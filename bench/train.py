@@ -2,6 +2,7 @@
 
     python bench/train.py                                   # CPU recipe -> bench/results/train_cpu.json
     python bench/train.py --recipe configs/gpu-full.yaml --tag gpu --set model.weights=offline ...
+    python bench/train.py --from-run runs/x --set KEY=VALUE ... --out bench/results/train_x.json  # record only
 
 Data preparation (import, split, preprocess) runs first through the pipeline's stages and is timed
 separately; the training wall time is what the recipe's 30-minute aim refers to.
