@@ -33,8 +33,10 @@ def main() -> int:
     ap.add_argument("--from-run", metavar="RUN", help="record a run trained already (its run.json time), train nothing")
     args = ap.parse_args()
     if args.from_run:
+        from brainmri.runs import Run
+
         run_dir = Path(args.from_run)
-        result = record(run_dir, args.recipe, args.overrides, None, _run_info(run_dir)["wall_seconds"])
+        result = record(run_dir, args.recipe, args.overrides, None, Run.load(run_dir).info["wall_seconds"])
         result["recorded_from"] = str(run_dir.resolve())
         return write(result, args)
 
@@ -72,16 +74,13 @@ def main() -> int:
     return write(record(run_dir, args.recipe, args.overrides, prep_seconds, time.perf_counter() - t1), args)
 
 
-def _run_info(run_dir: Path) -> dict:
-    return json.loads((run_dir / "run.json").read_text())
-
-
 def record(run_dir: Path, recipe: str, overrides: list[str], prep_seconds: float | None, train_seconds: float) -> dict:
     """The benchmark record of a trained run: time, sizes, the best epoch and every epoch's metrics."""
-    from brainmri.config import load_config
+    from brainmri.runs import Run
     from brainmri.utils import machine_facts
 
-    info, cfg = _run_info(run_dir), load_config(run_dir / "config.yaml")
+    run = Run.load(run_dir)
+    info, cfg = run.info, run.cfg
     history = json.loads((run_dir / "history.json").read_text())
     result = {
         "benchmark": "train",
