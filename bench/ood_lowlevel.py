@@ -10,7 +10,9 @@ This benchmark measures that idea without changing the product: the per-channel 
 of the outputs of the early blocks (``--blocks``, timm ``backbone.blocks`` indices) of a trained run, a
 ``MahalanobisOOD`` fitted on the training split (class means, shared covariance, as the deployed score), a
 threshold that passes 95% of validation slices, and the share each image set gets flagged, beside the run's
-deployed feature score (its ``ood.json``) on the same preprocessed images. No input checks (colour, border)
+deployed feature score (its ``ood.json``) on the same preprocessed images; ``either``: flagged by one of the
+two at those thresholds; ``joint``: both thresholds raised to one common validation quantile so that 95% of
+validation slices pass both (the gate a deployment would use). No input checks (colour, border)
 are applied here: both columns are feature scores alone.
 
     python bench/ood_lowlevel.py --run runs/cpu-fast --out bench/results/ood_lowlevel.json
@@ -66,6 +68,16 @@ def non_mri_sets(preprocessor) -> dict[str, np.ndarray]:
     }
 
 
+def joint_thresholds(a: np.ndarray, b: np.ndarray, target: float = 0.95) -> tuple[float, float, float]:
+    """Thresholds on two validation score arrays at one common quantile q, the smallest q (step 0.001) at which
+    ``target`` of the validation images pass both: a gate of two scores with the in-domain pass rate of one."""
+    for q in np.arange(target, 1.0, 0.001):
+        ta, tb = float(np.quantile(a, q)), float(np.quantile(b, q))
+        if np.mean((a <= ta) & (b <= tb)) >= target:
+            return ta, tb, float(q)
+    return float(a.max()), float(b.max()), 1.0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
@@ -92,25 +104,32 @@ def main() -> int:
     sets |= non_mri_sets(run.preprocessor())
 
     low = MahalanobisOOD(n_components=128).fit(block_statistics(model, train.images, blocks), train.labels)
-    low.fit_threshold(low.score(block_statistics(model, val.images, blocks)), quantile=0.95)
+
+    def scores(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (deployed, low-level) per image
+        return deployed.score(pooled(images)[1]), low.score(block_statistics(model, images, blocks))
+
+    val_deployed, val_low = scores(val.images)
+    low.fit_threshold(val_low, quantile=0.95)
+    joint_dep, joint_low, joint_q = joint_thresholds(val_deployed, val_low)
     rows = {}
     for name, images in sets.items():
-        low_flags = low.score(block_statistics(model, images, blocks)) > low.threshold_
-        deployed_flags = deployed.score(pooled(images)[1]) > deployed.threshold_
+        deployed_score, low_score = scores(images)
+        low_flags, deployed_flags = low_score > low.threshold_, deployed_score > deployed.threshold_
         row = {
             "n": len(images),
             "deployed_feature_score": float(deployed_flags.mean()),
             "low_level_score": float(low_flags.mean()),
             "either": float((low_flags | deployed_flags).mean()),
+            "joint": float(((low_score > joint_low) | (deployed_score > joint_dep)).mean()),
         }
         rows[name] = row
-        print(f"{name:45s} n={row['n']:5d} deployed {row['deployed_feature_score']:.1%} "
-              f"low-level {row['low_level_score']:.1%} either {row['either']:.1%}", flush=True)  # fmt: skip
+        print(f"{name:45s} n={row['n']:5d} deployed {row['deployed_feature_score']:.1%} low-level "
+              f"{row['low_level_score']:.1%} either {row['either']:.1%} joint {row['joint']:.1%}")  # fmt: skip
     atomic_write_json(args.out, {
         "benchmark": "ood_lowlevel (bench/ood_lowlevel.py)",
         "command": "python " + " ".join(["bench/ood_lowlevel.py", *sys.argv[1:]]),
         "run": str(args.run), "blocks": list(blocks), "n_statistics": int(low.n_features_in_),
-        "threshold_quantile": 0.95, "sets": rows, "machine": machine_facts(),
+        "threshold_quantile": 0.95, "joint_quantile": joint_q, "sets": rows, "machine": machine_facts(),
     })  # fmt: skip
     return 0
 

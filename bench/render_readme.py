@@ -313,12 +313,12 @@ def block_ood_lowlevel() -> str | None:
         f"input checks; each threshold passes 95% of validation slices): share of images flagged.",
         "",
         f"| images | n | deployed score (last layer) | low-level score (blocks {', '.join(map(str, r['blocks']))}) "
-        "| either |",
-        "|---|---|---|---|---|",
+        f"| either | both at the {r['joint_quantile']:.3f} quantile (95% of validation passes) |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {name} | {v['n']} | {_pct(v['deployed_feature_score'])} | {_pct(v['low_level_score'])} "
-        f"| {_pct(v['either'])} |"
+        f"| {_pct(v['either'])} | {_pct(v['joint'])} |"
         for name, v in r["sets"].items()
     ]
     return "\n".join(lines)

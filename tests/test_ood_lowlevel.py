@@ -37,3 +37,14 @@ def test_non_mri_sets_go_through_the_given_preprocessor():
     sets = bench.non_mri_sets(preprocessor)
     assert len(sets) == 4 and all(v.shape[1:] == (32, 32) and len(v) > 0 for v in sets.values())
     assert set(seen) == {np.dtype(np.uint8)}  # what a decoded upload is
+
+
+def test_joint_thresholds_pass_the_target_share_of_validation_images_through_both_scores():
+    bench = load_bench("ood_lowlevel")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=2000), rng.normal(size=2000)  # independent: each must pass ~97.5%
+    ta, tb, q = bench.joint_thresholds(a, b, target=0.95)
+    passed = np.mean((a <= ta) & (b <= tb))
+    assert 0.95 <= passed < 0.955 and 0.97 < q < 0.98
+    ta, tb, q = bench.joint_thresholds(a, a.copy(), target=0.95)  # the same score twice: no price for the union
+    assert q == pytest.approx(0.95) and np.mean(a <= ta) >= 0.95
