@@ -214,7 +214,8 @@ def photo_files(photos: list[tuple[str, np.ndarray]], folder: Path) -> list[str]
     return paths
 
 
-REASONS = {"flagged_features": "unlike the training images", "flagged_colour": "colour image",
+REASONS = {"flagged_features": "unlike the training images (out-of-domain score",
+           "flagged_block_stats": "unlike the training images (low-level", "flagged_colour": "colour image",
            "flagged_border": "no dark background"}  # fmt: skip
 """Which check flagged an image, from the first words of its ``ood_reasons``."""
 
@@ -293,6 +294,7 @@ def main() -> int:
             "bundle": str(args.bundle),
             "bundle_card_sha256": predictor.bundle.card_sha256,
             "threshold": predictor.ood.threshold_,
+            "threshold_block_stats": None if predictor.ood_blocks is None else predictor.ood_blocks.threshold_,
             "input_checks": predictor.input_checks.to_dict(),
             "sets": {
                 "in-domain test split": flagged(predictor, sample(test)),

@@ -245,19 +245,25 @@ def block_ood_check(name: str = "ood_check.json") -> str | None:
         lines += [f"| {name} | {v['n']} | {_pct(v['flagged'])} |" for name, v in r["sets"].items()]
         return "\n".join(lines)
     checks = r.get("input_checks", {})
+    blocks = r.get("threshold_block_stats")
     lines[0] += (
-        f" The gate: feature score ≤ {r['threshold']:.1f} and input checks (colourfulness ≤ "
-        f"{checks.get('max_colourfulness')}, border brightness ≤ {checks.get('max_border_brightness')}); the "
-        "feature score alone was the whole gate before (`bench/results/ood_check_features_only.json`)."
+        f" The gate: feature score ≤ {r['threshold']:.1f}"
+        + (f", low-level score ≤ {blocks:.1f}" if blocks is not None else "")
+        + f" and input checks (colourfulness ≤ {checks.get('max_colourfulness')}, border brightness ≤ "
+        f"{checks.get('max_border_brightness')}); the feature score alone was the whole gate before "
+        "(`bench/results/ood_check_features_only.json`)."
     )
     silent = "confident_unflagged" in next(iter(r["sets"].values()))
-    head = "| images | n | flagged | by feature score | by colour | by border |"
-    lines += [head + (" passed, no review, p ≥ 0.9 |" if silent else ""), "|---|---|---|---|---|---|" + "---|" * silent]
-    lines += [
-        f"| {name} | {v['n']} | {_pct(v['flagged'])} | {_pct(v['flagged_features'])} | {_pct(v['flagged_colour'])} "
-        f"| {_pct(v['flagged_border'])} |" + (f" {_pct(v['confident_unflagged'])} |" if silent else "")
-        for name, v in r["sets"].items()
-    ]
+    has_blocks = "flagged_block_stats" in next(iter(r["sets"].values()))
+    head = "| images | n | flagged | by feature score |" + (" by low-level score |" if has_blocks else "")
+    head += " by colour | by border |" + (" passed, no review, p ≥ 0.9 |" if silent else "")
+    lines += [head, "|---|---|---|---|---|---|" + "---|" * (silent + has_blocks)]
+    for name, v in r["sets"].items():
+        cells = [v["n"], _pct(v["flagged"]), _pct(v["flagged_features"])]
+        cells += [_pct(v["flagged_block_stats"])] if has_blocks else []
+        cells += [_pct(v["flagged_colour"]), _pct(v["flagged_border"])]
+        cells += [_pct(v["confident_unflagged"])] if silent else []
+        lines.append(f"| {name} | " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -308,17 +314,21 @@ def block_ood_lowlevel() -> str | None:
     r = _load(RESULTS / "ood_lowlevel.json")
     if r is None:
         return None
+    t = r["thresholds"]
     lines = [
-        f"From `bench/results/ood_lowlevel.json` (`{r['command']}`; run `{r['run']}`; feature scores alone, no "
-        f"input checks; each threshold passes 95% of validation slices): share of images flagged.",
+        f"From `bench/results/ood_lowlevel.json` (`{r['command']}`; run `{r['run']}`; scores alone, no input "
+        f"checks): share of images flagged. The gate's two thresholds sit at the {r['gate_quantile']:.3f} "
+        f"validation quantile so that {_pct(r['validation_pass_rate'])} of validation slices pass both "
+        f"(feature score ≤ {t['features']:.1f}, low-level score ≤ {t['block_stats']:.1f}); *feature score alone* "
+        f"is the one-score gate of earlier bundles (≤ {t['features_alone']:.1f}, 95% of validation).",
         "",
-        f"| images | n | deployed score (last layer) | low-level score (blocks {', '.join(map(str, r['blocks']))}) "
-        f"| either | both at the {r['joint_quantile']:.3f} quantile (95% of validation passes) |",
+        f"| images | n | feature score alone | gate: feature score | gate: low-level score (stages "
+        f"{', '.join(map(str, r['stages']))}, {r['n_statistics']} statistics) | gate: either (deployed) |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {name} | {v['n']} | {_pct(v['deployed_feature_score'])} | {_pct(v['low_level_score'])} "
-        f"| {_pct(v['either'])} | {_pct(v['joint'])} |"
+        f"| {name} | {v['n']} | {_pct(v['features_alone'])} | {_pct(v['features'])} | {_pct(v['block_stats'])} "
+        f"| {_pct(v['gate'])} |"
         for name, v in r["sets"].items()
     ]
     return "\n".join(lines)

@@ -84,8 +84,11 @@ def test_evaluate_writes_full_reports(tiny_run: Path, patched, capsys) -> None:
 
     cal = json.loads((tiny_run / "calibration.json").read_text())
     assert cal["fitted_on"] == "val" and cal["n"] == 48
-    ood = json.loads((tiny_run / "ood.json").read_text())  # the out-of-domain score: fitted on train, 95% of val pass
-    assert ood["kind"] == "mahalanobis" and ood["quantile"] == 0.95 and ood["threshold"] > 0
+    ood = json.loads((tiny_run / "ood.json").read_text())  # the out-of-domain gate: fitted on train, 95% of val pass
+    blocks = json.loads((tiny_run / "ood_blocks.json").read_text())  # its low-level score (early-stage statistics)
+    assert ood["kind"] == blocks["kind"] == "mahalanobis" and ood["threshold"] > 0 and blocks["threshold"] > 0
+    assert 0.95 <= ood["quantile"] == blocks["quantile"] <= 1.0  # thresholds raised together (both pass 95%)
+    assert ood["n_threshold"] == blocks["n_threshold"] == 48
     assert cal["temperature"] > 0 and 0 <= cal["threshold"] <= 1
     assert set(cal["conformal"]) == {"0.1", "0.05"} and cal["conformal"]["0.1"]["method"] == "lac"
 

@@ -12,6 +12,7 @@ import test_bundle_support as support
 from brainmri.calibrate.ood import InputChecks
 from brainmri.config import PredictConfig
 from brainmri.infer import Predictor
+from brainmri.infer.predictor import GateScore
 from brainmri.io import read_image
 from brainmri.io.signals import border_brightness, colourfulness
 from test_bundle_support import phantom_images
@@ -128,7 +129,7 @@ def test_in_domain_is_feature_gate_and_input_checks(bundle_dir: Path) -> None:
     with Predictor.from_bundle(bundle_dir) as predictor:
         predictor.ood = EnergyOOD().fit().fit_threshold([0.0, 1.0], quantile=1.0)  # threshold 1.0
         probs = np.full((4, len(predictor.classes)), 1.0 / len(predictor.classes))
-        domain = (np.array([True, True, False, False]), np.array([0.5, 0.5, 3.0, 3.0]))
+        domain = [GateScore("features", np.array([True, True, False, False]), np.array([0.5, 0.5, 3.0, 3.0]), 1.0)]
         colour = ["colour image (colourfulness 40.0 > 20; MRI is grayscale)"]
         preds = predictor.decide(probs, list("abcd"), domain=domain, input_reasons=[[], colour, [], colour])
     assert [p.in_domain for p in preds] == [True, False, False, False]

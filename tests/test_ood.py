@@ -111,3 +111,20 @@ def test_mahalanobis_samples_look_like_its_training_features(n_components):
     assert np.allclose(ood.sample(10, seed=3), ood.sample(10, seed=3))
     with pytest.raises(ValueError, match="normalised"):
         MahalanobisOOD(normalize=True).fit(xt, yt).sample(5)
+
+
+def test_joint_thresholds_pass_the_target_share_of_validation_through_both_scores():
+    from brainmri.calibrate.ood import fit_joint_thresholds
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=2000), rng.normal(size=2000)  # independent: each at its 0.95 quantile passes ~90%
+    scores = [EnergyOOD().fit(), EnergyOOD().fit()]
+    q = fit_joint_thresholds(scores, [a, b], target=0.95)
+    passed = (a <= scores[0].threshold_) & (b <= scores[1].threshold_)
+    assert 0.95 <= passed.mean() < 0.955  # the smallest common quantile that reaches the target
+    assert 0.97 < q < 0.98 and scores[0].quantile_ == scores[1].quantile_ == pytest.approx(q)
+    assert scores[0].threshold_ > np.quantile(a, 0.95) and scores[1].threshold_ > np.quantile(b, 0.95)
+    same = [EnergyOOD().fit(), EnergyOOD().fit()]
+    assert fit_joint_thresholds(same, [a, a]) == pytest.approx(0.95)  # identical scores: nothing to raise
+    with pytest.raises(ValueError, match="one validation score array per score"):
+        fit_joint_thresholds(scores, [a])

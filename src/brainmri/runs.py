@@ -23,6 +23,7 @@ WEIGHTS_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "preprocessor.json"
 CALIBRATION_FILE = "calibration.json"
 OOD_FILE = "ood.json"
+OOD_BLOCKS_FILE = "ood_blocks.json"
 
 
 @dataclass
@@ -72,6 +73,11 @@ class Run:
     def ood_path(self) -> Path:
         """The out-of-domain score fitted by evaluation (``brainmri.calibrate.ood``)."""
         return self.dir / OOD_FILE
+
+    @property
+    def ood_blocks_path(self) -> Path:
+        """The low-level out-of-domain score (early-stage statistics) fitted by evaluation, if the backbone has one."""
+        return self.dir / OOD_BLOCKS_FILE
 
     def build_model(self):  # -> BrainClassifier
         """The trained model (best checkpoint) in eval mode, on CPU."""
@@ -229,6 +235,11 @@ def predict_logits(model, images: np.ndarray, batch_size: int = 64, desc: str | 
 def predict_features(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
     """Pooled pre-logit features (N, F) of uint8 (N, S, S) images: what the out-of-domain score is fitted on."""
     return _batched(model.forward_features, images, batch_size, desc, 0)
+
+
+def predict_block_stats(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+    """Early-stage statistics (N, D) of uint8 (N, S, S) images: the low-level out-of-domain score's input."""
+    return _batched(model.forward_block_stats, images, batch_size, desc, 0)
 
 
 def write_run(

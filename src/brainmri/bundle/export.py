@@ -41,22 +41,24 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 FEATURES_NAME = "features"
 CAMS_NAME = "cams"
+BLOCK_STATS_NAME = "block_stats"
 PARITY_TOLERANCE = 1e-4
 
 
 def export_onnx(model, size: int, path: Path, opset: int = ONNX_OPSET) -> list[str]:
     """Write ``model`` (eval mode) to ``path`` as a single-file ONNX graph with a dynamic batch axis.
 
-    The graph computes ``DeployedHeads``: logits, pooled features (out-of-domain score) and, when the head
-    is average pooling + linear, class activation maps (Grad-CAM overlays without torch). Returns the
-    output names.
+    The graph computes ``DeployedHeads``: logits, pooled features (out-of-domain score), when the head
+    is average pooling + linear, class activation maps (Grad-CAM overlays without torch) and, when the backbone
+    has timm's ``forward_intermediates``, early-stage statistics (the low-level out-of-domain score). Returns
+    the output names.
     """
     import torch
 
     from brainmri.models.classifier import DeployedHeads
 
     heads = DeployedHeads(model).eval()
-    outputs = [OUTPUT_NAME, FEATURES_NAME] + ([CAMS_NAME] if heads.with_cam else [])
+    outputs = list(heads.output_names)
     example = torch.rand(2, 1, size, size)  # batch 2: torch.export specialises sizes 0 and 1
     program = torch.onnx.export(
         heads,
@@ -132,6 +134,7 @@ def export_bundle(run: Any, out: str | Path, *, opset: int = ONNX_OPSET) -> Path
         card = build_card(run, out.name, model, preprocessor, calibration, size=size, opset=opset, parity=parity)
         card["outputs"] = _outputs_spec(outputs, len(run.classes))
         card["ood"] = _read_ood(run.ood_path)
+        card["ood_blocks"] = _read_ood(run.ood_blocks_path)
         _write_readme_and_card(card, tmp)
         _replace_dir(tmp, out)
     return out
@@ -292,6 +295,10 @@ def _outputs_spec(names: list[str], n_classes: int) -> dict[str, Any]:
         OUTPUT_NAME: {"shape": ["batch", n_classes], "meaning": "logits"},
         FEATURES_NAME: {"shape": ["batch", "F"], "meaning": "pooled pre-logit features (out-of-domain score)"},
         CAMS_NAME: {"shape": ["batch", n_classes, "h", "w"], "meaning": "class activation maps (sum_k w_ck A_k)"},
+        BLOCK_STATS_NAME: {
+            "shape": ["batch", "D"],
+            "meaning": "per-channel mean and std of early feature stages (low-level out-of-domain score)",
+        },
     }
     return {name: spec[name] for name in names}
 

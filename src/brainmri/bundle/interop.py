@@ -248,6 +248,7 @@ def bundle_info(bundle: Any) -> dict[str, Any]:
         "temperature": bundle.temperature,
         "threshold": bundle.threshold,
         "out_of_domain_score": bool(card.get("ood")),
+        "low_level_out_of_domain_score": bool(card.get("ood_blocks")),
         "backbone": (card["model"].get("config") or {}).get("backbone"),
         "files": card["files"],
         "unexpected_files": list(bundle.unexpected),

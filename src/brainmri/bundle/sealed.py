@@ -217,8 +217,16 @@ class Bundle:
         return PostHocCalibration.from_dict(self.calibration)
 
     def ood(self):  # -> brainmri.calibrate.ood.OODScore | None
-        """The fitted out-of-domain score, or None for a bundle exported without one."""
-        d = self.card.get("ood")
+        """The fitted out-of-domain score on the pooled features, or None for a bundle exported without one."""
+        return self._score("ood")
+
+    def ood_blocks(self):  # -> brainmri.calibrate.ood.OODScore | None
+        """The fitted low-level out-of-domain score (early-stage statistics, the graph's ``block_stats``), or None
+        for a bundle exported without one (older bundles, backbones without timm's ``forward_intermediates``)."""
+        return self._score("ood_blocks")
+
+    def _score(self, key: str):
+        d = self.card.get(key)
         if not d:
             return None
         from brainmri.calibrate.ood import ood_from_dict

@@ -1,9 +1,11 @@
-"""Fit the out-of-domain score of a run: features of the training split, threshold on validation.
+"""Fit the out-of-domain gate of a run: scores on the training split, thresholds on validation.
 
-Why here and not in training: like the temperature, the score is fitted after training on fixed
-weights, and its threshold needs the validation split (the fraction ``evaluate.ood_quantile`` of
-in-domain validation images pass). The fitted object is saved as ``runs/<name>/ood.json`` and copied
-into the bundle card by export, so prediction flags images unlike the training data.
+Why here and not in training: like the temperature, the scores are fitted after training on fixed
+weights, and their thresholds need the validation split (the fraction ``evaluate.ood_quantile`` of
+in-domain validation images pass the gate). Two scores (``brainmri.calibrate.ood``): a Mahalanobis score on
+the pooled features (``runs/<name>/ood.json``) and, when the backbone exposes early stages, one on their
+per-channel statistics (``ood_blocks.json``); their thresholds are raised together so that the fraction is
+that of the gate, not of each score. Export copies both into the bundle card.
 """
 
 from __future__ import annotations
@@ -12,21 +14,37 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.calibrate.ood import MahalanobisOOD
-from brainmri.runs import predict_features
+from brainmri.calibrate.ood import MahalanobisOOD, fit_joint_thresholds
+from brainmri.models.classifier import supports_block_stats
+from brainmri.models.ensemble import members_of
+from brainmri.runs import predict_block_stats, predict_features
 from brainmri.utils import atomic_write_json
+
+SCORES = {"features": predict_features, "block_stats": predict_block_stats}
 
 
 def fit_ood(run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batch_size: int = 64) -> MahalanobisOOD:
-    """Mahalanobis score on the run's training features, threshold on its validation features; saved."""
+    """Mahalanobis scores on the run's training features, joint thresholds on its validation features; saved.
+
+    Returns the pooled-feature score; the block-statistics score is saved beside it (or a stale one removed).
+    """
     train = run.load_images("train" if val_part == "val" else val_part.replace(":val", ":train"))
     keep = train.labels >= 0
-    train_features = predict_features(model, train.images[keep], batch_size, desc="features train")
     val = run.load_images(val_part)
-    val_features = predict_features(model, val.images, batch_size, desc=f"features {val_part}")
-    ood = MahalanobisOOD().fit(train_features, train.labels[keep])
-    ood.fit_threshold(ood.score(val_features), quantile)
-    atomic_write_json(run.ood_path, ood.to_dict())
-    passed = float(np.mean(ood.predict(val_features)[0])) if len(val_features) else float("nan")
-    print(f"out-of-domain score: fitted on {int(keep.sum())} training images; {passed:.1%} of {val_part} pass")
-    return ood
+    names = ["features"] + ["block_stats"] * all(supports_block_stats(m) for m in members_of(model))
+    scores, val_scores = [], []
+    for name in names:
+        x_train = SCORES[name](model, train.images[keep], batch_size, desc=f"{name} train")
+        x_val = SCORES[name](model, val.images, batch_size, desc=f"{name} {val_part}")
+        scores.append(MahalanobisOOD().fit(x_train, train.labels[keep]))
+        val_scores.append(scores[-1].score(x_val))
+    q = fit_joint_thresholds(scores, val_scores, quantile)
+    atomic_write_json(run.ood_path, scores[0].to_dict())
+    if len(scores) > 1:
+        atomic_write_json(run.ood_blocks_path, scores[1].to_dict())
+    else:
+        run.ood_blocks_path.unlink(missing_ok=True)
+    passed = np.logical_and.reduce([v <= s.threshold_ for s, v in zip(scores, val_scores, strict=True)])
+    print(f"out-of-domain gate ({' + '.join(names)}): fitted on {int(keep.sum())} training images; "
+          f"{passed.mean():.1%} of {val_part} pass (thresholds at the {q:.3f} quantile)")  # fmt: skip
+    return scores[0]

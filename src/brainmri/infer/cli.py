@@ -21,7 +21,7 @@ def _csv(classes: list[str], rows: list[dict[str, Any]], adaptation: dict[str, A
     columns = ["source", "label", *[f"p_{c}" for c in classes], "tumor_probability", "is_tumor", "threshold"]
     columns += ["conformal_set", "conformal_alpha", "entropy", "review", "review_reasons", "time_ms"]
     columns += [f"mc_mean_{c}" for c in classes] + [f"mc_std_{c}" for c in classes] + ["gradcam", "error"]
-    columns += ["in_domain", "ood_score", "ood_reasons"]  # the out-of-domain gate (docs/inference.md)
+    columns += ["in_domain", "ood_score", "ood_block_score", "ood_reasons"]  # out-of-domain gate (docs/inference.md)
     columns += ["adapt_bn_images"] if adaptation else []  # AdaBN applied: on how many target images
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")

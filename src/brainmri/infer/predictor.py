@@ -44,6 +44,21 @@ _ERRORS: dict[str, type[ImageReadError]] = {
 }
 
 
+@dataclass(frozen=True)
+class GateScore:
+    """One out-of-domain score of a batch: per image the score and whether it passes the bundle's threshold."""
+
+    name: str
+    """``features`` (pooled last-layer features) or ``block_stats`` (early-stage statistics)."""
+    passes: np.ndarray
+    scores: np.ndarray
+    threshold: float
+
+    def reason(self, i: int) -> str:
+        what = "out-of-domain score" if self.name == "features" else "low-level image statistics score"
+        return f"unlike the training images ({what} {self.scores[i]:.1f} > {self.threshold:.1f})"
+
+
 @dataclass
 class Prediction:
     """One image's result. Probabilities are calibrated (softmax(logits / temperature))."""
@@ -69,10 +84,14 @@ class Prediction:
     gradcam: str | None = None
     in_domain: bool | None = None
     """False when the image is unlike the training images: its out-of-domain score is above the bundle's
-    threshold (which 95% of in-domain validation images pass) or an input check flags it (a colour image, no
-    dark background; ``predict.ood_max_*``). None when the bundle has no score and no input check flagged it."""
+    threshold, its low-level score is above its own (the two thresholds are set so that 95% of in-domain validation
+    images pass both) or an input check flags it (a colour image, no dark background; ``predict.ood_max_*``). None
+    when the bundle has no score and no input check flagged it."""
     ood_score: float | None = None
     """Out-of-domain score (Mahalanobis distance of the model's features; larger = further from training)."""
+    ood_block_score: float | None = None
+    """Low-level out-of-domain score (Mahalanobis distance of early-stage channel statistics: texture, noise,
+    edges); None for bundles without one."""
     ood_reasons: list[str] = field(default_factory=list)
     """Why ``in_domain`` is False, in words (each failed check); empty otherwise."""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +126,7 @@ class Predictor:
             raise ConfigError(f"{bundle.dir}: not calibrated, so no conformal sets (predict.conformal_alpha is set)")
         self._torch: Runtime | None = self.runtime if self.runtime.name == "torch" else None
         self.ood = bundle.ood()
+        self.ood_blocks = bundle.ood_blocks()
         self.input_checks = InputChecks(self.config.ood_max_colourfulness, self.config.ood_max_border_brightness)
         self.adaptation: dict[str, Any] | None = None
         """What :meth:`adapt` did (images, batches, layers), or None: the bundle's own statistics."""
@@ -218,7 +238,8 @@ class Predictor:
         heads = self.runtime.outputs(x)
         use_tta = self.config.tta if tta is None else tta
         probs = self.probabilities(self.logits(x, True) if use_tta else heads["logits"])
-        source_heads = self._source_runtime.outputs(x) if self._source_runtime and self.ood is not None else heads
+        scored = self.ood is not None or self.ood_blocks is not None
+        source_heads = self._source_runtime.outputs(x) if self._source_runtime and scored else heads
         domain = self.domain_scores(source_heads)
         passes = self.config.mc_dropout if mc_dropout is None else mc_dropout
         mc = None
@@ -244,12 +265,12 @@ class Predictor:
         sources: list[str],
         mc: np.ndarray | None = None,
         cams: list[str] | None = None,
-        domain: tuple[np.ndarray, np.ndarray] | None = None,
+        domain: list[GateScore] | None = None,
         input_reasons: list[list[str]] | None = None,
     ) -> list[Prediction]:
         """Predictions from calibrated probabilities (N, C): label, tumour call, conformal set, entropy, review.
 
-        ``domain``: ``(in_domain, score)`` from :meth:`domain_scores`; ``input_reasons``: per image, the failed
+        ``domain``: the scores from :meth:`domain_scores`; ``input_reasons``: per image, the failed
         input checks (:class:`InputChecks`). An out-of-domain image is sent to review with its reasons.
         """
         member = self.conformal.predict_sets(probs) if self.conformal is not None else None
@@ -257,6 +278,7 @@ class Predictor:
         threshold = self.threshold
         p_tumour = tumour_probability(probs, self.classes) if NO_TUMOR in self.classes else None
         calls = tumour_call(p_tumour, threshold) if p_tumour is not None and threshold is not None else None
+        named = {g.name: g.scores for g in domain or []}
         out = []
         for i, p in enumerate(probs):
             cset = [c for c, m in zip(self.classes, member[i], strict=True) if m] if member is not None else None
@@ -269,13 +291,6 @@ class Predictor:
                 reasons.append(f"entropy {entropy[i]:.3f} > {self.config.review_entropy}")
             in_domain, ood_reasons = self._domain_verdict(i, domain, input_reasons)
             reasons += ood_reasons
-            mc_entry = None
-            if mc is not None:
-                mc_entry = {
-                    "passes": int(mc.shape[0]),
-                    "mean": dict(zip(self.classes, map(float, mc[:, i].mean(axis=0)), strict=True)),
-                    "std": dict(zip(self.classes, map(float, mc[:, i].std(axis=0)), strict=True)),
-                }
             out.append(
                 Prediction(
                     source=sources[i],
@@ -290,35 +305,47 @@ class Predictor:
                     review=bool(reasons),
                     review_reasons=reasons,
                     time_ms=0.0,
-                    mc_dropout=mc_entry,
+                    mc_dropout=None if mc is None else self._mc_summary(mc[:, i]),
                     gradcam=cams[i] if cams else None,
                     in_domain=in_domain,
-                    ood_score=None if domain is None else float(domain[1][i]),
+                    ood_score=float(named["features"][i]) if "features" in named else None,
+                    ood_block_score=float(named["block_stats"][i]) if "block_stats" in named else None,
                     ood_reasons=ood_reasons,
                 )
             )
         return out
 
-    def _domain_verdict(
-        self, i: int, domain: tuple[np.ndarray, np.ndarray] | None, input_reasons: list[list[str]] | None
-    ) -> tuple[bool | None, list[str]]:
-        """``(in_domain, reasons)`` of image ``i``: the feature score passes and every input check passes.
+    def _mc_summary(self, passes: np.ndarray) -> dict[str, Any]:
+        """One image's MC dropout passes (P, C) as ``{"passes", "mean", "std"}`` by class name."""
+        return {
+            "passes": int(passes.shape[0]),
+            "mean": dict(zip(self.classes, map(float, passes.mean(axis=0)), strict=True)),
+            "std": dict(zip(self.classes, map(float, passes.std(axis=0)), strict=True)),
+        }
 
-        None when the bundle has no feature score and no input check flagged the image (not assessed).
+    def _domain_verdict(
+        self, i: int, domain: list[GateScore] | None, input_reasons: list[list[str]] | None
+    ) -> tuple[bool | None, list[str]]:
+        """``(in_domain, reasons)`` of image ``i``: every score passes and every input check passes.
+
+        None when the bundle has no score and no input check flagged the image (not assessed).
         """
         reasons = list(input_reasons[i]) if input_reasons is not None else []
-        if domain is not None and not domain[0][i]:
-            reasons.append(f"unlike the training images (out-of-domain score {domain[1][i]:.1f} > "
-                           f"{self.ood.threshold_:.1f})")  # fmt: skip
+        reasons += [g.reason(i) for g in domain or [] if not g.passes[i]]
         if reasons:
             return False, reasons
-        return (None if domain is None else True), reasons
+        return (True if domain else None), reasons
 
-    def domain_scores(self, heads: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(in_domain, score)`` per image from the runtime's ``features``; None without a fitted score."""
-        if self.ood is None or "features" not in heads:
-            return None
-        return self.ood.predict(heads["features"])
+    def domain_scores(self, heads: dict[str, np.ndarray]) -> list[GateScore] | None:
+        """Each fitted out-of-domain score on the runtime output it reads (``features``, ``block_stats``);
+        None when the bundle has none (or its graph lacks the outputs)."""
+        fitted = [("features", self.ood), ("block_stats", self.ood_blocks)]
+        gate = []
+        for name, score in fitted:
+            if score is not None and name in heads:
+                passes, values = score.predict(heads[name])
+                gate.append(GateScore(name, passes, values, float(score.threshold_)))
+        return gate or None
 
     def gradcam_maps(self, images: np.ndarray, targets: np.ndarray, heads: dict[str, np.ndarray] | None = None):
         """Heat maps (N, S, S) in [0, 1] explaining ``targets``.

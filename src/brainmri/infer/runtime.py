@@ -36,7 +36,8 @@ class Runtime:
     """Interface: ``logits(x float32 (B, 1, S, S)) -> float32 (B, C)``; ``outputs(x)`` -> every head by name.
 
     ``outputs`` returns ``logits`` and, for bundles exported with them, ``features`` (B, F) (the
-    out-of-domain score's input) and ``cams`` (B, C, h, w) (class activation maps).
+    out-of-domain score's input), ``cams`` (B, C, h, w) (class activation maps) and ``block_stats`` (B, D)
+    (the low-level out-of-domain score's input).
     """
 
     name = "runtime"
@@ -106,8 +107,7 @@ class TorchRuntime(Runtime):
         heads = DeployedHeads(self.model).eval()
         with torch.inference_mode():
             values = heads(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        names = ["logits", "features", "cams"][: len(values)]
-        return {n: v.float().numpy() for n, v in zip(names, values, strict=True)}
+        return {n: v.float().numpy() for n, v in zip(heads.output_names, values, strict=True)}
 
 
 def create_runtime(name: str, bundle: Bundle, **kwargs: Any) -> Runtime:

@@ -44,6 +44,9 @@ class EnsembleClassifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([m.forward_features(x) for m in self.members], dim=1)
 
+    def forward_block_stats(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.forward_block_stats(x) for m in self.members], dim=1)
+
     def forward_classifier(self, features: torch.Tensor) -> torch.Tensor:
         """Ensemble logits from concatenated member features (the inverse split of ``forward_features``)."""
         sizes = [int(m.backbone.num_features) for m in self.members]

@@ -398,7 +398,7 @@ def further(inp: Inputs, opts: Options) -> str:
     return "".join(parts)
 
 
-CARD_SKIP = ("ood", "metrics", "preprocessing", "files")  # large or shown in other sections
+CARD_SKIP = ("ood", "ood_blocks", "metrics", "preprocessing", "files")  # large or shown in other sections
 
 
 def model_card(inp: Inputs, opts: Options) -> str:

@@ -29,7 +29,8 @@ from brainmri.serve.errors import ApiError
 from brainmri.serve.settings import ServeSettings
 
 SUPPORTED = "JPEG, PNG, BMP, TIFF, GIF, WebP, DICOM, NIfTI"
-OPTIONAL_FIELDS = ("in_domain", "ood_score", "ood_reasons")  # shown when the Prediction carries them (out of domain)
+# shown when the Prediction carries them (the out-of-domain gate)
+OPTIONAL_FIELDS = ("in_domain", "ood_score", "ood_block_score", "ood_reasons")
 INPUT_KEYS = ("format", "height", "width", "mode")  # what a payload's ``input`` reports of the reader's metadata
 SIGNAL_KEYS = ("colourfulness", "border_brightness")  # also kept: the out-of-domain input checks read them
 

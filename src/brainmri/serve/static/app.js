@@ -120,7 +120,8 @@ function render(card, pred, note) {
     ood.hidden = false;
     const why = Array.isArray(pred.ood_reasons) && pred.ood_reasons.length ? ` (${pred.ood_reasons.join("; ")})` : "";
     ood.textContent = (pred.in_domain === false ? `This image looks unlike the training data${why}; treat the result with caution. ` : "In domain. ") +
-      (typeof pred.ood_score === "number" ? `Out-of-domain score ${pred.ood_score.toFixed(3)}.` : "");
+      (typeof pred.ood_score === "number" ? `Out-of-domain score ${pred.ood_score.toFixed(3)}. ` : "") +
+      (typeof pred.ood_block_score === "number" ? `Low-level score ${pred.ood_block_score.toFixed(3)}.` : "");
   }
   if (pred.preview_png_base64) card.querySelector(".preview").src = "data:image/png;base64," + pred.preview_png_base64;
   if (pred.gradcam_png_base64) {
