@@ -343,9 +343,10 @@ class EvaluateConfig(Section):
     threshold_max: float = Field(0.5, gt=0.0, le=1.0)
     """Cap on that threshold: it may only make the tumour call more sensitive than p_tumour >= 0.5."""
     ood: bool = True
-    """Fit the out-of-domain score (Mahalanobis on training features) and save it as RUN/ood.json."""
+    """Fit the out-of-domain gate (Mahalanobis scores on training features, RUN/ood.json, and on early-stage
+    statistics, RUN/ood_blocks.json)."""
     ood_quantile: float = Field(0.95, gt=0.0, le=1.0)
-    """Out-of-domain threshold: this fraction of in-domain validation images pass."""
+    """Out-of-domain thresholds: this fraction of in-domain validation images pass the gate (every score)."""
 
     @field_validator("conformal_alphas")
     @classmethod

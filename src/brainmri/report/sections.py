@@ -382,7 +382,8 @@ FURTHER = (
     ("slice_groups.json", "slice groups"),
     ("study_level.json", "study level (series → one answer)"),
     ("adabn.json", "test-time adaptation (AdaBN, TTA)"),
-    ("ood_check.json", "out-of-domain gate"),
+    ("ood_check_photos_ct.json", "out-of-domain gate (non-MRI images, external MRI)"),
+    ("ood_lowlevel.json", "out-of-domain gate, score by score"),
 )
 
 
