@@ -109,12 +109,12 @@ def block_train(tag: str) -> str | None:
     return "\n".join(lines)
 
 
-def block_latency() -> str | None:
-    r = _load(RESULTS / "latency.json")
+def block_latency(name: str = "latency.json") -> str | None:
+    r = _load(RESULTS / name)
     if r is None:
         return None
     lines = [
-        f"From `bench/results/latency.json` ({_machine(r)}; load average at start {r.get('load_average_at_start')}):",
+        f"From `bench/results/{name}` ({_machine(r)}; load average at start {r.get('load_average_at_start')}):",
         "",
         "| bundle | px | single image p50 / p95, ORT | single p50, torch | folder, ORT (images/s) | folder, torch |",
         "|---|---|---|---|---|---|",
@@ -701,6 +701,7 @@ BLOCKS = {
     "train_cpu": lambda: block_train("cpu"),
     "train_gpu": lambda: block_train("gpu"),
     "latency": block_latency,
+    "latency_gate": lambda: block_latency("latency_gate.json"),
     "evaluation": block_evaluation,
     "grouped_ci": block_grouped_ci,
     "rerun": block_rerun,
