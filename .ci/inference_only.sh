@@ -27,6 +27,8 @@ cli = Path(sys.executable).with_name("brainmri")
 subprocess.run([str(cli), "predict", str(tmp / "bundle"), str(tmp / "images"), "--out", str(out)], check=True)
 doc = json.loads(out.read_text())
 assert len(doc["predictions"]) == 3 and not doc["errors"], doc
+gate = [(p["ood_score"], p["ood_block_score"], p["in_domain"]) for p in doc["predictions"]]
+assert all(isinstance(f, float) and isinstance(b, float) and isinstance(i, bool) for f, b, i in gate), gate
 if importlib.util.find_spec("brainmri.serve") is not None:
     from brainmri.serve.app import create_app  # noqa: F401  (the service imports without torch too)
 print(f"inference-only install: {len(doc['predictions'])} predictions without torch/timm/lightning")

@@ -102,6 +102,26 @@ def build_run(root: Path, *, calibrate: bool = True, reports: bool = True):
     return run
 
 
+def fit_gate(run) -> np.ndarray:
+    """Fit both out-of-domain scores of ``run`` on 24 phantoms (classes as labels, thresholds jointly on the same
+    images) and write ``ood.json`` / ``ood_blocks.json``, as evaluation would; returns the preprocessed phantoms."""
+    from brainmri.calibrate.ood import MahalanobisOOD, fit_joint_thresholds
+    from brainmri.runs import predict_block_stats, predict_features
+
+    model, pre = run.build_model(), run.preprocessor()
+    images, labels = phantom_images(6, seed=3)
+    x = np.stack([pre(a) for a in images])
+    scores, val = [], []
+    for predict in (predict_features, predict_block_stats):
+        values = predict(model, x)
+        scores.append(MahalanobisOOD(n_components=8).fit(values, labels))
+        val.append(scores[-1].score(values))
+    fit_joint_thresholds(scores, val)
+    run.ood_path.write_text(json.dumps(scores[0].to_dict()))
+    run.ood_blocks_path.write_text(json.dumps(scores[1].to_dict()))
+    return x
+
+
 _BUILT: dict[str, Path] = {}
 
 

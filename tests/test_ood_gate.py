@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -64,22 +63,10 @@ def test_an_ensemble_concatenates_its_members_block_stats():
 def gated_bundle(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """A tiny run with both scores fitted on its phantoms, exported; returns the bundle and preprocessed images."""
     from brainmri.bundle import export_bundle
-    from brainmri.calibrate.ood import MahalanobisOOD, fit_joint_thresholds
-    from brainmri.runs import predict_block_stats, predict_features
 
     root = tmp_path_factory.mktemp("gated")
     run = support.build_run(root)
-    model, pre = run.build_model(), run.preprocessor()
-    images, labels = support.phantom_images(6, seed=3)
-    x = np.stack([pre(a) for a in images])
-    scores, val = [], []
-    for predict in (predict_features, predict_block_stats):
-        values = predict(model, x)
-        scores.append(MahalanobisOOD(n_components=8).fit(values, labels))
-        val.append(scores[-1].score(values))
-    fit_joint_thresholds(scores, val)
-    run.ood_path.write_text(json.dumps(scores[0].to_dict()))
-    run.ood_blocks_path.write_text(json.dumps(scores[1].to_dict()))
+    x = support.fit_gate(run)
     return export_bundle(run, root / "bundles" / "gated"), x
 
 
