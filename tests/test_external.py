@@ -184,6 +184,40 @@ def test_validate_a_bundle_like_its_run(tiny, tmp_path, capsys):
     assert "NOT checked" in capsys.readouterr().out
 
 
+def test_validate_reports_the_out_of_domain_gate_on_the_site_set(tiny, tmp_path, capsys):
+    """Without a fitted gate validation says so; with one (fitted by evaluation's fit_ood) it reports the share
+    flagged and the metrics on what passes and on what is flagged, for the run and its bundle alike."""
+    import shutil
+
+    from brainmri.bundle import export_bundle
+    from brainmri.cli import main
+    from brainmri.evaluate.domain import fit_ood
+    from brainmri.runs import Run
+    from external_support import phantom_csv_set
+
+    csv = phantom_csv_set(tmp_path / "ext")
+    assert main(["validate", str(tiny.dir), str(csv), "--out", str(tmp_path / "none"), *FAST]) == 0, _err(capsys)
+    assert json.loads((tmp_path / "none" / "external.json").read_text())["gate"] is None
+    assert "out-of-domain gate: none fitted" in capsys.readouterr().out
+
+    run = Run.load(shutil.copytree(tiny.dir, tmp_path / "runs" / "gated"))
+    fit_ood(run, run.build_model(), "val", quantile=0.9, batch_size=16)
+    bundle = export_bundle(run, tmp_path / "bundle")
+    split = ["--split-file", str(tmp_path / "none" / "split.json")]
+    results = []
+    for source, out in ((run.dir, tmp_path / "by_run"), (bundle, tmp_path / "by_bundle")):
+        assert main(["validate", str(source), str(csv), "--out", str(out), *split, *FAST]) == 0, _err(capsys)
+        results.append(json.loads((out / "external.json").read_text()))
+    gate, n = results[0]["gate"], results[0]["counts"]["evaluation"]
+    assert gate["passed"]["n"] + gate["flagged_subset"]["n"] == n
+    assert gate["flagged"] == pytest.approx(gate["flagged_subset"]["n"] / n)
+    pred = pd.read_csv(tmp_path / "by_run" / "predictions.csv", keep_default_na=False)
+    in_domain = pred[pred["part"] == "evaluation"]["in_domain"].astype(str).str.lower() == "true"
+    assert int(in_domain.sum()) == gate["passed"]["n"]
+    assert results[1]["gate"]["flagged"] == pytest.approx(gate["flagged"], abs=1.5 / n)  # the same weights
+    assert "out-of-domain gate: flags" in capsys.readouterr().out
+
+
 def _bad_csv(tmp_path: Path, kind: str, tiny) -> Path:
     from external_support import phantom_csv_set
 

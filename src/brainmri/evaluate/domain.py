@@ -10,6 +10,7 @@ that of the gate, not of each score. Export copies both into the bundle card.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -48,3 +49,28 @@ def fit_ood(run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batc
     print(f"out-of-domain gate ({' + '.join(names)}): fitted on {int(keep.sum())} training images; "
           f"{passed.mean():.1%} of {val_part} pass (thresholds at the {q:.3f} quantile)")  # fmt: skip
     return scores[0]
+
+
+def load_gate(source: Any) -> list[tuple[str, Any]]:
+    """The fitted scores of a run (its ``ood*.json``) or of a bundle source (its card), each with the model
+    output it reads (``features``, ``block_stats``); empty when nothing was fitted."""
+    from brainmri.bundle.source import BundleSource
+    from brainmri.calibrate.ood import ood_from_dict
+
+    if isinstance(source, BundleSource):
+        found = [("features", source.bundle.ood()), ("block_stats", source.bundle.ood_blocks())]
+    else:
+        paths = [("features", source.ood_path), ("block_stats", source.ood_blocks_path)]
+        found = [(name, ood_from_dict(json.loads(p.read_text())) if p.is_file() else None) for name, p in paths]
+    return [(name, score) for name, score in found if score is not None]
+
+
+def gate_passes(gate: list[tuple[str, Any]], model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray | None:
+    """Per image: True when every fitted score passes its threshold, as prediction decides ``in_domain`` from the
+    model (input checks on the decoded file aside); None without a fitted gate."""
+    if not gate:
+        return None
+    passes = np.ones(len(images), dtype=bool)
+    for name, score in gate:
+        passes &= score.predict(SCORES[name](model, images, batch_size))[0]
+    return passes

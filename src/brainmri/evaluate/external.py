@@ -38,6 +38,7 @@ from brainmri.calibrate.threshold import ThresholdSelector
 from brainmri.config import Config, ExternalConfig, save_config
 from brainmri.data.external import ExternalSet, prepare_external, tumour_of, write_split_file
 from brainmri.errors import DataError
+from brainmri.evaluate.domain import gate_passes, load_gate
 from brainmri.evaluate.metrics import (
     binary_metrics,
     expected_calibration_error,
@@ -224,6 +225,7 @@ def score_parts(run: Run, model: Any, ext: ExternalSet, ecfg: ExternalConfig) ->
     logits = {k: predict_logits(model, im.images, ecfg.batch_size).astype(np.float64) for k, im in images.items()}
     patients = frames["evaluation"]["patient"].astype(str)
     return {
+        "in_domain": gate_passes(load_gate(run), model, images["evaluation"].images, ecfg.batch_size),
         "frames": frames,
         "logits": logits,
         "y": {k: tumour_of(f["label"]) for k, f in frames.items()},
@@ -258,10 +260,34 @@ def validate_external(run: Run, ext: ExternalSet, cfg: Config, model: Any | None
         "overlap": ext.overlap,
         "unreadable": ext.unreadable,
         "per_class": per_class(data["logits"]["evaluation"], list(ev["label"]), run.classes),
+        "gate": gate_summary(data, probs["evaluation"], threshold, ecfg),
         "views": views,
         "_probs": probs,
         "_data": data,
     }
+
+
+def gate_summary(data: dict[str, Any], p: np.ndarray, threshold: float, ecfg: ExternalConfig) -> dict[str, Any] | None:
+    """The out-of-domain gate on the evaluation part: how much of the site's set it flags (overall and by truth),
+    and the metrics at the run's threshold on the images it passes and on those it flags. Why: a site that honours
+    ``in_domain: false`` (sends those images to a human) gets the first row's numbers for what the model answers.
+    None when the run has no fitted gate."""
+    passes = data["in_domain"]
+    if passes is None:
+        return None
+    y, groups, known = data["y"]["evaluation"], data["groups"], data["patients_known"]
+    out: dict[str, Any] = {
+        "flagged": float(np.mean(~passes)) if len(passes) else None,
+        "flagged_tumour": float(np.mean(~passes[y == 1])) if (y == 1).any() else None,
+        "flagged_no_tumour": float(np.mean(~passes[y == 0])) if (y == 0).any() else None,
+    }
+    for name, mask in (("passed", passes), ("flagged_subset", ~passes)):
+        entry: dict[str, Any] = {"n": int(mask.sum()), "n_tumour": int(y[mask].sum())}
+        if 0 < entry["n_tumour"] < entry["n"]:
+            entry |= at_threshold(p[mask], y[mask], groups[mask], threshold, ecfg, known)
+            entry["ece"] = binary_ece(p[mask], y[mask], ecfg.ece_bins)
+        out[name] = entry
+    return out
 
 
 def check_fit_part(ext: ExternalSet, data: dict[str, Any]) -> None:
@@ -307,6 +333,8 @@ def predictions_frame(result: dict[str, Any], classes: list[str]) -> pd.DataFram
                 "p_tumour": probs[k],
             }
         )
+        if k == "evaluation" and data["in_domain"] is not None:
+            df["in_domain"] = data["in_domain"]
         for i, c in enumerate(classes):
             df[f"logit_{c}"] = data["logits"][k][:, i]
         parts.append(df)
@@ -372,6 +400,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"{result['set']}: {c['readable']} readable, {c['removed_overlap']} removed as training overlap, "
         f"calibration {c['calibration']} / evaluation {c['evaluation']} (grouped by {result['group_by']})"
     ]
+    lines += gate_lines(result.get("gate"))
     for vname, v in result["views"].items():
         auc = v["auc"]["value"]
         for tname, entry in v["thresholds"].items():
@@ -381,6 +410,24 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                 f"  {vname:16s} {tname:18s} t={entry['threshold']:.3f}  sens {fmt(sens)}  spec {fmt(spec)}"
                 f"  AUC {fmt(auc)}  ECE {v['ece']['evaluation']:.3f}"
             )
+    return lines
+
+
+def gate_lines(gate: dict[str, Any] | None) -> list[str]:
+    """How the out-of-domain gate treats the evaluation part, in two lines (none without a gate)."""
+    if gate is None:
+        return ["  out-of-domain gate: none fitted (evaluate the run to fit one)"]
+    if gate["flagged"] is None:
+        return []
+    lines = [f"  out-of-domain gate: flags {gate['flagged']:.1%} of the evaluation part (tumour "
+             f"{fmt(gate['flagged_tumour'])}, no tumour {fmt(gate['flagged_no_tumour'])})"]  # fmt: skip
+    for name in ("passed", "flagged_subset"):
+        e = gate[name]
+        if "auc" in e:
+            sens, spec, auc = (fmt(e[k]["value"]) for k in ("sensitivity", "specificity", "auc"))
+            lines.append(f"    {name:15s} n={e['n']:5d}  sens {sens}  spec {spec}  AUC {auc}  ECE {e['ece']:.3f}")
+        else:
+            lines.append(f"    {name:15s} n={e['n']:5d}  (one class only: no rates)")
     return lines
 
 
