@@ -334,6 +334,39 @@ def block_ood_lowlevel() -> str | None:
     return "\n".join(lines)
 
 
+def block_validate_gate() -> str | None:
+    rows = {name: _load(RESULTS / f"validate_gate_{name}.json") for name in ("lgg-flair", "navoneel")}
+    if any(r is None or r.get("gate") is None for r in rows.values()):
+        return None
+    run = next(iter(rows.values()))["run"]
+    lines = [
+        f"From `bench/results/validate_gate_<set>.json` (`brainmri validate {run} ../shared/data/<set>`, its "
+        "`external.json`): the evaluation part, at the bundle's threshold, all slices / the slices the gate passes "
+        "/ the slices it flags; sensitivity and specificity in %, AUC with its 95% bootstrap CI (whole patients "
+        "resampled where patients are known).",
+        "",
+        "| set | n | flagged (tumour / no tumour) | all: sens / spec / AUC | passed: n, sens / spec / AUC "
+        "| flagged: n, sens / spec / AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        g, t = r["gate"], r["views"]["run_temperature"]["thresholds"]["run"]["evaluation"]
+
+        def rates(e: dict[str, Any]) -> str:
+            if "auc" not in e:
+                return "one class only"
+            auc = (e.get("patient_bootstrap") or e)["auc"]
+            ci = f" [{auc['ci_low']:.2f}, {auc['ci_high']:.2f}]" if auc.get("ci_low") is not None else ""
+            return f"{_pct(e['sensitivity']['value'])} / {_pct(e['specificity']['value'])} / {auc['value']:.3f}{ci}"
+
+        lines.append(
+            f"| {name} | {r['counts']['evaluation']} | {_pct(g['flagged'])} ({_pct(g['flagged_tumour'])} / "
+            f"{_pct(g['flagged_no_tumour'])}) | {rates(t)} | {g['passed']['n']}, {rates(g['passed'])} "
+            f"| {g['flagged_subset']['n']}, {rates(g['flagged_subset'])} |"
+        )
+    return "\n".join(lines)
+
+
 def block_site_head_anchor() -> str | None:
     r = _load(RESULTS / "site_head_anchor.json")
     if r is None:
@@ -702,6 +735,7 @@ BLOCKS = {
     "train_gpu": lambda: block_train("gpu"),
     "latency": block_latency,
     "latency_gate": lambda: block_latency("latency_gate.json"),
+    "validate_gate": block_validate_gate,
     "evaluation": block_evaluation,
     "grouped_ci": block_grouped_ci,
     "rerun": block_rerun,
