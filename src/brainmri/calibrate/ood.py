@@ -328,7 +328,7 @@ def fit_joint_thresholds(scores: list[OODScore], val_scores: list[Any], target: 
         raise ValueError("fit_joint_thresholds needs one validation score array per score")
     for q in np.arange(target, 1.0, 0.001):
         for score, values in zip(scores, arrays, strict=True):
-            score.fit_threshold(values, quantile=min(float(q), 1.0))
+            score.fit_threshold(values, quantile=float(q))
         passed = np.logical_and.reduce([v <= s.threshold_ for s, v in zip(scores, arrays, strict=True)])
         if passed.mean() >= target:
             return float(q)

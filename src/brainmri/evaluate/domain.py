@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.calibrate.ood import MahalanobisOOD, fit_joint_thresholds
+from brainmri.bundle.source import BundleSource
+from brainmri.calibrate.ood import MahalanobisOOD, fit_joint_thresholds, ood_from_dict
 from brainmri.models.classifier import supports_block_stats
 from brainmri.models.ensemble import members_of
 from brainmri.runs import predict_block_stats, predict_features
@@ -54,9 +55,6 @@ def fit_ood(run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batc
 def load_gate(source: Any) -> list[tuple[str, Any]]:
     """The fitted scores of a run (its ``ood*.json``) or of a bundle source (its card), each with the model
     output it reads (``features``, ``block_stats``); empty when nothing was fitted."""
-    from brainmri.bundle.source import BundleSource
-    from brainmri.calibrate.ood import ood_from_dict
-
     if isinstance(source, BundleSource):
         found = [("features", source.bundle.ood()), ("block_stats", source.bundle.ood_blocks())]
     else:

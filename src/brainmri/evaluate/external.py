@@ -414,7 +414,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 def gate_lines(gate: dict[str, Any] | None) -> list[str]:
-    """How the out-of-domain gate treats the evaluation part, in two lines (none without a gate)."""
+    """How the out-of-domain gate treats the evaluation part, in a few lines (one saying so without a gate)."""
     if gate is None:
         return ["  out-of-domain gate: none fitted (evaluate the run to fit one)"]
     if gate["flagged"] is None:

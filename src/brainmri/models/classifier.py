@@ -166,7 +166,7 @@ def block_statistics(stages: list[torch.Tensor]) -> torch.Tensor:
     stats = []
     for f in stages:
         mean = f.mean(dim=(2, 3))
-        stats += [mean, (f - mean[:, :, None, None]).square().mean(dim=(2, 3)).clamp_min(0).sqrt()]
+        stats += [mean, (f - mean[:, :, None, None]).square().mean(dim=(2, 3)).sqrt()]
     return torch.cat(stats, dim=1)
 
 
