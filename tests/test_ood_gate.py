@@ -70,6 +70,26 @@ def gated_bundle(tmp_path_factory) -> tuple[Path, np.ndarray]:
     return export_bundle(run, root / "bundles" / "gated"), x
 
 
+def test_one_pass_gives_what_the_single_output_predictions_give():
+    from brainmri.calibrate.ood import MahalanobisOOD
+    from brainmri.evaluate.domain import gate_passes
+    from brainmri.runs import predict_block_stats, predict_features, predict_logits, predict_outputs
+
+    model = _model()
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64), dtype=np.uint8)
+    outs = predict_outputs(model, images, batch_size=2)
+    assert np.allclose(outs["logits"], predict_logits(model, images, 3), atol=1e-5)
+    assert np.allclose(outs["features"], predict_features(model, images, 3), atol=1e-5)
+    assert np.allclose(outs["block_stats"], predict_block_stats(model, images, 3), atol=1e-5)
+    empty = predict_outputs(model, images[:0])
+    assert {k: v.shape[1:] for k, v in empty.items()} == {k: v.shape[1:] for k, v in outs.items()}
+    assert all(len(v) == 0 for v in empty.values())
+    score = MahalanobisOOD().fit(outs["block_stats"], np.array([0, 0, 1, 1, 1]))
+    score.threshold_ = float(np.sort(score.score(outs["block_stats"]))[2])  # three of five pass
+    assert gate_passes([("block_stats", score)], outs).sum() == 3
+    assert gate_passes([], outs) is None
+
+
 def test_export_seals_both_scores_and_the_graph_returns_block_stats(gated_bundle) -> None:
     from brainmri.bundle import Bundle
     from brainmri.infer.runtime import create_runtime

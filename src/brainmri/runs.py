@@ -209,6 +209,13 @@ def images_from_files(frame, preprocessor, classes: list[str]) -> SplitImages:
 
 def _batched(fn, images: np.ndarray, batch_size: int, desc: str | None, width: int) -> np.ndarray:
     """``fn`` (a torch module call) over uint8 (N, S, S) images in batches, as float (B, 1, S, S) in [0, 1]."""
+    if len(images) == 0:
+        return np.zeros((0, width), np.float32)
+    return _batched_outputs(lambda x: (fn(x),), images, batch_size, desc)[0]
+
+
+def _batched_outputs(fn, images: np.ndarray, batch_size: int, desc: str | None) -> list[np.ndarray]:
+    """Like :func:`_batched` for a call that returns a tuple of tensors: one array per tensor, batches joined."""
     import torch
 
     from brainmri.utils import progress
@@ -220,8 +227,23 @@ def _batched(fn, images: np.ndarray, batch_size: int, desc: str | None, width: i
     with torch.inference_mode():
         for start in starts:
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).float().div_(255.0)
-            out.append(fn(x.unsqueeze(1)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+            out.append([t.float().cpu().numpy() for t in fn(x.unsqueeze(1))])
+    return [np.concatenate(parts) for parts in zip(*out, strict=True)]
+
+
+def predict_outputs(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> dict[str, np.ndarray]:
+    """Every output a bundle's graph computes (``DeployedHeads``: ``logits``, ``features``, ``cams`` and
+    ``block_stats`` where the backbone has them) in one pass over uint8 (N, S, S) images, by name.
+
+    Why: the out-of-domain gate reads the features and the early-stage statistics next to the logits; one pass
+    instead of one per output (external validation and fitting the gate used to run the network three times).
+    """
+    from brainmri.models.classifier import DeployedHeads
+
+    heads = DeployedHeads(model)
+    if len(images) == 0:  # shapes from one blank image, so that empty parts still have their widths
+        return {k: v[:0] for k, v in predict_outputs(model, np.zeros((1, *images.shape[1:]), np.uint8)).items()}
+    return dict(zip(heads.output_names, _batched_outputs(heads, images, batch_size, desc), strict=True))
 
 
 def predict_logits(model, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:

@@ -19,10 +19,8 @@ from brainmri.bundle.source import BundleSource
 from brainmri.calibrate.ood import MahalanobisOOD, fit_joint_thresholds, ood_from_dict
 from brainmri.models.classifier import supports_block_stats
 from brainmri.models.ensemble import members_of
-from brainmri.runs import predict_block_stats, predict_features
+from brainmri.runs import predict_outputs
 from brainmri.utils import atomic_write_json
-
-SCORES = {"features": predict_features, "block_stats": predict_block_stats}
 
 
 def fit_ood(run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batch_size: int = 64) -> MahalanobisOOD:
@@ -34,12 +32,10 @@ def fit_ood(run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batc
     keep = train.labels >= 0
     val = run.load_images(val_part)
     names = ["features"] + ["block_stats"] * all(supports_block_stats(m) for m in members_of(model))
-    scores, val_scores = [], []
-    for name in names:
-        x_train = SCORES[name](model, train.images[keep], batch_size, desc=f"{name} train")
-        x_val = SCORES[name](model, val.images, batch_size, desc=f"{name} {val_part}")
-        scores.append(MahalanobisOOD().fit(x_train, train.labels[keep]))
-        val_scores.append(scores[-1].score(x_val))
+    x_train = predict_outputs(model, train.images[keep], batch_size, desc="gate: train")
+    x_val = predict_outputs(model, val.images, batch_size, desc=f"gate: {val_part}")
+    scores = [MahalanobisOOD().fit(x_train[name], train.labels[keep]) for name in names]
+    val_scores = [s.score(x_val[name]) for s, name in zip(scores, names, strict=True)]
     q = fit_joint_thresholds(scores, val_scores, quantile)
     atomic_write_json(run.ood_path, scores[0].to_dict())
     if len(scores) > 1:
@@ -63,12 +59,13 @@ def load_gate(source: Any) -> list[tuple[str, Any]]:
     return [(name, score) for name, score in found if score is not None]
 
 
-def gate_passes(gate: list[tuple[str, Any]], model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray | None:
-    """Per image: True when every fitted score passes its threshold, as prediction decides ``in_domain`` from the
-    model (input checks on the decoded file aside); None without a fitted gate."""
+def gate_passes(gate: list[tuple[str, Any]], outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Per image: True when every fitted score passes its threshold on the model's ``outputs``
+    (``runs.predict_outputs``), as prediction decides ``in_domain`` (input checks on the decoded file aside);
+    None without a fitted gate."""
     if not gate:
         return None
-    passes = np.ones(len(images), dtype=bool)
+    passes = np.ones(len(next(iter(outputs.values()))), dtype=bool)
     for name, score in gate:
-        passes &= score.predict(SCORES[name](model, images, batch_size))[0]
+        passes &= score.predict(outputs[name])[0]
     return passes

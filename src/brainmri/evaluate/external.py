@@ -44,7 +44,7 @@ from brainmri.evaluate.metrics import (
     expected_calibration_error,
 )
 from brainmri.labels import NO_TUMOR
-from brainmri.runs import Run, images_from_files, predict_logits
+from brainmri.runs import Run, images_from_files, predict_logits, predict_outputs
 from brainmri.utils import atomic_path, atomic_write_json
 
 RESULT_FILE = "external.json"
@@ -222,10 +222,12 @@ def score_parts(run: Run, model: Any, ext: ExternalSet, ecfg: ExternalConfig) ->
     frames = {"fit": ext.part("calibration"), "evaluation": ext.part("evaluation")}
     frames["fit"] = frames["fit"][~frames["fit"]["id"].isin(seen)].reset_index(drop=True)
     images = {k: images_from_files(f, pre, run.classes) for k, f in frames.items()}
-    logits = {k: predict_logits(model, im.images, ecfg.batch_size).astype(np.float64) for k, im in images.items()}
+    outputs = predict_outputs(model, images["evaluation"].images, ecfg.batch_size)  # one pass: logits and gate
+    logits = {"fit": predict_logits(model, images["fit"].images, ecfg.batch_size), "evaluation": outputs["logits"]}
+    logits = {k: z.astype(np.float64) for k, z in logits.items()}
     patients = frames["evaluation"]["patient"].astype(str)
     return {
-        "in_domain": gate_passes(load_gate(run), model, images["evaluation"].images, ecfg.batch_size),
+        "in_domain": gate_passes(load_gate(run), outputs),
         "frames": frames,
         "logits": logits,
         "y": {k: tumour_of(f["label"]) for k, f in frames.items()},
