@@ -76,20 +76,20 @@ def main() -> int:
     import robustness as rb
     from brainmri.calibrate.ood import ood_from_dict
     from brainmri.models.classifier import BLOCK_STAGES
-    from brainmri.runs import Run, predict_block_stats
+    from brainmri.runs import Run
     from brainmri.utils import atomic_write_json, machine_facts, setup_torch
 
     setup_torch()
     run, cache, data = Run.load(Path(args.run)), Path(args.cache_dir), Path(args.data)
     if not run.ood_blocks_path.is_file():
         sys.exit(f"{run.ood_blocks_path}: missing; evaluate the run first (brainmri evaluate {args.run})")
-    model = run.build_model()
     feat_score, block_score = (ood_from_dict(json.loads(p.read_text())) for p in (run.ood_path, run.ood_blocks_path))
-    pooled = rb.FeatureModel(run, "torch", cache)
+    model = rb.FeatureModel(run, "torch", cache)  # the bundle graph's outputs, one pass
 
     def scores(images: np.ndarray):
-        blocks = block_score.score(predict_block_stats(model, images))
-        return (feat_score.score(pooled(images)[1]), feat_score.threshold_), (blocks, block_score.threshold_)
+        out = model.outputs(images)
+        feats, blocks = feat_score.score(out["features"]), block_score.score(out["block_stats"])
+        return (feats, feat_score.threshold_), (blocks, block_score.threshold_)
 
     sets = {"in-domain test split": run.load_images("test").images}
     sets["lgg-flair (FLAIR, other hospital)"] = rb.external_images(run, data / "lgg-flair", cache, False).images

@@ -214,7 +214,8 @@ def _answered_clause(a: dict[str, Any] | None) -> str:
     if not a or a.get("auc") is None:
         return "."
     lo, hi = a["ci95"]["auc"]
-    return f"; on the {_pct(a['share'])} of images the Mahalanobis gate passes, AUC {a['auc']:.3f} ({lo:.3f}–{hi:.3f})."
+    gate = "Mahalanobis gate (fitted by the benchmark)" if a.get("gate") == "mahalanobis" else "deployed gate"
+    return f"; on the {_pct(a['share'])} of images the {gate} passes, AUC {a['auc']:.3f} ({lo:.3f}–{hi:.3f})."
 
 
 def block_robustness_levels() -> str | None:
@@ -229,6 +230,31 @@ def block_robustness_levels() -> str | None:
 def block_robustness_table() -> str | None:
     r = _load(RESULTS / "robustness.json")
     return None if r is None else _bench_module("robustness").render_markdown(r)
+
+
+def block_robustness_gate() -> str | None:
+    """MRI-C read through the deployed two-score gate: what it flags, and what a deployment honouring it answers."""
+    r = _load(RESULTS / "robustness_rerun.json")
+    a = None if r is None else (r.get("summary") or {}).get("answered")
+    if a is None:
+        return None
+    c, sm = r["clean"], r["summary"]
+    md = _bench_module("robustness").render_markdown(r).split("\n")
+    start = next(i for i, line in enumerate(md) if line.startswith("| corruption |"))
+    end = md.index("", start)
+    head = (
+        f"From `bench/results/robustness_rerun.json` (`python bench/robustness.py --run runs/cpu-fast --out "
+        f"bench/results/robustness_rerun.json`, {r['created'][:10]}; run `{r['run']}` from the fresh `./run.sh`, the "
+        f"run behind the current bundle and its gate; {r['settings']['n_test']} test images, {_machine(r)}): clean "
+        f"accuracy {_pct(c['accuracy'])}, mean drop **{sm['mean_drop']:.1f} points**, worst corruption "
+        f"{sm['worst_corruption']} ({sm['worst_corruption_drop']:.1f}). The deployed gate flags "
+        f"{_pct(c['ood_flagged']['gate'])} of the clean test images; over the {sm['n_conditions']} corrupted "
+        f"conditions it passes {_pct(a['mean_share'])} of the images on average, and on what it passes the accuracy "
+        f"drop is {a['mean_drop']:.1f} points on average (worst cell {a['worst_drop']:.1f}). This is not the "
+        "issue's MRI-C aim (that counts every image): it says how much of the damage the gate turns into "
+        "review requests instead of wrong answers."
+    )
+    return "\n".join([head, "", *md[start:end]])
 
 
 def block_ood_check(name: str = "ood_check.json") -> str | None:
@@ -707,6 +733,7 @@ BLOCKS = {
     "conformal": block_conformal,
     "robustness": block_robustness,
     "robustness_table": block_robustness_table,
+    "robustness_gate": block_robustness_gate,
     "robustness_levels": block_robustness_levels,
     "scan_split_variants": block_scan_split_variants,
     "paired_mirror": lambda: block_paired("paired_mirror.json"),

@@ -11,8 +11,10 @@ what preprocessing (N4, Nyúl standardisation, CLAHE) would undo, and costs no r
 corruption that preprocessing removes would overstate the drop; one it amplifies is not measured.
 
 Per condition: 4-class accuracy, tumour AUC of p_tumour = 1 - p(no_tumor), ECE, sensitivity/specificity
-at the run's tumour threshold, and how many images each out-of-domain score flags (Mahalanobis on pooled
-features fitted on training images, energy on logits; thresholds pass 95% of validation images).
+at the run's tumour threshold, and how many images the run's deployed out-of-domain gate flags (the scores
+``brainmri evaluate`` fitted, ``runs/<name>/ood*.json``, the ones its bundle carries), and each of its scores alone.
+Results written before 2026-12-07 fitted their own scores here instead (Mahalanobis on pooled features of 2,000
+training images, energy on logits; keys ``mahalanobis`` / ``energy``); the renderer reads both.
 Drops are clean minus corrupted, in accuracy points. External: lgg-flair (all of it, FLAIR, other
 source; patient-level bootstrap CIs from ``labels.csv``; pHash near-matches with training images are
 counted, not removed: they are coincidences across sources) and navoneel with its overlap with the run's
@@ -109,65 +111,57 @@ def corrupt_images(images: np.ndarray, name: str, level: int) -> np.ndarray:
 
 
 class FeatureModel:
-    """logits (N, C) and pooled features (N, F) of uint8 (N, S, S) images; torch or ONNX Runtime."""
+    """What the bundle's graph computes (``DeployedHeads``: ``logits``, ``features``, ``block_stats`` where the
+    backbone has them; the CAMs are dropped) for uint8 (N, S, S) images; torch or ONNX Runtime (the graph
+    ``brainmri export`` writes, built by the same function)."""
 
     def __init__(self, run, runtime: str, cache_dir: Path, batch_size: int = 64) -> None:
         import torch
 
+        from brainmri.models.classifier import DeployedHeads
+
         self.model = run.build_model().to(memory_format=torch.channels_last)
+        self.heads = DeployedHeads(self.model)
         self.batch_size, self.runtime, self.session = batch_size, runtime, None
         if runtime == "onnx":
             self.session = self._onnx_session(run, cache_dir)
 
     def _onnx_session(self, run, cache_dir: Path):
         import onnxruntime as ort
-        import torch
 
+        from brainmri.bundle.export import export_onnx
         from brainmri.utils import file_digest
 
-        model = self.model
-
-        class Both(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.m = model
-
-            def forward(self, x):
-                f = self.m.forward_features(x)
-                return self.m.forward_classifier(f), f
-
-        path = cache_dir / f"features_{file_digest(run.dir / 'model.safetensors', 'sha256')[:16]}.onnx"
+        path = cache_dir / f"heads_{file_digest(run.dir / 'model.safetensors', 'sha256')[:16]}.onnx"
         if not path.is_file():
-            size = run.cfg.preprocess.size
             tmp = path.with_suffix(".tmp.onnx")
-            torch.onnx.export(Both().eval(), (torch.rand(2, 1, size, size),), str(tmp), dynamo=True,
-                              input_names=["x"], output_names=["logits", "features"], opset_version=18,
-                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False,
-                              optimize=True, verbose=False)  # fmt: skip
+            export_onnx(self.model.eval(), run.cfg.preprocess.size, tmp)
             os.replace(tmp, path)
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = int(os.environ.get("BENCH_THREADS", "2")), 1
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
-    def _torch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _torch(self, x: np.ndarray) -> list[np.ndarray]:
         import torch
 
         with torch.inference_mode():
             t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-            f = self.model.forward_features(t)
-            return self.model.forward_classifier(f).float().numpy(), f.float().numpy()
+            return [o.float().numpy() for o in self.heads(t)]
 
-    def __call__(self, images: np.ndarray, runtime: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        logits, feats = [], []
+    def outputs(self, images: np.ndarray, runtime: str | None = None) -> dict[str, np.ndarray]:
+        """The graph's outputs by name, batches joined."""
+        parts = []
         for s in range(0, len(images), self.batch_size):
             x = images[s : s + self.batch_size].astype(np.float32)[:, None] / 255.0
-            if (runtime or self.runtime) == "onnx":
-                lg, ft = self.session.run(None, {"x": x})
-            else:
-                lg, ft = self._torch(x)
-            logits.append(lg)
-            feats.append(ft)
-        return np.concatenate(logits), np.concatenate(feats)
+            onnx = (runtime or self.runtime) == "onnx"
+            parts.append(self.session.run(None, {self.session.get_inputs()[0].name: x}) if onnx else self._torch(x))
+        joined = zip(self.heads.output_names, zip(*parts, strict=True), strict=True)
+        return {name: np.concatenate(p) for name, p in joined if name != "cams"}
+
+    def __call__(self, images: np.ndarray, runtime: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, pooled features): what most benchmarks read."""
+        out = self.outputs(images, runtime)
+        return out["logits"], out["features"]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -215,23 +209,32 @@ def bootstrap_ci(y, p, threshold, groups, n_boot: int, seed: int = SEED) -> dict
 
 
 class Scorer:
-    """Turns logits (+ features) of one condition into the reported numbers."""
+    """Turns the graph's outputs (``FeatureModel.outputs``) for one condition into the reported numbers.
 
-    def __init__(self, classes, temperature: float, threshold: float, oods: dict[str, Any]) -> None:
-        self.classes, self.t, self.threshold, self.oods = classes, temperature, threshold, oods
+    ``gate``: the run's deployed out-of-domain scores (``brainmri.evaluate.domain.load_gate``); empty: no flags.
+    """
+
+    def __init__(self, classes, temperature: float, threshold: float, gate: list[tuple[str, Any]]) -> None:
+        self.classes, self.t, self.threshold, self.gate = classes, temperature, threshold, gate
         self.no = classes.index(NO_TUMOR)
 
     def p_tumour(self, logits: np.ndarray) -> np.ndarray:
         return 1.0 - softmax(logits / self.t)[:, self.no]
 
-    def flagged(self, logits: np.ndarray, feats: np.ndarray) -> dict[str, float]:
-        out = {}
-        for name, ood in self.oods.items():
-            inside, _ = ood.predict(feats if name == "mahalanobis" else logits)
-            out[name] = float((~inside).mean())
-        return out
+    def passes(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        from brainmri.evaluate.domain import gate_passes
 
-    def four_class(self, logits, feats, labels) -> dict[str, Any]:
+        return gate_passes(self.gate, outputs)
+
+    def flagged(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """Share of images the gate flags (``gate``) and each of its scores alone flags ({} without a gate)."""
+        if not self.gate:
+            return {}
+        alone = {name: float((~score.predict(outputs[name])[0]).mean()) for name, score in self.gate}
+        return {"gate": float((~self.passes(outputs)).mean()), **alone}
+
+    def four_class(self, outputs: dict[str, np.ndarray], labels) -> dict[str, Any]:
+        logits = outputs["logits"]
         probs = softmax(logits / self.t)
         r = {"n": len(labels), "accuracy": float((probs.argmax(1) == labels).mean()), "ece": ece(probs, labels)}
         r.update(
@@ -240,24 +243,31 @@ class Scorer:
                 for k, v in tumour_scores(labels != self.no, self.p_tumour(logits), self.threshold).items()
             }
         )
-        return {**r, "ood_flagged": self.flagged(logits, feats)}
+        if self.gate:
+            r["answered"] = self.answered_accuracy(probs.argmax(1) == labels, self.passes(outputs))
+        return {**r, "ood_flagged": self.flagged(outputs)}
 
-    def binary(self, logits, feats, y, groups, n_boot) -> dict[str, Any]:
-        p = self.p_tumour(logits)
+    @staticmethod
+    def answered_accuracy(correct: np.ndarray, inside: np.ndarray) -> dict[str, Any]:
+        """Accuracy on the images the gate passes, with their share: what a deployment that sends flagged
+        images to review answers itself (None when it answers none)."""
+        return {"share": float(inside.mean()), "accuracy": float(correct[inside].mean()) if inside.any() else None}
+
+    def binary(self, outputs: dict[str, np.ndarray], y, groups, n_boot) -> dict[str, Any]:
+        p = self.p_tumour(outputs["logits"])
         r: dict[str, Any] = {"n": len(y), "n_tumour": int(y.sum()), "n_groups": len(set(groups))}
         r.update(tumour_scores(y, p, self.threshold))
         r["ci95"] = bootstrap_ci(y, p, self.threshold, groups, n_boot) if n_boot else None
-        if "mahalanobis" in self.oods:
-            r["answered"] = self.answered(p, feats, y, groups, n_boot)
-        return {**r, "ood_flagged": self.flagged(logits, feats)}
+        if self.gate:
+            r["answered"] = self.answered(p, self.passes(outputs), y, groups, n_boot)
+        return {**r, "ood_flagged": self.flagged(outputs)}
 
-    def answered(self, p, feats, y, groups, n_boot) -> dict[str, Any]:
-        """Scores on the images the Mahalanobis gate passes: what a deployment that sends flagged images
-        to review answers itself, and how many images that is (selective prediction, reported with its
-        coverage so a high AUC on a small share cannot pass for the whole set)."""
-        inside, _ = self.oods["mahalanobis"].predict(feats)
-        r: dict[str, Any] = {"gate": "mahalanobis", "share": float(inside.mean()), "n": int(inside.sum()),
-                             "n_tumour": int(y[inside].sum())}  # fmt: skip
+    def answered(self, p, inside: np.ndarray, y, groups, n_boot) -> dict[str, Any]:
+        """Scores on the images the gate passes: what a deployment that sends flagged images to review answers
+        itself, and how many images that is (selective prediction, reported with its coverage so a high AUC on
+        a small share cannot pass for the whole set)."""
+        r: dict[str, Any] = {"gate": " + ".join(name for name, _ in self.gate), "share": float(inside.mean()),
+                             "n": int(inside.sum()), "n_tumour": int(y[inside].sum())}  # fmt: skip
         r.update(tumour_scores(y[inside], p[inside], self.threshold))
         g = np.asarray(groups)[inside]
         r["ci95"] = bootstrap_ci(y[inside], p[inside], self.threshold, g, n_boot) if n_boot and inside.any() else None
@@ -356,8 +366,9 @@ def slice_levels(ids: list[str], root: Path) -> np.ndarray | None:
     return np.array([by_file.get(i.split("/", 1)[1] if "/" in i else i, np.nan) for i in ids])
 
 
-def by_level(scorer, logits, feats, y, groups, levels: np.ndarray, n_boot: int) -> list[dict[str, Any]]:
+def by_level(scorer, outputs, y, groups, levels: np.ndarray, n_boot: int) -> list[dict[str, Any]]:
     """Tumour scores, the 4-class calls and the OOD flags inside each level band (patient-bootstrap CIs)."""
+    logits = outputs["logits"]
     p, calls = scorer.p_tumour(logits), softmax(logits / scorer.t).argmax(1)
     rows = []
     for name, lo, hi in LEVEL_BANDS:
@@ -370,7 +381,7 @@ def by_level(scorer, logits, feats, y, groups, levels: np.ndarray, n_boot: int) 
             kind: {c: int((calls[m & (y == want)] == i).sum()) for i, c in enumerate(scorer.classes)}
             for kind, want in (("tumour", 1), ("no_tumour", 0))
         }
-        row["ood_flagged"] = scorer.flagged(logits[m], feats[m]) if m.any() else {}
+        row["ood_flagged"] = scorer.flagged({k: v[m] for k, v in outputs.items()}) if m.any() else {}
         rows.append(row)
     return rows
 
@@ -407,44 +418,39 @@ def operating_point(run, val_logits: np.ndarray, val_labels: np.ndarray) -> dict
     }
 
 
-def fit_oods(model: FeatureModel, run, val, n_train: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Mahalanobis on (a stratified subset of) training features, energy; thresholds pass 95% of val."""
-    from brainmri.calibrate.ood import EnergyOOD, MahalanobisOOD
+def deployed_gate(run, val_outputs: dict[str, np.ndarray]) -> tuple[list[tuple[str, Any]], dict[str, Any] | None]:
+    """The run's fitted out-of-domain gate (what its bundle carries) and what it is: its scores, thresholds and
+    the share of the validation split it passes (about ``evaluate.ood_quantile``). Empty without one."""
+    from brainmri.evaluate.domain import gate_passes, load_gate
 
-    train = run.load_images("train")
-    keep = stratified_subset(train.labels, n_train, SEED + 1)
-    _, t_feats = model(train.images[keep])
-    maha = MahalanobisOOD(n_components=128).fit(t_feats, train.labels[keep])
-    energy = EnergyOOD(1.0).fit()
-    v_logits, v_feats = val
-    maha.fit_threshold(maha.score(v_feats), 0.95)
-    energy.fit_threshold(energy.score(v_logits), 0.95)
-    info = {
-        "mahalanobis": {"n_train": len(keep), "n_components": 128, "shrinkage": maha.shrinkage_,
-                        "threshold": maha.threshold_, "state_json_kb": round(len(json.dumps(maha.to_dict())) / 1024)},
-        "energy": {"temperature": 1.0, "threshold": energy.threshold_},
-        "threshold_quantile_on_val": 0.95,
-    }  # fmt: skip
-    return {"mahalanobis": maha, "energy": energy}, info
+    gate = load_gate(run)
+    if not gate:
+        print(f"warning: {run.dir} has no fitted out-of-domain gate (run brainmri evaluate); no OOD columns")
+        return [], None
+    return gate, {
+        "source": "the run's deployed gate (runs/<name>/ood.json, ood_blocks.json; fitted by brainmri evaluate)",
+        "scores": {name: {"threshold": float(score.threshold_)} for name, score in gate},
+        "val_passed": float(gate_passes(gate, val_outputs).mean()),
+    }
 
 
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def evaluate_corruptions(model, scorer: Scorer, test, names: list[str], clean_acc: float, clean_auc) -> dict:
+def evaluate_corruptions(model, scorer: Scorer, test, names: list[str], clean: dict[str, Any]) -> dict:
+    clean_acc, clean_auc = clean["accuracy"], clean["tumour_auc"]
+    clean_answered = (clean.get("answered") or {}).get("accuracy")
     out: dict[str, Any] = {}
     for name in names:
         rows = []
         for level in (1, 2, 3):
             t0 = time.perf_counter()
-            logits, feats = model(corrupt_images(test.images, name, level))
-            r = {
-                "severity": level,
-                "param": CORRUPTIONS[name][level - 1],
-                **scorer.four_class(logits, feats, test.labels),
-            }
+            outputs = model.outputs(corrupt_images(test.images, name, level))
+            r = {"severity": level, "param": CORRUPTIONS[name][level - 1], **scorer.four_class(outputs, test.labels)}
             r["drop"] = round(100 * (clean_acc - r["accuracy"]), 2)
             r["auc_drop"] = None if clean_auc is None or r["tumour_auc"] is None else clean_auc - r["tumour_auc"]
+            if r.get("answered") and None not in (clean_answered, r["answered"]["accuracy"]):
+                r["answered"]["drop"] = round(100 * (clean_answered - r["answered"]["accuracy"]), 2)
             rows.append(r)
             auc, secs = r["tumour_auc"] or float("nan"), time.perf_counter() - t0
             print(f"  {name:20s} s{level}: acc {r['accuracy']:.3f} (drop {r['drop']:+.1f}) auc {auc:.3f} {secs:.0f}s")
@@ -470,6 +476,22 @@ def summarise(corr: dict[str, Any]) -> dict[str, Any]:
         },
         "mean_auc_drop": float(np.mean(auc_drops)) if auc_drops else None,
         "n_conditions": len(cells),
+        "answered": answered_summary([r for _, r in cells]),
+    }
+
+
+def answered_summary(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Over all cells, for a deployment that honours the gate: the mean share it answers and the mean and worst
+    accuracy drop on what it answers (a cell it answers nothing of has no drop). None without a gate."""
+    answered = [r["answered"] for r in cells if r.get("answered")]
+    if not answered:
+        return None
+    drops = [a["drop"] for a in answered if a.get("drop") is not None]
+    return {
+        "mean_share": round(float(np.mean([a["share"] for a in answered])), 4),
+        "mean_drop": round(float(np.mean(drops)), 2) if drops else None,
+        "worst_drop": max(drops) if drops else None,
+        "cells_with_nothing_answered": sum(a["accuracy"] is None for a in answered),
     }
 
 
@@ -482,13 +504,13 @@ def evaluate_external(run, model, scorer: Scorer, roots: dict[str, Path], cache_
         data = external_images(run, root, cache_dir, remove_overlap=name != "lgg-flair")
         y = np.array([label != NO_TUMOR for label in data.label_names], dtype=int)
         groups = patient_groups(data.ids, root)
-        logits, feats = model(data.images)
-        r = scorer.binary(logits, feats, y, groups, n_boot)
+        outputs = model.outputs(data.images)
+        r = scorer.binary(outputs, y, groups, n_boot)
         r["groups"] = "patients (labels.csv)" if (root / "labels.csv").is_file() else "images"
         r["overlap"] = {k: v for k, v in (data.overlap or {}).items() if k != "removed_ids"}
         levels = slice_levels(data.ids, root)
         if levels is not None:
-            r["by_level"] = by_level(scorer, logits, feats, y, groups, levels, n_boot)
+            r["by_level"] = by_level(scorer, outputs, y, groups, levels, n_boot)
         out[name] = r
         ci = r["ci95"] and r["ci95"]["auc"]
         print(f"  {name}: n {r['n']}, AUC {r['auc'] or float('nan'):.3f} {ci}, sens {r['sensitivity']:.3f}, "
@@ -534,14 +556,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     keep = stratified_subset(test.labels, args.limit)
     test.images, test.labels = test.images[keep], test.labels[keep]
     parity = runtime_parity(model, test.images[:8]) if args.runtime == "onnx" else None
-    val_out = model(val.images)
-    op = operating_point(run, val_out[0], val.labels)
-    oods, ood_info = fit_oods(model, run, val_out, args.ood_train) if args.ood else ({}, None)
-    scorer = Scorer(run.classes, op["temperature"], op["threshold"], oods)
-    clean = scorer.four_class(*model(test.images), test.labels)
+    val_out = model.outputs(val.images)
+    op = operating_point(run, val_out["logits"], val.labels)
+    gate, ood_info = deployed_gate(run, val_out) if args.ood else ([], None)
+    scorer = Scorer(run.classes, op["temperature"], op["threshold"], gate)
+    clean = scorer.four_class(model.outputs(test.images), test.labels)
     print(f"clean: acc {clean['accuracy']:.3f}, tumour AUC {clean['tumour_auc']:.3f} (n {clean['n']})", flush=True)
     names = args.corruptions.split(",") if args.corruptions else list(CORRUPTIONS)
-    corr = evaluate_corruptions(model, scorer, test, names, clean["accuracy"], clean["tumour_auc"])
+    corr = evaluate_corruptions(model, scorer, test, names, clean)
     roots = {"lgg-flair": Path(args.lgg), "navoneel": Path(args.navoneel)}
     external = evaluate_external(run, model, scorer, roots, cache_dir, args.bootstrap) if args.external else {}
     return {
@@ -656,32 +678,52 @@ def _with_ci(e: dict[str, Any], key: str) -> str:
     return f"{_f(e[key])} [{_f(lo)}, {_f(hi)}]"
 
 
+def _flags(of: dict[str, Any], digits: int = 2) -> str:
+    """One cell of OOD flags: the deployed gate's share, or (results before the gate) Mahalanobis / energy."""
+    if "gate" in of or not of:
+        return _f(of.get("gate"), digits)
+    return f"{_f(of.get('mahalanobis'), digits)} / {_f(of.get('energy'), digits)}"
+
+
+def _flags_label(of: dict[str, Any]) -> str:
+    return "gate" if "gate" in of or not of else "Mahalanobis / energy"
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The result as markdown tables (for docs/robustness.md)."""
     c, s = r["clean"], r["summary"]
-    flags = c["ood_flagged"]
+    flags, label = c["ood_flagged"], _flags_label(c["ood_flagged"])
     lines = [
         f"Run `{r['run']}`, {r['settings']['n_test']} test images, commit {str(r['git_commit'])[:7]}, "
         f"{r['seconds']:.0f} s on {r['machine'].get('cores', '?')} cores (load {r['load_avg'][0]:.1f}).",
         "",
-        f"Clean: accuracy {_f(c['accuracy'])}, tumour AUC {_f(c['tumour_auc'])}, ECE {_f(c['ece'])}; OOD flagged: "
-        f"Mahalanobis {_f(flags.get('mahalanobis'))}, energy {_f(flags.get('energy'))}.",
+        f"Clean: accuracy {_f(c['accuracy'])}, tumour AUC {_f(c['tumour_auc'])}, ECE {_f(c['ece'])}; OOD flagged "
+        f"({label}): {_flags(flags, 3)}.",
         f"MRI-C: mean drop **{s['mean_drop']:.1f}** points; worst corruption **{s['worst_corruption']}** "
         f"({s['worst_corruption_drop']:.1f}); worst cell {s['worst_cell']['corruption']} "
         f"s{s['worst_cell']['severity']} ({s['worst_cell']['drop']:.1f}).",
         "",
-        "| corruption | acc s1 / s2 / s3 | drop s1 / s2 / s3 | tumour AUC s1 / s2 / s3 | Mahalanobis flags |",
-        "|---|---|---|---|---|",
+        "| corruption | acc s1 / s2 / s3 | drop s1 / s2 / s3 | tumour AUC s1 / s2 / s3 | OOD flags (gate, or "
+        "Mahalanobis before it) | accuracy where the gate passes |",
+        "|---|---|---|---|---|---|",
     ]
+    if s.get("answered"):
+        a = s["answered"]
+        lines[4:4] = [f"With the gate honoured (flagged images sent to review), the corrupted images answered: "
+                      f"{a['mean_share']:.0%} on average, accuracy drop on them {_f(a['mean_drop'], 1)} points on "
+                      f"average, worst {_f(a['worst_drop'], 1)} (clean: {_f(c['answered']['accuracy'])} on "
+                      f"{c['answered']['share']:.0%})."]  # fmt: skip
     for name, v in r["corruptions"].items():
         rows = v["severities"]
-        maha = " / ".join(_f(x["ood_flagged"].get("mahalanobis"), 2) for x in rows)
+        maha = " / ".join(_f(x["ood_flagged"].get("gate", x["ood_flagged"].get("mahalanobis")), 2) for x in rows)
+        answered = " / ".join(_f((x.get("answered") or {}).get("accuracy")) for x in rows)
         lines.append(
             f"| {name} | {_severity_cols(rows, 'accuracy')} | {_severity_cols(rows, 'drop', 1)} | "
-            f"{_severity_cols(rows, 'tumour_auc')} | {maha} |"
+            f"{_severity_cols(rows, 'tumour_auc')} | {maha} | {answered} |"
         )
-    lines += ["", "| external set | n (tumour) | groups | AUC [95% CI] | sens [CI] | spec [CI] | OOD flagged M / E "
-              "| AUC where the gate passes (share) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| external set | n (tumour) | groups | AUC [95% CI] | sens [CI] | spec [CI] "
+              f"| OOD flagged ({label}) | AUC where the gate passes (share) |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, e in r["external"].items():
         if "skipped" in e:
             continue
@@ -689,7 +731,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {e['n']} ({e['n_tumour']}) | {e['n_groups']} {e['groups'].split()[0]} | "
             f"{_with_ci(e, 'auc')} | {_with_ci(e, 'sensitivity')} | {_with_ci(e, 'specificity')} | "
-            f"{_f(of.get('mahalanobis'), 2)} / {_f(of.get('energy'), 2)} | {_answered(e.get('answered'))} |"
+            f"{_flags(of)} | {_answered(e.get('answered'))} |"
         )
     for name, e in r["external"].items():
         lines += render_levels(name, e.get("by_level"))
@@ -705,15 +747,16 @@ def render_levels(name: str, rows: list[dict[str, Any]] | None) -> list[str]:
     if not rows:
         return []
     classes = list(rows[0]["calls"]["no_tumour"])
+    label = _flags_label(rows[0]["ood_flagged"])
     lines = ["", f"**{name}** by slice level in the patient's stack (4-class calls: {' / '.join(classes)}):", "",
              "| level | n (tumour) | AUC [95% CI] | sens | spec | no-tumour slices called | tumour slices called "
-             "| OOD flagged M / E |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"| OOD flagged ({label}) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         calls = {k: " / ".join(str(row["calls"][k][c]) for c in classes) for k in ("no_tumour", "tumour")}
         lines.append(
             f"| {row['band']} | {row['n']} ({row['n_tumour']}) | {_with_ci(row, 'auc')} | "
             f"{_f(row['sensitivity'])} | {_f(row['specificity'])} | {calls['no_tumour']} | {calls['tumour']} | "
-            f"{_f(row['ood_flagged'].get('mahalanobis'), 2)} / {_f(row['ood_flagged'].get('energy'), 2)} |"
+            f"{_flags(row['ood_flagged'])} |"
         )
     return lines
 
@@ -731,8 +774,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
                    help="onnx: ONNX Runtime (about 2-3x faster on CPU; checked against torch on 8 images)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--ood", action=argparse.BooleanOptionalAction, default=True, help="fit and report OOD scores")
-    p.add_argument("--ood-train", type=int, default=2000, help="training images the Mahalanobis score is fitted on")
+    p.add_argument("--ood", action=argparse.BooleanOptionalAction, default=True,
+                   help="report what the run's deployed out-of-domain gate flags")  # fmt: skip
     p.add_argument("--external", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lgg", default=str(SHARED / "lgg-flair"))
     p.add_argument("--navoneel", default=str(SHARED / "navoneel"))

@@ -105,8 +105,9 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
     root = tiny_run.parents[1]
     corruptions = "jpeg,contrast_inversion,rician_noise"
     argv = ["--run", str(tiny_run), "--out", str(out), "--runtime", "torch", "--bootstrap", "20",
-            "--ood-train", "40", "--lgg", str(root / "lgg"), "--navoneel", str(root / "nav"),
+            "--lgg", str(root / "lgg"), "--navoneel", str(root / "nav"),
             "--cache-dir", str(tmp_path / "cache"), "--corruptions", corruptions]  # fmt: skip
+    _fit_gate(tiny_run)
     assert bench.main(argv) == 0
     r = json.loads(out.read_text())
     assert r["run"] == "tiny" and r["machine"] and "git_commit" in r
@@ -114,13 +115,16 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
     for c in r["corruptions"].values():
         assert [s["severity"] for s in c["severities"]] == [1, 2, 3]
         for s in c["severities"]:
-            assert 0 <= s["accuracy"] <= 1 and set(s["ood_flagged"]) == {"mahalanobis", "energy"}
-    assert r["summary"]["n_conditions"] == 9
+            assert 0 <= s["accuracy"] <= 1 and set(s["ood_flagged"]) == {"gate", "features", "block_stats"}
+            assert s["ood_flagged"]["gate"] >= max(s["ood_flagged"]["features"], s["ood_flagged"]["block_stats"])
+    assert r["summary"]["n_conditions"] == 9 and 0 <= r["summary"]["answered"]["mean_share"] <= 1
+    a = r["clean"]["answered"]
+    assert 0 < a["share"] <= 1 and 0 <= a["accuracy"] <= 1
     lgg, nav = r["external"]["lgg-flair"], r["external"]["navoneel"]
     assert lgg["n"] == 12 and lgg["n_groups"] == 3 and lgg["groups"].startswith("patients")
     assert lgg["overlap"]["kept"] is True
     assert nav["groups"] == "images" and nav["overlap"]["n_readable"] == 8
-    assert r["ood"]["mahalanobis"]["threshold"] > 0
+    assert set(r["ood"]["scores"]) == {"features", "block_stats"} and 0 < r["ood"]["val_passed"] <= 1
     # cached external sets and manifests are reused
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()).count(".npz") == 2
     assert bench.main(argv) == 0
@@ -129,7 +133,16 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
     assert 0 <= lgg["answered"]["share"] <= 1 and lgg["answered"]["n"] == round(lgg["answered"]["share"] * lgg["n"])
     md = bench.render_markdown(r)
     assert "| contrast_inversion |" in md and "| lgg-flair | 12 (6) | 3 patients |" in md
-    assert "| lower third (skull base) |" in md
+    assert "| lower third (skull base) |" in md and "OOD flagged (gate)" in md
+
+
+def _fit_gate(run_dir: Path) -> None:
+    """The run's two-score gate, as ``brainmri evaluate`` fits it (the benchmark reads it, fits nothing)."""
+    from brainmri.evaluate.domain import fit_ood
+    from brainmri.runs import Run
+
+    run = Run.load(run_dir)
+    fit_ood(run, run.build_model(), "val", quantile=0.95)
 
 
 def test_slice_levels_and_by_level_bands(tmp_path: Path):
@@ -144,12 +157,12 @@ def test_slice_levels_and_by_level_bands(tmp_path: Path):
     assert bench.slice_levels(ids, tmp_path / "missing") is None
     # a model that calls every low slice a tumour: specificity 0 at the bottom, 1 above
     classes = ["glioma", "meningioma", "no_tumor", "pituitary"]
-    scorer = bench.Scorer(classes, 1.0, 0.5, {})
+    scorer = bench.Scorer(classes, 1.0, 0.5, [])
     lv = np.repeat([0.1, 0.5, 0.9], 4)
     y = np.tile([1, 1, 0, 0], 3)
     logits = np.zeros((12, 4))
     logits[:, 2] = np.where((y == 0) & (lv > 0.3), 5.0, -5.0)
-    rows = bench.by_level(scorer, logits, np.zeros((12, 3)), y, [f"p{i % 2}" for i in range(12)], lv, n_boot=0)
+    rows = bench.by_level(scorer, {"logits": logits}, y, [f"p{i % 2}" for i in range(12)], lv, n_boot=0)
     assert [r["n"] for r in rows] == [4, 4, 4]
     assert [r["specificity"] for r in rows] == [0.0, 1.0, 1.0] and rows[0]["sensitivity"] == 1.0
     assert rows[0]["calls"]["no_tumour"]["glioma"] == 2 and rows[1]["calls"]["no_tumour"]["no_tumor"] == 2
@@ -165,7 +178,7 @@ def test_figures(tiny_run: Path, tmp_path: Path):
 def test_answered_scores_only_the_images_the_gate_passes():
     bench = load_bench("robustness")
 
-    class Gate:  # passes images whose first feature is below 1
+    class Score:  # passes images whose first feature is below 1
         def predict(self, feats):
             return feats[:, 0] < 1, feats[:, 0]
 
@@ -174,9 +187,44 @@ def test_answered_scores_only_the_images_the_gate_passes():
     logits = np.zeros((6, 4))
     logits[:, 2] = [-5, -5, 5, 5, 5, -5]  # the last two are wrong, and the gate flags them
     feats = np.array([[0.0], [0.0], [0.0], [0.0], [2.0], [2.0]])
-    r = bench.Scorer(classes, 1.0, 0.5, {"mahalanobis": Gate()}).binary(logits, feats, y, list("aabbcc"), 0)
-    assert r["auc"] < 1.0
+    outputs = {"logits": logits, "features": feats}
+    r = bench.Scorer(classes, 1.0, 0.5, [("features", Score())]).binary(outputs, y, list("aabbcc"), 0)
+    assert r["auc"] < 1.0 and r["ood_flagged"] == {"gate": pytest.approx(2 / 6), "features": pytest.approx(2 / 6)}
     a = r["answered"]
-    assert a["share"] == pytest.approx(4 / 6) and a["n"] == 4 and a["n_tumour"] == 2
+    assert a["share"] == pytest.approx(4 / 6) and a["n"] == 4 and a["n_tumour"] == 2 and a["gate"] == "features"
     assert a["auc"] == 1.0 and a["sensitivity"] == 1.0 and a["specificity"] == 1.0
     assert "(67%)" in bench._answered(a)
+
+
+def test_answered_accuracy_and_its_summary():
+    bench = load_bench("robustness")
+    a = bench.Scorer.answered_accuracy(np.array([1, 0, 1, 1], bool), np.array([1, 1, 0, 0], bool))
+    assert a == {"share": 0.5, "accuracy": 0.5}
+    assert bench.Scorer.answered_accuracy(np.ones(2, bool), np.zeros(2, bool))["accuracy"] is None
+    cells = [{"answered": {"share": 0.5, "accuracy": 0.9, "drop": 2.0}},
+             {"answered": {"share": 0.1, "accuracy": 0.7, "drop": 6.0}},
+             {"answered": {"share": 0.0, "accuracy": None}}]  # fmt: skip
+    s = bench.answered_summary(cells)
+    assert s == {"mean_share": 0.2, "mean_drop": 4.0, "worst_drop": 6.0, "cells_with_nothing_answered": 1}
+    assert bench.answered_summary([{"accuracy": 0.9}]) is None
+
+
+def test_older_results_render_their_own_scores():
+    bench = load_bench("robustness")
+    assert bench._flags({"mahalanobis": 0.25, "energy": 0.5}) == "0.25 / 0.50"
+    assert bench._flags({"gate": 0.125, "features": 0.1}) == "0.12" and bench._flags({}) == "–"
+    assert bench._flags_label({"mahalanobis": 0.1}) == "Mahalanobis / energy"
+
+
+def test_onnx_graph_gives_the_torch_outputs(tiny_run: Path, tmp_path: Path):
+    """The benchmark's ONNX model is the bundle's graph (export_onnx), read by name like the torch one."""
+    from brainmri.runs import Run
+
+    bench = load_bench("robustness")
+    model = bench.FeatureModel(Run.load(tiny_run), "onnx", tmp_path)
+    images = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8)
+    onnx, torch_ = model.outputs(images), model.outputs(images, "torch")
+    assert set(onnx) == {"logits", "features", "block_stats"} == set(torch_)
+    for name in onnx:
+        np.testing.assert_allclose(onnx[name], torch_[name], atol=1e-3, rtol=1e-3)
+    assert bench.runtime_parity(model, images) < 1e-3
