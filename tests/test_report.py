@@ -273,3 +273,16 @@ def test_committed_report_images_load_in_headless_chromium(browser):
     states = image_states(browser, COMMITTED)
     assert len(states) >= 8
     assert [s for s in states if not (s[1] and s[2] > 0)] == []
+
+
+def test_robustness_shows_the_result_made_from_this_run_folder(fake):
+    """Two results may name a run ``fake``; the one whose run_dir is this folder wins, the newest of those."""
+    here = str(fake["run"].resolve())
+    _json(fake["results"] / "robustness_old.json", {"run": "fake", "run_dir": here, "created": "2026-01-01",
+                                                    "summary": {"worst_corruption": "jpeg"}})  # fmt: skip
+    _json(fake["results"] / "robustness_rerun.json", {"run": "fake", "run_dir": here, "created": "2026-02-01",
+                                                      "summary": {"worst_corruption": "gamma"}})  # fmt: skip
+    _json(fake["results"] / "robustness_elsewhere.json", {"run": "fake", "run_dir": "/elsewhere/runs/fake",
+                                                          "created": "2027-01-01", "summary": {}})  # fmt: skip
+    rob = _write(fake).split('<section id="robustness">', 1)[1].split("</section>", 1)[0]
+    assert "robustness_rerun.json" in rob and "gamma" in rob and "jpeg" not in rob and "blur" not in rob

@@ -7,6 +7,7 @@ so a result file that gains keys or rows still renders.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -373,7 +374,22 @@ def external(inp: Inputs, opts: Options) -> str:
 
 
 def robustness(inp: Inputs, opts: Options) -> str:
-    return bench_block(inp, "robustness.json", opts)
+    """MRI-C of *this* run: the newest ``robustness*.json`` whose ``run_dir`` is this run's folder, else
+    ``robustness.json`` (``bench/robustness.py``'s default output), which may name another run of that name."""
+    own = []
+    for path in sorted(inp.results_dir.glob("robustness*.json")):
+        data = _peek_json(path)
+        if isinstance(data, Mapping) and str(data.get("run_dir", "")) == str(inp.run_dir.resolve()):
+            own.append((str(data.get("created", "")), path.name))
+    return bench_block(inp, max(own)[1] if own else "robustness.json", opts)
+
+
+def _peek_json(path: Path) -> Any | None:
+    """``path`` parsed, or None; for choosing a file, so neither recorded as read nor as a problem."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 FURTHER = (
