@@ -145,11 +145,15 @@ def test_bad_inputs_fail_alone_and_the_folder_completes(
     images, _ = phantom_images(1, seed=5)
     good = [write_png(folder / ("sub" if i % 2 else "") / f"ok{i}.png", a) for i, a in enumerate(images)]
     bad = bad_images(folder / "broken")
-    (folder / "notes.txt").write_text("not an image, not an image extension: skipped")
+    (folder / "notes.txt").write_text("not an image, not an image extension: left out, and said so")
+    (folder / ".DS_Store").write_bytes(b"\0")  # hidden: not worth a word
     out = tmp_path / "pred.json"
     rc = main(["predict", str(bundle_dir), str(folder), "--out", str(out), "--batch-size", "2", "--workers", "0"])
     assert rc == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    err = capsys.readouterr().err
+    assert "note: left out 1 file(s) of the input folders that are not images (by extension or content): " in err
+    assert err.count(str(folder / "notes.txt")) == 1 and ".DS_Store" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(bad)
     for path in bad.values():
         (line,) = [e for e in errors if str(path) in e]
@@ -158,6 +162,7 @@ def test_bad_inputs_fail_alone_and_the_folder_completes(
     assert sorted(p["source"] for p in doc["predictions"]) == sorted(map(str, good))
     assert {e["kind"] for e in doc["errors"]} == set(bad)
     assert doc["settings"]["bundle_card_sha256"] and doc["settings"]["threshold"] == 0.3
+    assert doc["left_out"] == [str(folder / "notes.txt")]
 
     rc = main(["predict", str(bundle_dir), *map(str, good), "--out", str(out), "--workers", "0"])
     assert rc == 0

@@ -98,7 +98,7 @@ def _predict_studies(cfg: Config, args: argparse.Namespace) -> int:
 
 def _predict(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.errors import BrainMRIError
-    from brainmri.infer.inputs import Failure, expand_inputs
+    from brainmri.infer.inputs import Failure, expand_inputs, left_out_files
     from brainmri.infer.predictor import Predictor
     from brainmri.utils import atomic_write_text, progress
 
@@ -108,7 +108,8 @@ def _predict(cfg: Config, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     failed = 0
     with Predictor.from_bundle(args.bundle, config=pc) as predictor:
-        items = expand_inputs(args.inputs)
+        items, left_out = expand_inputs(args.inputs), left_out_files(args.inputs)
+        _say_left_out(left_out)
         if not items:
             print(f"error: no image files found in {' '.join(args.inputs)}", file=sys.stderr)
             return 1
@@ -131,6 +132,7 @@ def _predict(cfg: Config, args: argparse.Namespace) -> int:
             "settings": settings,
             "predictions": [r for r in rows if "error" not in r],
             "errors": [r for r in rows if "error" in r],
+            "left_out": left_out,
         }
         text = json.dumps(doc, indent=2) + "\n"
     if args.out:
@@ -139,6 +141,14 @@ def _predict(cfg: Config, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 1 if failed else 0
+
+
+def _say_left_out(paths: list[str], show: int = 5) -> None:
+    """One note on stderr naming the files of the input folders that are not images (none: nothing)."""
+    if paths:
+        more = f" and {len(paths) - show} more" if len(paths) > show else ""
+        print(f"note: left out {len(paths)} file(s) of the input folders that are not images (by extension or "
+              f"content): {', '.join(paths[:show])}{more}", file=sys.stderr)  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

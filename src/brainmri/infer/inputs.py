@@ -100,6 +100,20 @@ def expand_inputs(inputs: Any) -> list[Item]:
     return items
 
 
+def left_out_files(inputs: Any) -> list[str]:
+    """Files inside the folder inputs that :func:`expand_inputs` does not take (neither an image extension nor
+    image magic bytes; hidden files aside), so that a command says what it left out instead of skipping it
+    silently."""
+    folders = [Path(p) for p in (inputs if isinstance(inputs, list | tuple) else [inputs]) if isinstance(p, str | Path)]
+    return [
+        str(p)
+        for folder in folders
+        if folder.is_dir()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".") and not _is_image_file(p)
+    ]
+
+
 def load_item(item: Item, preprocessor: Any, size: int) -> Loaded | Failure:
     """Decode + preprocess one item; a problem with the input becomes a Failure naming it."""
     from brainmri.io import read_image
