@@ -13,8 +13,9 @@ corruption that preprocessing removes would overstate the drop; one it amplifies
 Per condition: 4-class accuracy, tumour AUC of p_tumour = 1 - p(no_tumor), ECE, sensitivity/specificity
 at the run's tumour threshold, and how many images the run's deployed out-of-domain gate flags (the scores
 ``brainmri evaluate`` fitted, ``runs/<name>/ood*.json``, the ones its bundle carries), and each of its scores alone.
-Results written before 2026-12-07 fitted their own scores here instead (Mahalanobis on pooled features of 2,000
-training images, energy on logits; keys ``mahalanobis`` / ``energy``); the renderer reads both.
+Older results (every ``robustness*.json`` but ``robustness_rerun.json``) fitted their own scores here instead
+(Mahalanobis on pooled features of 2,000 training images, energy on logits; keys ``mahalanobis`` / ``energy``);
+the renderer reads both.
 Drops are clean minus corrupted, in accuracy points. External: lgg-flair (all of it, FLAIR, other
 source; patient-level bootstrap CIs from ``labels.csv``; pHash near-matches with training images are
 counted, not removed: they are coincidences across sources) and navoneel with its overlap with the run's
