@@ -17,8 +17,6 @@ import numpy as np
 
 from brainmri.bundle.source import BundleSource
 from brainmri.calibrate.ood import MahalanobisOOD, fit_joint_thresholds, ood_from_dict
-from brainmri.models.classifier import supports_block_stats
-from brainmri.models.ensemble import members_of
 from brainmri.runs import predict_outputs
 from brainmri.utils import atomic_write_json
 
@@ -31,9 +29,9 @@ def fit_ood(run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batc
     train = run.load_images("train" if val_part == "val" else val_part.replace(":val", ":train"))
     keep = train.labels >= 0
     val = run.load_images(val_part)
-    names = ["features"] + ["block_stats"] * all(supports_block_stats(m) for m in members_of(model))
     x_train = predict_outputs(model, train.images[keep], batch_size, desc="gate: train")
     x_val = predict_outputs(model, val.images, batch_size, desc=f"gate: {val_part}")
+    names = [n for n in ("features", "block_stats") if n in x_train]  # the graph has block_stats where it can
     scores = [MahalanobisOOD().fit(x_train[name], train.labels[keep]) for name in names]
     val_scores = [s.score(x_val[name]) for s, name in zip(scores, names, strict=True)]
     q = fit_joint_thresholds(scores, val_scores, quantile)
