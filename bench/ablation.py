@@ -170,7 +170,8 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def metric_draws(kind: str, w: np.ndarray, logits: np.ndarray, labels: np.ndarray, no: int) -> np.ndarray:
-    """(B+1,) values of one metric: the point value (weights 1) first, then one per resample."""
+    """(B+1,) values of one metric: the point value (weights 1) first, then one per resample. ``labels`` are
+    class indices for ``accuracy4`` and 1 = tumour / 0 = no tumour for the tumour metrics (``part_labels``)."""
     from brainmri.evaluate.metrics import weighted_auc
 
     w = np.vstack([np.ones(w.shape[1]), w])
@@ -194,9 +195,12 @@ METRICS = {  # name -> (part, kind, resampling)
 }
 
 
-def part_labels(z, part: str, no_name: str) -> np.ndarray:
+def part_labels(z, part: str, kind: str, no: int, no_name: str = "no_tumor") -> np.ndarray:
+    """What ``metric_draws`` compares against: the test split's class indices for 4-class accuracy, else
+    1 = tumour (the test split's labels binarised; the external sets' tumour folders)."""
     if part == "test":
-        return z["labels_test"]
+        labels = z["labels_test"]
+        return labels if kind == "accuracy4" else (labels != no).astype(int)
     return (z[f"names_{part}"] != no_name).astype(int)
 
 
@@ -220,7 +224,7 @@ def summarise(npz: dict[str, Path], seeds: list[int], classes: list[str], lgg_ro
         out[preset] = {"info": json.loads(str(z["info"])), "metrics": {}}
         draws[preset] = {}
         for name, (part, kind, resampling) in METRICS.items():
-            y = part_labels(z, part, "no_tumor")
+            y = part_labels(z, part, kind, no)
             w = weights_for(z, part, resampling, lgg_root)
             per_seed = np.stack([metric_draws(kind, w, z[f"logits_{part}_seed{s}"], y, no) for s in seeds])
             mean_draws = per_seed.mean(0)
