@@ -1,7 +1,7 @@
-"""Copy numbers from result files into README.md, so no number there is typed by hand.
+"""Copy numbers from result files into README.md and docs/*.md, so no number there is typed by hand.
 
-    python bench/render_readme.py            # rewrite the generated blocks in README.md
-    python bench/render_readme.py --check    # exit 1 if README.md is out of date
+    python bench/render_readme.py            # rewrite the generated blocks in README.md and docs/*.md
+    python bench/render_readme.py --check    # exit 1 if any of them is out of date
     python bench/render_readme.py --publish runs/cpu-fast   # first copy a run's reports into docs/results/
 
 Each block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` and is rendered
@@ -218,17 +218,8 @@ def _answered_clause(a: dict[str, Any] | None) -> str:
     return f"; on the {_pct(a['share'])} of images the {gate} passes, AUC {a['auc']:.3f} ({lo:.3f}–{hi:.3f})."
 
 
-def block_robustness_levels() -> str | None:
-    r = _load(RESULTS / "robustness.json")
-    rows = None if r is None else r.get("external", {}).get("lgg-flair", {}).get("by_level")
-    if not rows:
-        return None
-    lines = _bench_module("robustness").render_levels("lgg-flair", rows)
-    return "\n".join([f"From `bench/results/robustness.json` (run `{r['run']}`):", *lines])
-
-
-def block_robustness_table() -> str | None:
-    r = _load(RESULTS / "robustness.json")
+def block_robustness_table(name: str = "robustness.json") -> str | None:
+    r = _load(RESULTS / name)
     return None if r is None else _bench_module("robustness").render_markdown(r)
 
 
@@ -733,8 +724,10 @@ BLOCKS = {
     "conformal": block_conformal,
     "robustness": block_robustness,
     "robustness_table": block_robustness_table,
+    "robustness_rerun_table": lambda: block_robustness_table("robustness_rerun.json"),
+    "robustness_stage1_table": lambda: block_robustness_table("robustness_stage1_baseline.json"),
+    "robustness_randomised_table": lambda: block_robustness_table("robustness_randomised.json"),
     "robustness_gate": block_robustness_gate,
-    "robustness_levels": block_robustness_levels,
     "scan_split_variants": block_scan_split_variants,
     "paired_mirror": lambda: block_paired("paired_mirror.json"),
     "paired_ema": lambda: block_paired("paired_ema.json"),
@@ -810,6 +803,11 @@ def publish(run_dir: Path) -> None:
         shutil.copyfile(check, out / "bundle_check.json")
 
 
+def rendered_pages() -> list[Path]:
+    """The README and every page under docs/: each may hold generated blocks (docs/measurements.md holds most)."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
@@ -817,15 +815,17 @@ def main() -> int:
     args = ap.parse_args()
     if args.publish is not None:
         publish(args.publish)
-    readme = ROOT / "README.md"
-    old = readme.read_text()
-    new = render(old)
-    if args.check:
+    stale = []
+    for page in rendered_pages():
+        old = page.read_text()
+        new = render(old)
         if new != old:
-            print("README.md is out of date: run python bench/render_readme.py")
-            return 1
-        return 0
-    readme.write_text(new)
+            stale.append(page.relative_to(ROOT))
+            if not args.check:
+                page.write_text(new)
+    if args.check and stale:
+        print(f"out of date: {', '.join(map(str, stale))}: run python bench/render_readme.py")
+        return 1
     return 0
 
 
