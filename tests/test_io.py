@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 import zlib
 
 import numpy as np
@@ -61,6 +62,34 @@ def test_empty_truncated_text_and_missing_files_give_distinct_errors(tmp_path):
         read_image(truncated)
     with pytest.raises(UnreadableImageError, match="file not found"):
         read_image(tmp_path / "missing.png")
+
+
+def test_dicom_with_a_tiff_header_in_its_preamble_is_read_as_dicom(tmp_path):
+    """Dual TIFF/DICOM files (the standard lets the preamble hold a TIFF header) are DICOM: their pixel data,
+    rescale and window live in the DICOM part. pydicom ships two (CT_small.dcm, MR_small.dcm)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        path = Path(get_testdata_file(name))
+        assert path.read_bytes()[:4] == b"II*\x00"  # the preamble starts like a TIFF file
+        out = read_image(path)
+        assert out.meta["format"] == "dicom"
+        assert out.array.shape == pydicom.dcmread(path).pixel_array.shape
+    # the same holds for a generated one: any TIFF magic in the preamble, "DICM" at byte 128
+    dual = tmp_path / "dual.dcm"
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    dual.write_bytes(b"MM\x00*" + data[4:])
+    assert read_image(dual).meta["format"] == "dicom"
+
+
+def test_a_file_no_decoder_identifies_is_named_without_internals(tmp_path):
+    """A TIFF magic followed by garbage reaches PIL, whose message names its BytesIO object, not the file."""
+    bad = tmp_path / "scan.tif"
+    bad.write_bytes(b"II*\x00" + bytes(600))
+    with pytest.raises(UnreadableImageError, match=r"scan\.tif") as err:
+        read_image(bad)
+    assert "BytesIO" not in str(err.value) and "0x" not in str(err.value)
 
 
 def test_pixel_cap_refuses_bomb_header_before_decoding(tmp_path):

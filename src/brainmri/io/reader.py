@@ -84,7 +84,13 @@ def extension_of(name: str | Path) -> str:
 
 
 def sniff_format(head: bytes, name: str | Path = "") -> str | None:
-    """Real format from the first bytes (at least 348 for NIfTI/DICOM); extension only as a tie-breaker."""
+    """Real format from the first bytes (at least 348 for NIfTI/DICOM); extension only as a tie-breaker.
+
+    DICOM's "DICM" marker is checked first: the standard lets the 128-byte preamble hold another format's
+    header, and dual TIFF/DICOM files (a TIFF header there) exist in the wild (pydicom ships two).
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -97,8 +103,6 @@ def sniff_format(head: bytes, name: str | Path = "") -> str | None:
         return "gif"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
         return "nifti"
     if head.startswith(b"\x1f\x8b") and extension_of(name) == ".nii.gz":
@@ -236,8 +240,9 @@ def _read_raster(data: bytes, label: str, max_pixels: int) -> LoadedImage:
     try:
         try:
             img = Image.open(io.BytesIO(data))
-        except Exception as exc:
-            raise UnreadableImageError(label, f"cannot open image: {exc}") from None
+        except Exception as exc:  # PIL's message names its BytesIO object, not the file: say what failed instead
+            reason = "not an image PIL can identify" if type(exc).__name__ == "UnidentifiedImageError" else exc
+            raise UnreadableImageError(label, f"cannot open image: {reason}") from None
         width, height = img.size
         _check_pixels(label, width, height, max_pixels)
         mode = img.mode
