@@ -11,7 +11,9 @@ border brightness, ``PredictConfig.ood_max_*``) on
   filtered back-projection from 30 to 360 projections, with and without noise: CT streaks on a head-shaped
   slice), chest X-ray-like images (frontal projections of random thorax phantoms: ribs, spine, lungs,
   heart, on a black background) and generated images (noise, textures, gradients, checkerboards,
-  text-like stripes) — should be flagged;
+  text-like stripes), and real clinical images of other modalities and body parts that pydicom ships as
+  test files (two head CTs, a spine CT, a bone scan, ultrasound; an abdominal MRI and a small MR test
+  image) — should be flagged;
 - other MRI sources: lgg-flair (FLAIR, another hospital) and navoneel.
 
     python bench/ood_check.py bundles/cpu-robust --split work/data/split.json -> bench/results/ood_check.json
@@ -201,6 +203,32 @@ def chest_radiographs(n: int = 12, size: int = 256, seed: int = 0) -> list[tuple
     return out
 
 
+# Real clinical images that pydicom ships as test files (no download). Names as they show in the result;
+# examples_jpeg2k.dcm is left out (the same ultrasound frame as examples_rgb_color.dcm).
+PYDICOM_OTHER_MODALITIES = {
+    "693_J2KI.dcm": "head CT, axial, brain level",
+    "J2K_pixelrep_mismatch.dcm": "head CT, axial, skull base",
+    "CT_small.dcm": "CT, thoracic spine",
+    "JPEG2000.dcm": "nuclear medicine, whole-body bone scan",
+    "examples_palette.dcm": "ultrasound (palette colour)",
+    "examples_rgb_color.dcm": "ultrasound, lymph node (RGB)",
+    "examples_ybr_color.dcm": "ultrasound (YBR, multi-frame)",
+    "ExplVR_BigEnd.dcm": "ultrasound, small (RGB)",
+}
+PYDICOM_OTHER_MRI = {
+    "examples_overlay.dcm": "MRI of the abdomen (liver, kidneys)",
+    "MR_small.dcm": "MR test image, 64 x 64 (anatomy not stated)",
+}
+
+
+def pydicom_files(which: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Paths and names of pydicom's bundled test files in ``which`` (read by the bundle like any upload)."""
+    from pydicom.data import get_testdata_file
+
+    paths = [str(get_testdata_file(name)) for name in which]
+    return paths, [f"{desc} ({name})" for name, desc in which.items()]
+
+
 def photo_files(photos: list[tuple[str, np.ndarray]], folder: Path) -> list[str]:
     """The photographs as JPEG files: colour uploads go through the reader's grayscale conversion like a user's."""
     from PIL import Image
@@ -304,6 +332,10 @@ def main() -> int:
                 "CT-like head phantom (scikit-image)": named(predictor, phantoms, Path(tmp) / "ct"),
                 "chest X-ray-like (generated radiographs)": named(predictor, chests, Path(tmp) / "cxr"),
                 "generated noise/texture/pattern images": flagged(predictor, generated_images()),
+                "real CT, nuclear medicine, ultrasound (pydicom)": flagged(
+                    predictor, *pydicom_files(PYDICOM_OTHER_MODALITIES)
+                ),
+                "MRI of other body parts (pydicom)": flagged(predictor, *pydicom_files(PYDICOM_OTHER_MRI)),
                 "lgg-flair (FLAIR, other hospital)": flagged(predictor, sample(lgg)),
                 "navoneel": flagged(predictor, sample(nav)),
             },
