@@ -147,6 +147,7 @@ def run_preset(args, preset: str, split_path: Path, split: dict, manifest, ext_f
     arrays: dict[str, np.ndarray] = {f"labels_{p}": labels[p] for p in labels if p != "train"}
     arrays |= {f"names_{p}": np.array(data["parts"][p].label_names) for p in ("lgg-flair", "navoneel")}
     arrays["ids_lgg-flair"] = np.array(data["parts"]["lgg-flair"].ids)
+    arrays["ids_test"] = np.array(data["parts"]["test"].ids)  # for resampling the split's scan groups
     info = {"preset": preset, "preprocess_seconds": round(t_pre, 1), "feature_seconds": round(t_feat, 1)}
     info |= {"failed": data["failed"], "nyul_fitted_on": data["fitted_on"], "seeds": {}}
     for seed in args.seeds:
@@ -186,8 +187,8 @@ def metric_draws(kind: str, w: np.ndarray, logits: np.ndarray, labels: np.ndarra
 
 
 METRICS = {  # name -> (part, kind, resampling)
-    "test_accuracy": ("test", "accuracy4", "images"),
-    "test_tumour_auc": ("test", "auc", "images"),
+    "test_accuracy": ("test", "accuracy4", "scan groups"),
+    "test_tumour_auc": ("test", "auc", "scan groups"),
     "lgg_flair_auc": ("lgg-flair", "auc", "patients"),
     "lgg_flair_accuracy": ("lgg-flair", "tumour_accuracy", "patients"),
     "navoneel_auc": ("navoneel", "auc", "images"),
@@ -204,17 +205,24 @@ def part_labels(z, part: str, kind: str, no: int, no_name: str = "no_tumor") -> 
     return (z[f"names_{part}"] != no_name).astype(int)
 
 
-def weights_for(z, part: str, resampling: str, lgg_root: Path) -> np.ndarray:
+def weights_for(z, part: str, resampling: str, lgg_root: Path, split: dict | None = None) -> np.ndarray:
+    """Bootstrap multiplicities: lgg-flair's patients, the test split's recorded scan groups (images for a
+    split file without groups), navoneel's images."""
+    from brainmri.data.split import group_labels
     from brainmri.evaluate.metrics import bootstrap_counts
 
     n = len(z[f"labels_{part}"])
+    groups = None
     if resampling == "patients":
         groups = np.array(patient_groups(list(z["ids_lgg-flair"]), lgg_root))
-        return bootstrap_counts(n, N_BOOT, BOOT_SEED, groups)
-    return bootstrap_counts(n, N_BOOT, BOOT_SEED)
+    elif resampling == "scan groups" and split is not None:
+        groups = group_labels(split, list(z["ids_test"]))
+    return bootstrap_counts(n, N_BOOT, BOOT_SEED, groups)
 
 
-def summarise(npz: dict[str, Path], seeds: list[int], classes: list[str], lgg_root: Path) -> dict[str, Any]:
+def summarise(
+    npz: dict[str, Path], seeds: list[int], classes: list[str], lgg_root: Path, split: dict | None = None
+) -> dict[str, Any]:
     """Per preset and metric: per-seed values, mean, sd, bootstrap CI of the seed mean, paired difference vs raw."""
     no = classes.index("no_tumor")
     draws: dict[str, dict[str, np.ndarray]] = {}
@@ -225,7 +233,7 @@ def summarise(npz: dict[str, Path], seeds: list[int], classes: list[str], lgg_ro
         draws[preset] = {}
         for name, (part, kind, resampling) in METRICS.items():
             y = part_labels(z, part, kind, no)
-            w = weights_for(z, part, resampling, lgg_root)
+            w = weights_for(z, part, resampling, lgg_root, split)
             per_seed = np.stack([metric_draws(kind, w, z[f"logits_{part}_seed{s}"], y, no) for s in seeds])
             mean_draws = per_seed.mean(0)
             draws[preset][name] = mean_draws
@@ -298,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         "split": str(args.split),
         "external": {k: v[1] | {"n_evaluated": len(v[0])} for k, v in ext.items()},
         "ci": f"percentile bootstrap ({N_BOOT} resamples) of the seed-averaged metric; lgg-flair resamples "
-        "patients, the others images; 'minus_raw' is the paired difference (same resamples)",
-        "presets": summarise(npz, args.seeds, cfg.data.classes, args.lgg),
+        "patients, the test split its recorded scan groups, navoneel images; 'minus_raw' is the paired "
+        "difference (same resamples)",
+        "presets": summarise(npz, args.seeds, cfg.data.classes, args.lgg, split),
         "reference_claims": REFERENCE_CLAIMS,
         "seconds": round(time.perf_counter() - t0, 1),
         "load_avg": list(os.getloadavg()),

@@ -450,8 +450,8 @@ def block_ablation() -> str | None:
         return None
     head = (
         f"From `bench/results/ablation.json` (`{r['command']}`; recipe: {r['recipe']['what']}; seeds "
-        f"{', '.join(map(str, r['seeds']))}; {_machine(r)}). Cells: mean over seeds ± seed sd (95% bootstrap CI of the "
-        "seed mean; lgg-flair resamples patients). The last column is the reference design's claim, not a measurement."
+        f"{', '.join(map(str, r['seeds']))}; {_machine(r)}). Cells: mean over seeds ± seed sd (95% {r['ci']}). "
+        "The last column is the reference design's claim, not a measurement."
     )
     return head + "\n\n" + _bench_module("ablation").render_markdown(r) + "\n\n" + _ablation_deltas(r)
 

@@ -41,3 +41,15 @@ def test_perfect_logits_score_one_on_the_test_split(kind):
 def test_external_parts_read_folder_names():
     z = {"names_navoneel": np.array(["tumor", "no_tumor", "tumor"])}
     np.testing.assert_array_equal(ablation.part_labels(z, "navoneel", "auc", NO), [1, 0, 1])
+
+
+def test_test_split_resamples_its_recorded_scan_groups():
+    """Two slices of one recorded scan group are drawn together in every resample; without groups, images."""
+    z = {"labels_test": np.array([0, 1, 2, 3]), "ids_test": np.array(["a", "b", "c", "d"])}
+    split = {"groups": [["a", "b"]]}
+    w = ablation.weights_for(z, "test", "scan groups", None, split)
+    assert w.shape == (ablation.N_BOOT, 4)
+    np.testing.assert_array_equal(w[:, 0], w[:, 1])
+    assert not np.array_equal(w[:, 2], w[:, 3])
+    w_images = ablation.weights_for(z, "test", "scan groups", None, {"version": 1})  # a split without groups
+    assert not np.array_equal(w_images[:, 0], w_images[:, 1])
