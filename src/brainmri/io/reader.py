@@ -231,7 +231,7 @@ def _check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
 
 
 def _read_raster(data: bytes, label: str, max_pixels: int) -> LoadedImage:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     # PIL's own bomb guard is replaced by ours (checked from the header, before any decoding), so the
     # error always names the file and its size the same way.
@@ -241,7 +241,7 @@ def _read_raster(data: bytes, label: str, max_pixels: int) -> LoadedImage:
         try:
             img = Image.open(io.BytesIO(data))
         except Exception as exc:  # PIL's message names its BytesIO object, not the file: say what failed instead
-            reason = "not an image PIL can identify" if type(exc).__name__ == "UnidentifiedImageError" else exc
+            reason = "not an image PIL can identify" if isinstance(exc, UnidentifiedImageError) else exc
             raise UnreadableImageError(label, f"cannot open image: {reason}") from None
         width, height = img.size
         _check_pixels(label, width, height, max_pixels)
