@@ -83,6 +83,38 @@ def test_dicom_with_a_tiff_header_in_its_preamble_is_read_as_dicom(tmp_path):
     assert read_image(dual).meta["format"] == "dicom"
 
 
+@pytest.mark.parametrize(
+    "compressed", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "MR_small_RLE.dcm"]
+)
+def test_losslessly_compressed_dicom_decodes_to_the_uncompressed_pixels(compressed):
+    """PACS exports are often compressed (JPEG-LS, JPEG 2000, RLE); GDCM decodes what Pillow cannot. pydicom
+    ships one MR slice in each syntax: every lossless copy must give exactly the uncompressed image."""
+    from pydicom.data import get_testdata_file
+
+    reference = read_image(get_testdata_file("MR_small.dcm")).array
+    np.testing.assert_array_equal(read_image(get_testdata_file(compressed)).array, reference)
+
+
+def test_jpeg_lossless_dicom_is_read():
+    from pydicom.data import get_testdata_file
+
+    out = read_image(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"))  # JPEG Lossless, first-order prediction
+    assert out.meta["format"] == "dicom" and out.array.shape == (100, 100) and np.ptp(out.array) > 0
+
+
+def test_undecodable_dicom_names_its_transfer_syntax_on_one_line():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPEG-lossy.dcm")  # 12-bit JPEG Extended: only the GPL-licensed libjpeg decodes it
+    try:
+        read_image(path)
+    except UnreadableImageError as err:
+        message = str(err)
+        assert "JPEG-lossy.dcm" in message and "JPEG Extended" in message and "\n" not in message
+    else:  # a user who installed pylibjpeg-libjpeg reads it
+        pytest.importorskip("libjpeg")
+
+
 def test_a_file_no_decoder_identifies_is_named_without_internals(tmp_path):
     """A TIFF magic followed by garbage reaches PIL, whose message names its BytesIO object, not the file."""
     bad = tmp_path / "scan.tif"

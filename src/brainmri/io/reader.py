@@ -299,7 +299,7 @@ def _read_dicom(data: bytes, label: str, max_pixels: int) -> LoadedImage:
         msg = str(exc)
         if "length" in msg.lower() or "truncat" in msg.lower() or "shorter" in msg.lower():
             raise TruncatedImageError(label, f"DICOM pixel data is truncated ({msg})") from None
-        raise UnreadableImageError(label, f"cannot decode DICOM pixel data: {msg}") from None
+        raise UnreadableImageError(label, _undecodable_dicom(ds, msg)) from None
     if frames > 1 and pixels.ndim >= 3:
         pixels = pixels[frames // 2]
     colour = None
@@ -325,6 +325,16 @@ def _read_dicom(data: bytes, label: str, max_pixels: int) -> LoadedImage:
     if colour is not None:
         meta["colourfulness"] = colour
     return LoadedImage(np.ascontiguousarray(array), meta)
+
+
+def _undecodable_dicom(ds: Any, msg: str) -> str:
+    """One line naming the transfer syntax and why each installed decoder refused it (pydicom lists them one
+    per line). 12-bit JPEG Extended needs pylibjpeg-libjpeg, which is GPL-licensed and so not a dependency."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(syntax, "name", None) or "unknown transfer syntax"
+    reasons = "; ".join(line.strip() for line in msg.splitlines()[1:] if line.strip()) or msg
+    hint = " (pip install pylibjpeg pylibjpeg-libjpeg adds a decoder; GPL-3.0)" if "12-bit" in msg else ""
+    return f"cannot decode DICOM pixel data ({name}): {reasons}{hint}"
 
 
 def _read_nifti(
