@@ -265,3 +265,28 @@ def test_degenerate_images_are_recorded_unreadable_with_their_reason(tmp_path, c
     for name, reason in expected.items():
         assert excluded[f"kag/Training/glioma/{name}"] == f"unreadable: {reason}"
         assert reason_category(excluded[f"kag/Training/glioma/{name}"]) == "unreadable"
+
+
+def test_extensionless_dicom_exports_are_imported_and_other_files_named(tmp_path, capsys):
+    """PACS exports name DICOM files IM0001 or by UID; they are taken by their magic bytes. A note beside them
+    is not imported and is named on stderr, never skipped silently; a hidden file is simply ignored."""
+    from pydicom.data import get_testdata_file
+
+    dicom = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    for i, name in enumerate(["IM0001", "1.2.840.113619.2.5"]):
+        (tmp_path / "site" / ("glioma", "notumor")[i]).mkdir(parents=True)
+        (tmp_path / "site" / ("glioma", "notumor")[i] / name).write_bytes(dicom)
+    (tmp_path / "site" / "glioma" / "notes.txt").write_text("scanned at 3 T")
+    (tmp_path / "site" / "glioma" / ".DS_Store").write_bytes(b"\x00\x01")
+    df = _import([str(tmp_path / "site")], _cfg(**{"data.workers": 1}))
+    assert sorted(df["id"]) == ["site/glioma/IM0001", "site/notumor/1.2.840.113619.2.5"]
+    assert df["readable"].all() and (df["format"] == "dicom").all()
+    err = capsys.readouterr().err
+    assert "left out 1 file(s)" in err and "notes.txt" in err and ".DS_Store" not in err
+
+
+def test_an_image_extension_left_out_of_the_config_is_not_imported(tmp_path):
+    _save(tmp_path / "set" / "glioma" / "a.png", "glioma", 0)
+    _save(tmp_path / "set" / "glioma" / "b.jpg", "glioma", 1)
+    df = _import([str(tmp_path / "set")], _cfg(**{"data.workers": 1, "data.extensions": "['.png']"}))
+    assert list(df["id"]) == ["set/glioma/a.png"]

@@ -309,3 +309,18 @@ def test_to_uint8_min_max_and_fixed_range():
     assert to_uint8(unit, (0.0, 1.0), rounding="half_up").tolist() == [[0, 0, 128, 255, 255, 255, 3]]
     with pytest.raises(ValueError, match="rounding"):
         to_uint8(unit, rounding="nearest")
+
+
+def test_which_files_of_a_folder_are_taken_as_images(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    from brainmri.io import is_image_file
+
+    dicom = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    files = {"IM0001": dicom, "1.2.840.113619.2.5": dicom, "scan.PNG": b"", "notes.txt": b"hello", ".hidden.dcm": dicom}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    taken = {name for name in files if is_image_file(tmp_path / name)}
+    assert taken == {"IM0001", "1.2.840.113619.2.5", "scan.PNG"}  # extensions count case-insensitively
+    assert not is_image_file(tmp_path / "scan.PNG", extensions=[".dcm"])  # a config can narrow the extensions
+    assert is_image_file(tmp_path / "IM0001", extensions=[".png"])  # content decides where the name cannot

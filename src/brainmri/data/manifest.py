@@ -32,6 +32,7 @@ import pandas as pd
 from brainmri.config import AuditConfig, DataConfig
 from brainmri.errors import DataError, ImageReadError
 from brainmri.io.pixels import to_uint8
+from brainmri.io.reader import is_image_file
 from brainmri.utils import atomic_path, one_line, progress
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -128,17 +129,22 @@ def _subdirs(folder: Path) -> list[Path]:
     )
 
 
-def _has_ext(name: str, extensions: Sequence[str]) -> bool:
-    lower = name.lower()
-    return any(lower.endswith(ext) for ext in extensions)
-
-
 def _direct_images(folder: Path, extensions: Sequence[str]) -> bool:
-    return any(p.is_file() and _has_ext(p.name, extensions) for p in folder.iterdir())
+    return any(p.is_file() and is_image_file(p, extensions) for p in folder.iterdir())
 
 
 def _contains_images(folder: Path, extensions: Sequence[str]) -> bool:
-    return any(any(_has_ext(f, extensions) for f in files) for _, _, files in os.walk(folder))
+    return any(any(is_image_file(Path(d) / f, extensions) for f in files) for d, _, files in os.walk(folder))
+
+
+def _report_left_out(left_out: list[Path]) -> None:
+    """One stderr line naming the files of class folders that are not imported, instead of skipping them."""
+    if not left_out:
+        return
+    shown = ", ".join(str(p) for p in left_out[:5])
+    more = f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+    why = "not images by content, or an extension outside data.extensions"
+    print(f"data import: left out {len(left_out)} file(s) ({why}): {shown}{more}", file=sys.stderr)
 
 
 def _class_folders(dirs: Iterable[Path], data: DataConfig, source_split: str) -> list[ClassFolder]:
@@ -181,6 +187,7 @@ def collect_items(roots: Sequence[str], data: DataConfig) -> list[ImportItem]:
     """All files to import under ``roots``, sorted by id. Raises DataError for layout problems."""
     items: dict[str, ImportItem] = {}
     seen_sources: dict[str, Path] = {}
+    left_out: list[Path] = []
     for spec in roots:
         source, root = parse_root(spec)
         if source in seen_sources and seen_sources[source] != root:
@@ -200,15 +207,17 @@ def collect_items(roots: Sequence[str], data: DataConfig) -> list[ImportItem]:
             for dirpath, dirnames, filenames in os.walk(folder.path):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for fname in sorted(filenames):
-                    if fname.startswith(".") or not _has_ext(fname, data.extensions):
-                        continue
                     fpath = Path(dirpath) / fname
+                    if not is_image_file(fpath, data.extensions):
+                        left_out += [] if fname.startswith(".") else [fpath]
+                        continue
                     rel = fpath.relative_to(root).as_posix()
                     item_id = f"{source}/{rel}"
                     items[item_id] = ImportItem(item_id, str(fpath), folder.label, source, folder.source_split)
                     count += 1
         if count == 0:
             raise DataError(f"{root}: class folders found but no files with extensions {', '.join(data.extensions)}")
+    _report_left_out(left_out)
     return [items[k] for k in sorted(items)]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from brainmri.errors import BrainMRIError, ImageReadError
-from brainmri.io.reader import EXTENSION_FORMATS, extension_of, sniff_format
+from brainmri.io.reader import is_image_file
 from brainmri.io.signals import border_brightness
 
 
@@ -55,22 +55,6 @@ class Loaded:
     meta: dict[str, Any]
 
 
-def _is_image_file(path: Path) -> bool:
-    """Known image extension, or no extension but image magic bytes (DICOM series often have none)."""
-    if path.name.startswith("."):
-        return False
-    ext = extension_of(path.name)
-    if ext in EXTENSION_FORMATS:
-        return True
-    if ext:
-        return False
-    try:
-        with open(path, "rb") as fh:
-            return sniff_format(fh.read(512), path.name) is not None
-    except OSError:
-        return False
-
-
 def expand_inputs(inputs: Any) -> list[Item]:
     """Files, folders (recursive, sorted; image files only), arrays, bytes, or a list of those -> items."""
     items: list[Item] = []
@@ -86,7 +70,7 @@ def expand_inputs(inputs: Any) -> list[Item]:
         elif isinstance(obj, str | Path):
             path = Path(obj)
             if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and _is_image_file(p))
+                files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
                 items.extend(Item(str(p), p) for p in files)
             else:
                 items.append(Item(str(path), path))  # a missing file fails with "file not found"
@@ -110,7 +94,7 @@ def left_out_files(inputs: Any) -> list[str]:
         for folder in folders
         if folder.is_dir()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.startswith(".") and not _is_image_file(p)
+        if p.is_file() and not p.name.startswith(".") and not is_image_file(p)
     ]
 
 

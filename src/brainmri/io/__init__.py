@@ -6,8 +6,18 @@ from brainmri.io.reader import (
     LoadedImage,
     check_usable,
     extension_of,
+    is_image_file,
     read_image,
     sniff_format,
 )
 
-__all__ = ["EXTENSION_FORMATS", "LoadedImage", "check_usable", "extension_of", "read_image", "sniff_format", "to_uint8"]
+__all__ = [
+    "EXTENSION_FORMATS",
+    "LoadedImage",
+    "check_usable",
+    "extension_of",
+    "is_image_file",
+    "read_image",
+    "sniff_format",
+    "to_uint8",
+]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +82,26 @@ def extension_of(name: str | Path) -> str:
     if lower.endswith(".nii.gz"):
         return ".nii.gz"
     return Path(lower).suffix
+
+
+def is_image_file(path: Path, extensions: Sequence[str] | None = None) -> bool:
+    """Whether a file in an input folder is taken as an image: an allowed image extension (``extensions``, else
+    every one the reader knows), or a name the extensions do not settle (none, or one that is no image format,
+    as in DICOM exports named ``IM0001`` or by UID, ``1.2.840...5``) with image magic bytes. Hidden files and
+    image extensions left out of ``extensions`` are not taken; ``notes.txt`` is sniffed and not taken."""
+    if path.name.startswith("."):
+        return False
+    ext = extension_of(path.name)
+    allowed = EXTENSION_FORMATS if extensions is None else [e.lower() for e in extensions]
+    if ext in allowed:
+        return True
+    if ext in EXTENSION_FORMATS:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return sniff_format(fh.read(512), path.name) is not None
+    except OSError:
+        return False
 
 
 def sniff_format(head: bytes, name: str | Path = "") -> str | None:
