@@ -98,8 +98,10 @@ def test_a_folder_with_several_series_gives_one_each(tmp_path: Path) -> None:
     write_series(tmp_path / "study" / "a", "1.2.3.4", [0.0, 5.0, 10.0])
     write_series(tmp_path / "study" / "b", "1.2.3.5", [0.0, 3.0])
     (tmp_path / "study" / ".DS_Store").write_bytes(b"\0")
-    series, _ = find_series(tmp_path / "study")
+    (tmp_path / "study" / "notes.txt").write_text("protocol: T1 post-contrast")
+    series, skipped = find_series(tmp_path / "study")
     assert [(s.label, len(s.slices)) for s in series] == [("1.2.3.4", 3), ("1.2.3.5", 2)]
+    assert len(skipped) == 1 and "notes.txt: not an image file" in skipped[0]  # named; the hidden file is not
 
 
 def test_gaps_and_mixed_sizes_are_reported_not_resampled(tmp_path: Path) -> None:

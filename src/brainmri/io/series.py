@@ -366,6 +366,8 @@ def _scan(folder: Path) -> tuple[list[Path], list[Path], list[str]]:
             niftis.append(p)
         elif fmt is not None:
             skipped.append(f"{p}: a {fmt} file is not part of a DICOM series or NIfTI volume")
+        else:
+            skipped.append(f"{p}: not an image file (neither DICOM nor NIfTI by content)")
     return dicoms, niftis, skipped
 
 
