@@ -209,7 +209,8 @@ def collect_items(roots: Sequence[str], data: DataConfig) -> list[ImportItem]:
                 for fname in sorted(filenames):
                     fpath = Path(dirpath) / fname
                     if not is_image_file(fpath, data.extensions):
-                        left_out += [] if fname.startswith(".") else [fpath]
+                        if not fname.startswith("."):  # hidden files (.DS_Store) are not worth a word
+                            left_out.append(fpath)
                         continue
                     rel = fpath.relative_to(root).as_posix()
                     item_id = f"{source}/{rel}"
