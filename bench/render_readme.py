@@ -545,6 +545,8 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_scan_split_ensemble2.json": "`brainmri ensemble` of two seeds (42 + 7) of the six-epoch recipe",
     "robustness.json": "CPU recipe as released, 14 fine-tuning epochs",
     "robustness_cpu_mirror.json": "… the same with the mirror channel",
+    "robustness_rerun.json": "CPU recipe, 14 epochs, the fresh `./run.sh` behind the current bundle",
+    "robustness_invert.json": "… the same with contrast inversion in training (`train.augment.invert=0.2`)",
 }
 
 
@@ -738,6 +740,7 @@ BLOCKS = {
     "paired_lesions": lambda: block_paired("paired_lesions.json"),
     "progressive": block_progressive,
     "paired_ece": lambda: block_paired("paired_ece.json"),
+    "paired_invert": lambda: block_paired("paired_invert.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
