@@ -350,11 +350,14 @@ def _read_dicom(data: bytes, label: str, max_pixels: int) -> LoadedImage:
 
 def _undecodable_dicom(ds: Any, msg: str) -> str:
     """One line naming the transfer syntax and why each installed decoder refused it (pydicom lists them one
-    per line). 12-bit JPEG Extended needs pylibjpeg-libjpeg, which is GPL-licensed and so not a dependency."""
+    per line). JPEG Extended that Pillow cannot read (12-bit) needs pylibjpeg-libjpeg, which is GPL-licensed
+    and so not a dependency: the message names it."""
+    from pydicom.uid import JPEGExtended12Bit
+
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     name = getattr(syntax, "name", None) or "unknown transfer syntax"
     reasons = "; ".join(line.strip() for line in msg.splitlines()[1:] if line.strip()) or msg
-    hint = " (pip install pylibjpeg pylibjpeg-libjpeg adds a decoder; GPL-3.0)" if "12-bit" in msg else ""
+    hint = " (pip install pylibjpeg pylibjpeg-libjpeg adds a decoder; GPL-3.0)" if syntax == JPEGExtended12Bit else ""
     return f"cannot decode DICOM pixel data ({name}): {reasons}{hint}"
 
 
