@@ -259,3 +259,21 @@ def test_onnx_bundle_gives_overlays_and_domain_flags_without_torch_cam(bundle_di
     np.testing.assert_allclose(via_onnx, via_torch, atol=1e-3)
     preds = onnx.predict_images(x, gradcam_dir=tmp_path / "cams")
     assert all(p.gradcam and Path(p.gradcam).is_file() for p in preds)
+
+
+def test_one_walk_sorts_a_folder_into_images_and_left_out_files(tmp_path: Path) -> None:
+    from brainmri.infer.inputs import expand_inputs, expand_inputs_reporting
+
+    folder = tmp_path / "export"
+    png = phantom_images(1, seed=3)[0][0]
+    write_png(folder / "b" / "slice.png", png)
+    dicom_like = folder / "a" / "IM0001"
+    dicom_like.parent.mkdir(parents=True)
+    dicom_like.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 400)  # extensionless, sniffed as DICOM
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    array = np.zeros((8, 8), np.uint8)
+    items, left_out = expand_inputs_reporting([folder, array])
+    assert [i.source for i in items] == [str(dicom_like), str(folder / "b" / "slice.png"), "<array 0>"]
+    assert left_out == [str(folder / "notes.txt")]
+    assert [i.source for i in expand_inputs([folder, array])] == [i.source for i in items]

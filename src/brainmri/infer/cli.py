@@ -98,7 +98,7 @@ def _predict_studies(cfg: Config, args: argparse.Namespace) -> int:
 
 def _predict(cfg: Config, args: argparse.Namespace) -> int:
     from brainmri.errors import BrainMRIError
-    from brainmri.infer.inputs import Failure, expand_inputs, left_out_files
+    from brainmri.infer.inputs import Failure, expand_inputs_reporting
     from brainmri.infer.predictor import Predictor
     from brainmri.utils import atomic_write_text, progress
 
@@ -108,7 +108,7 @@ def _predict(cfg: Config, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     failed = 0
     with Predictor.from_bundle(args.bundle, config=pc) as predictor:
-        items, left_out = expand_inputs(args.inputs), left_out_files(args.inputs)
+        items, left_out = expand_inputs_reporting(args.inputs)
         _say_left_out(left_out)
         if not items:
             print(f"error: no image files found in {' '.join(args.inputs)}", file=sys.stderr)

@@ -57,7 +57,15 @@ class Loaded:
 
 def expand_inputs(inputs: Any) -> list[Item]:
     """Files, folders (recursive, sorted; image files only), arrays, bytes, or a list of those -> items."""
+    return expand_inputs_reporting(inputs)[0]
+
+
+def expand_inputs_reporting(inputs: Any) -> tuple[list[Item], list[str]]:
+    """:func:`expand_inputs`, plus the files inside folder inputs that it does not take (neither an image
+    extension nor image magic bytes; hidden files aside), so that a command says what it left out instead of
+    skipping it silently. One walk of each folder does both."""
     items: list[Item] = []
+    left_out: list[str] = []
     counter = {"array": 0, "bytes": 0}
 
     def add(obj: Any) -> None:
@@ -70,8 +78,7 @@ def expand_inputs(inputs: Any) -> list[Item]:
         elif isinstance(obj, str | Path):
             path = Path(obj)
             if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
-                items.extend(Item(str(p), p) for p in files)
+                _walk_folder(path, items, left_out)
             else:
                 items.append(Item(str(path), path))  # a missing file fails with "file not found"
         elif isinstance(obj, Iterable):
@@ -81,21 +88,19 @@ def expand_inputs(inputs: Any) -> list[Item]:
             raise TypeError(f"cannot predict on a {type(obj).__name__}; pass paths, arrays, bytes or a list")
 
     add(inputs)
-    return items
+    return items, left_out
 
 
-def left_out_files(inputs: Any) -> list[str]:
-    """Files inside the folder inputs that :func:`expand_inputs` does not take (neither an image extension nor
-    image magic bytes; hidden files aside), so that a command says what it left out instead of skipping it
-    silently."""
-    folders = [Path(p) for p in (inputs if isinstance(inputs, list | tuple) else [inputs]) if isinstance(p, str | Path)]
-    return [
-        str(p)
-        for folder in folders
-        if folder.is_dir()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.startswith(".") and not is_image_file(p)
-    ]
+def _walk_folder(folder: Path, items: list[Item], left_out: list[str]) -> None:
+    """Sorts every file under ``folder`` (sorted, recursive) into image items or left-out names; hidden files
+    (``.DS_Store``, editor swap files) are neither."""
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        if is_image_file(p):
+            items.append(Item(str(p), p))
+        elif not p.name.startswith("."):
+            left_out.append(str(p))
 
 
 def load_item(item: Item, preprocessor: Any, size: int) -> Loaded | Failure:
