@@ -153,6 +153,10 @@ def test_bad_inputs_fail_alone_and_the_folder_completes(
     err = capsys.readouterr().err
     assert "note: left out 1 file(s) of the input folders that are not images (by extension or content): " in err
     assert err.count(str(folder / "notes.txt")) == 1 and ".DS_Store" not in err
+    summary = err.strip().splitlines()[-1]
+    done = len(json.loads(out.read_text())["predictions"])
+    assert summary.startswith(f"{done} predicted, {len(bad)} failed; of them ") and summary.endswith(f"-> {out}")
+    assert "no out-of-domain score in this bundle" in summary  # the test bundle is exported without one
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(bad)
     for path in bad.values():
@@ -277,3 +281,20 @@ def test_one_walk_sorts_a_folder_into_images_and_left_out_files(tmp_path: Path) 
     assert [i.source for i in items] == [str(dicom_like), str(folder / "b" / "slice.png"), "<array 0>"]
     assert left_out == [str(folder / "notes.txt")]
     assert [i.source for i in expand_inputs([folder, array])] == [i.source for i in items]
+
+
+def test_the_summary_line_counts_flags_and_reviews_among_the_predicted() -> None:
+    from brainmri.infer.cli import _flag_summary
+
+    rows = [
+        {"source": "a", "in_domain": False, "review": True},
+        {"source": "b", "in_domain": True, "review": False},
+        {"source": "c", "in_domain": True, "review": True},
+        {"source": "d", "in_domain": True, "review": False},
+        {"source": "e", "error": "unreadable"},  # failures are not counted
+    ]
+    assert _flag_summary(rows) == "; of them 1 flagged out-of-domain (25%), 2 sent to review (50%)"
+    assert _flag_summary([{"source": "a", "in_domain": None, "review": False}]) == (
+        "; of them no out-of-domain score in this bundle, 0 sent to review (0%)"
+    )
+    assert _flag_summary([{"source": "e", "error": "unreadable"}]) == ""

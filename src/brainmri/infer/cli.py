@@ -137,10 +137,28 @@ def _predict(cfg: Config, args: argparse.Namespace) -> int:
         text = json.dumps(doc, indent=2) + "\n"
     if args.out:
         atomic_write_text(args.out, text)
-        print(f"{len(rows) - failed} predicted, {failed} failed -> {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    where = f" -> {args.out}" if args.out else ""
+    print(f"{len(rows) - failed} predicted, {failed} failed{_flag_summary(rows)}{where}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _flag_summary(rows: list[dict[str, Any]]) -> str:
+    """``; of them K flagged out-of-domain (x%), R sent to review (y%)`` for the summary line: a site trying the
+    bundle on its own scans learns at once how many of them the model regards as unlike its training images,
+    without opening the output. Empty when nothing was predicted."""
+    done = [r for r in rows if "error" not in r]
+    if not done:
+        return ""
+    flagged = sum(r.get("in_domain") is False for r in done)
+    review = sum(bool(r.get("review")) for r in done)
+    gate = (
+        "no out-of-domain score in this bundle"
+        if all(r.get("in_domain") is None for r in done)
+        else f"{flagged} flagged out-of-domain ({flagged / len(done):.0%})"
+    )
+    return f"; of them {gate}, {review} sent to review ({review / len(done):.0%})"
 
 
 def _say_left_out(paths: list[str], show: int = 5) -> None:
