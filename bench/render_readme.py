@@ -547,6 +547,10 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_cpu_mirror.json": "… the same with the mirror channel",
     "robustness_rerun.json": "CPU recipe, 14 epochs, the fresh `./run.sh` behind the current bundle",
     "robustness_invert.json": "… the same with contrast inversion in training (`train.augment.invert=0.2`)",
+    "robustness_seed7.json": "… the same recipe, seed 7 (`--seed 7`)",
+    "robustness_raw.json": "… preprocessing preset `raw` (grayscale + resize only), seed 42",
+    "robustness_crop.json": "… preprocessing preset `crop` (brain crop, no N4/Nyúl/CLAHE), seed 42",
+    "robustness_crop_seed7.json": "… preprocessing preset `crop`, seed 7",
 }
 
 
@@ -741,6 +745,7 @@ BLOCKS = {
     "progressive": block_progressive,
     "paired_ece": lambda: block_paired("paired_ece.json"),
     "paired_invert": lambda: block_paired("paired_invert.json"),
+    "paired_preprocess": lambda: block_paired("paired_preprocess.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),

@@ -1,8 +1,9 @@
 """Guard: the preprocessing output must not move by a single pixel (train/inference identity).
 
 A model is trained on the cached uint8 output of ``Preprocessor.__call__``; any speed-up of the chain
-has to leave those bytes unchanged. This test runs the CPU recipe's preprocessor (``configs/cpu-fast.yaml``:
-192 px, preset ``full``) and a few other presets on ~30 real slices of mixed sizes and modes
+has to leave those bytes unchanged. This test runs the CPU recipe's preprocessor settings (``configs/cpu-fast.yaml``:
+192 px) with preset ``full`` (the recipe's preset until 2026-12-07; now ``crop``, also here) and a few
+other presets on ~30 real slices of mixed sizes and modes
 (brain-tumor-mri, lgg-flair, navoneel; also as 8-bit RGB arrays, the colour path) and compares sha256
 digests with ``tests/data/preprocess_identity.json``, recorded from the code before the speed-up of
 issue 12 part 8.
@@ -85,10 +86,10 @@ FIT_FILES: tuple[str, ...] = (
 )
 # the CPU recipe's chain, then other presets that share its steps (crop, n4_fast, Nyúl without skull)
 VARIANTS: dict[str, list[str]] = {
-    "cpu-fast": [],
+    "full": ["preprocess.preset=full"],
     "crop": ["preprocess.preset=crop"],
     "crop+n4+nyul": ["preprocess.preset=crop+n4+nyul"],
-    "full-zero-outside": ["preprocess.skull.zero_outside=true"],
+    "full-zero-outside": ["preprocess.preset=full", "preprocess.skull.zero_outside=true"],
 }
 
 
