@@ -84,7 +84,7 @@ FIT_FILES: tuple[str, ...] = (
     "lgg-flair/tumor/TCGA_CS_4942_19970222_11.png",
     "navoneel/brain_tumor_dataset/yes/Y11.jpg",
 )
-# the CPU recipe's chain, then other presets that share its steps (crop, n4_fast, Nyúl without skull)
+# the full chain (the CPU recipe's until 2026-12-07), then presets that share its steps (crop: the recipe's now)
 VARIANTS: dict[str, list[str]] = {
     "full": ["preprocess.preset=full"],
     "crop": ["preprocess.preset=crop"],
