@@ -806,9 +806,20 @@ def publish(run_dir: Path) -> None:
     for name in ("curves.png", "history.json"):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out / name)
-    check = run_dir.parent.parent / "pipeline" / "bundle_check.json"  # <work_dir>/pipeline/ beside <work_dir>/runs/
+    check = pipeline_bundle_check(run_dir)
     if check.is_file():
         shutil.copyfile(check, out / "bundle_check.json")
+    else:
+        print(f"note: {check} not found (the run was not trained by `brainmri pipeline`); bundle_check.json kept")
+
+
+def pipeline_bundle_check(run_dir: Path) -> Path:
+    """Where the pipeline wrote the bundle check of this run: its config's ``work_dir``/pipeline (runs_dir may lie
+    anywhere, so the folder is read from the run's saved config, not guessed from the run's path)."""
+    from brainmri.layout import Layout
+    from brainmri.runs import Run
+
+    return Layout.from_config(Run.load(run_dir).cfg.paths).workflow_dir / "bundle_check.json"
 
 
 def rendered_pages() -> list[Path]:
