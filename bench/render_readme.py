@@ -86,7 +86,11 @@ def block_train(tag: str) -> str | None:
         f"{r['img_size']} px, {r['n_train']} train / {r['n_val']} val images:",
         "",
         f"- training wall time: **{r['train_wall_minutes']:.1f} min** (import, split and preprocessing before it are "
-        f"not included: {r['data_prep_seconds']:.0f} s in this run, cached ones are skipped)",
+        + (
+            f"not included: {r['data_prep_seconds']:.0f} s in this run, cached ones are skipped)"
+            if r.get("data_prep_seconds") is not None
+            else "not included; recorded from a trained run's `run.json` with `--from-run`)"
+        ),
         f"- best validation accuracy **{_pct(r['best_val_acc'])}**, macro-F1 {_pct(r['best_val_macro_f1'])} "
         f"(best by `{r['best']['monitor']}` at {r['best']['epoch']})",
         "",
@@ -133,7 +137,9 @@ def block_evaluation() -> str | None:
     if s is None:
         return None
     lines = [f"From `{EVAL_SUMMARY.relative_to(ROOT)}` (copied from the CPU-recipe run's `reports/summary.json`):", ""]
-    lines.append("| metric | value (95% CI: exact for proportions, bootstrap otherwise) |")
+    methods = sorted({v["ci_method"] for v in s.values() if isinstance(v, dict) and v.get("ci_method")})
+    how = ", ".join(methods) if methods else "exact for proportions, bootstrap otherwise"
+    lines.append(f"| metric | value (95% CI: {how}) |")
     lines.append("|---|---|")
     for key, value in s.items():
         if isinstance(value, dict) and "value" in value:
@@ -225,7 +231,7 @@ def block_robustness_table(name: str = "robustness.json") -> str | None:
 
 def block_robustness_gate() -> str | None:
     """MRI-C read through the deployed two-score gate: what it flags, and what a deployment honouring it answers."""
-    r = _load(RESULTS / "robustness_rerun.json")
+    r = _load(RESULTS / "robustness.json")
     a = None if r is None else (r.get("summary") or {}).get("answered")
     if a is None:
         return None
@@ -234,9 +240,9 @@ def block_robustness_gate() -> str | None:
     start = next(i for i, line in enumerate(md) if line.startswith("| corruption |"))
     end = md.index("", start)
     head = (
-        f"From `bench/results/robustness_rerun.json` (`python bench/robustness.py --run runs/cpu-fast --out "
-        f"bench/results/robustness_rerun.json`, {r['created'][:10]}; run `{r['run']}` from the fresh `./run.sh`, the "
-        f"run behind the current bundle and its gate; {r['settings']['n_test']} test images, {_machine(r)}): clean "
+        f"From `bench/results/robustness.json` (`python bench/robustness.py --run runs/cpu-fast`, "
+        f"{r['created'][:10]}; run `{r['run']}` from a fresh `./run.sh`, the run behind the released bundle and its "
+        f"gate; {r['settings']['n_test']} test images, {_machine(r)}): clean "
         f"accuracy {_pct(c['accuracy'])}, mean drop **{sm['mean_drop']:.1f} points**, worst corruption "
         f"{sm['worst_corruption']} ({sm['worst_corruption_drop']:.1f}). The deployed gate flags "
         f"{_pct(c['ood_flagged']['gate'])} of the clean test images; over the {sm['n_conditions']} corrupted "
@@ -543,13 +549,14 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_scan_split_mirror.json": "… with the mirror channel (`model.gray_mode=mirror`)",
     "robustness_scan_split_gin.json": "… plus GIN random conv nets (`train.augment.random_conv=0.5`)",
     "robustness_scan_split_ensemble2.json": "`brainmri ensemble` of two seeds (42 + 7) of the six-epoch recipe",
-    "robustness.json": "CPU recipe as released, 14 fine-tuning epochs",
+    "robustness_full_release.json": "CPU recipe, full chain, 14 fine-tuning epochs, released until 2026-12-06",
     "robustness_cpu_mirror.json": "… the same with the mirror channel",
-    "robustness_rerun.json": "CPU recipe, 14 epochs, the fresh `./run.sh` behind the current bundle",
+    "robustness_rerun.json": "CPU recipe, full chain, 14 epochs, seed 42: the `./run.sh` released 2026-12-06",
     "robustness_invert.json": "… the same with contrast inversion in training (`train.augment.invert=0.2`)",
     "robustness_seed7.json": "… the same recipe, seed 7 (`--seed 7`)",
     "robustness_raw.json": "… preprocessing preset `raw` (grayscale + resize only), seed 42",
-    "robustness_crop.json": "… preprocessing preset `crop` (brain crop, no N4/Nyúl/CLAHE), seed 42",
+    "robustness_crop.json": "… preprocessing preset `crop` (brain crop, no N4/Nyúl/CLAHE), seed 42: the recipe "
+    "released 2026-12-07 (its `./run.sh` gave the same weights, `robustness.json`)",
     "robustness_crop_seed7.json": "… preprocessing preset `crop`, seed 7",
 }
 
@@ -641,7 +648,18 @@ def block_rerun() -> str | None:
         f"epoch {tr['best_epoch']} (validation accuracy {_pct(tr['best_val_acc'])}); test accuracy "
         f"{_ci(t['accuracy'])}, tumour AUC {_ci(t['tumour_auc'])}, ECE after temperature scaling "
         f"{_ci(t['ece_after'], pct=False)} ({t['accuracy']['ci_method']}); the exported bundle agrees "
-        f"({_pct(r['bundle_check'])})."
+        f"({_pct(r['bundle_check'])})." + _reproduction(r.get("reproduction"))
+    )
+
+
+def _reproduction(rep: dict | None) -> str:
+    """A second training with the released seed: are its weights the same bytes as the released run's?"""
+    if not rep:
+        return ""
+    same = "the same bytes as" if rep["weights_identical"] else "different from"
+    return (
+        f" A second training with the released run's seed ({rep['what']}) gave weights {same} the released "
+        f"run's (`model.safetensors` SHA-256 `{rep['sha256'][:12]}…`)."
     )
 
 
