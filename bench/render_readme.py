@@ -558,6 +558,8 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_crop.json": "… preprocessing preset `crop` (brain crop, no N4/Nyúl/CLAHE), seed 42: the recipe "
     "released 2026-12-07 (its `./run.sh` gave the same weights, `robustness.json`)",
     "robustness_crop_seed7.json": "… preprocessing preset `crop`, seed 7",
+    "robustness_crop_n4_nyul.json": "… preprocessing preset `crop+n4+nyul` (the full chain without skull mask and "
+    "CLAHE), seed 42",
 }
 
 
