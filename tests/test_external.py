@@ -218,6 +218,37 @@ def test_validate_reports_the_out_of_domain_gate_on_the_site_set(tiny, tmp_path,
     assert "out-of-domain gate: flags" in capsys.readouterr().out
 
 
+def test_the_gate_fit_is_reused_for_the_same_weights_and_refitted_when_they_change(tiny, tmp_path, monkeypatch):
+    """A second evaluation of the same weights (another ``--split``) reuses the saved gate instead of scoring the
+    training split again; new weights or another quantile refit it."""
+    import shutil
+
+    from brainmri.evaluate import domain
+    from brainmri.runs import WEIGHTS_FILE, Run
+
+    run = Run.load(shutil.copytree(tiny.dir, tmp_path / "runs" / "gated"))
+    model = run.build_model()
+    first = domain.fit_ood(run, model, "val", quantile=0.9, batch_size=16)
+    assert json.loads((run.dir / domain.GATE_FIT_FILE).read_text())["quantile"] == 0.9
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("the training split was scored again")
+
+    monkeypatch.setattr(domain, "predict_outputs", no_scoring)
+    again = domain.fit_ood(run, model, "val", quantile=0.9, batch_size=16)
+    assert again.threshold_ == pytest.approx(first.threshold_)
+    with pytest.raises(AssertionError, match="scored again"):
+        domain.fit_ood(run, model, "val", quantile=0.8, batch_size=16)
+    assert not (run.dir / domain.GATE_FIT_FILE).exists()  # the failed refit left no record claiming the old fit
+    monkeypatch.undo()
+    domain.fit_ood(run, model, "val", quantile=0.9, batch_size=16)
+    with open(run.dir / WEIGHTS_FILE, "ab") as fh:  # other weights, same everything else
+        fh.write(b" ")
+    monkeypatch.setattr(domain, "predict_outputs", no_scoring)
+    with pytest.raises(AssertionError, match="scored again"):
+        domain.fit_ood(run, model, "val", quantile=0.9, batch_size=16)
+
+
 def _bad_csv(tmp_path: Path, kind: str, tiny) -> Path:
     from external_support import phantom_csv_set
 

@@ -6,6 +6,10 @@ in-domain validation images pass the gate). Two scores (``brainmri.calibrate.ood
 the pooled features (``runs/<name>/ood.json``) and, when the backbone exposes early stages, one on their
 per-channel statistics (``ood_blocks.json``); their thresholds are raised together so that the fraction is
 that of the gate, not of each score. Export copies both into the bundle card.
+
+The fit is reused while nothing it depends on changed (``ood_fit.json`` records the weights' digest, the split,
+the validation part and the quantile): scoring the training split dominates an evaluation on CPU, and
+``evaluate --split <manifest>`` of an external set would otherwise redo it for the same weights.
 """
 
 from __future__ import annotations
@@ -17,15 +21,48 @@ import numpy as np
 
 from brainmri.bundle.source import BundleSource
 from brainmri.calibrate.ood import MahalanobisOOD, fit_joint_thresholds, ood_from_dict
-from brainmri.runs import predict_outputs
-from brainmri.utils import atomic_write_json
+from brainmri.runs import WEIGHTS_FILE, predict_outputs
+from brainmri.utils import atomic_write_json, file_digest
+
+GATE_FIT_FILE = "ood_fit.json"
 
 
-def fit_ood(run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batch_size: int = 64) -> MahalanobisOOD:
+def gate_fit_key(run: Any, val_part: str, quantile: float) -> dict[str, Any]:
+    """What a fitted gate depends on: the weights, the split file, the validation part and the pass quantile."""
+    return {
+        "weights_sha256": file_digest(run.dir / WEIGHTS_FILE, "sha256"),
+        "split_sha256": run.info.get("split_sha256"),
+        "val_part": val_part,
+        "quantile": float(quantile),
+    }
+
+
+def _reusable(run: Any, key: dict[str, Any]) -> MahalanobisOOD | None:
+    """The saved pooled-feature score when ``ood_fit.json`` records the same ``key``; else None."""
+    record = run.dir / GATE_FIT_FILE
+    if not (record.is_file() and run.ood_path.is_file()):
+        return None
+    try:
+        if json.loads(record.read_text()) != key:
+            return None
+        return MahalanobisOOD.from_dict(json.loads(run.ood_path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None  # an unreadable record or score is refitted, not trusted
+
+
+def fit_ood(
+    run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batch_size: int = 64, reuse: bool = True
+) -> MahalanobisOOD:
     """Mahalanobis scores on the run's training features, joint thresholds on its validation features; saved.
 
     Returns the pooled-feature score; the block-statistics score is saved beside it (or a stale one removed).
+    With ``reuse``, a fit recorded for the same weights, split, part and quantile is returned unchanged.
     """
+    key = gate_fit_key(run, val_part, quantile)
+    if reuse and (saved := _reusable(run, key)) is not None:
+        print(f"out-of-domain gate: reusing {run.ood_path.name} (fitted for these weights and {val_part})")
+        return saved
+    (run.dir / GATE_FIT_FILE).unlink(missing_ok=True)
     train = run.load_images("train" if val_part == "val" else val_part.replace(":val", ":train"))
     keep = train.labels >= 0
     val = run.load_images(val_part)
@@ -40,6 +77,7 @@ def fit_ood(run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batc
         atomic_write_json(run.ood_blocks_path, scores[1].to_dict())
     else:
         run.ood_blocks_path.unlink(missing_ok=True)
+    atomic_write_json(run.dir / GATE_FIT_FILE, key)
     passed = np.logical_and.reduce([v <= s.threshold_ for s, v in zip(scores, val_scores, strict=True)])
     print(f"out-of-domain gate ({' + '.join(names)}): fitted on {int(keep.sum())} training images; "
           f"{passed.mean():.1%} of {val_part} pass (thresholds at the {q:.3f} quantile)")  # fmt: skip
