@@ -561,6 +561,7 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_crop_n4_nyul.json": "… preprocessing preset `crop+n4+nyul` (the full chain without skull mask and "
     "CLAHE), seed 42",
     "robustness_crop_n4.json": "… preprocessing preset `crop+n4` (brain crop and bias correction only), seed 42",
+    "robustness_crop_n4_seed7.json": "… preprocessing preset `crop+n4`, seed 7",
 }
 
 

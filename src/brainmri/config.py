@@ -167,7 +167,8 @@ class ClaheConfig(Section):
 
 class PreprocessConfig(Section):
     preset: Literal["raw", "crop", "crop+n4", "crop+n4+nyul", "full", "custom"] = "full"
-    """Named chain; ``custom`` uses the step sections below exactly as given."""
+    """Named chain; ``custom`` uses the step sections below exactly as given. The default is the whole chain;
+    the shipped recipes use ``crop``, which transferred better to other sources (docs/preprocessing.md)."""
     size: int = Field(224, ge=8)
     scale_method: Literal["percentile", "minmax"] = "percentile"
     """How the decoded image is scaled to [0, 1]: robust percentiles (below) or min-max."""
