@@ -215,6 +215,17 @@ class BalanceConfig(Section):
     """Cap on one image's weight, as a multiple of the median weight (a few images are not repeated without bound)."""
 
 
+class StyleConfig(Section):
+    """Feature-statistics perturbation in stage 2 (``brainmri.train.style``): style randomisation inside the
+    network (DSU, Li et al. 2022; MixStyle, Zhou et al. 2021). Training only; deployed models are unchanged."""
+
+    kind: Literal["none", "dsu", "mixstyle"] = "none"
+    p: float = Field(0.5, ge=0.0, le=1.0)
+    """Probability per batch and layer."""
+    layers: list[str] = Field(default_factory=lambda: ["blocks.1", "blocks.2", "blocks.3"])
+    """Backbone modules whose outputs are perturbed (timm module names)."""
+
+
 class AugmentConfig(Section):
     enabled: bool = True
     hflip: float = 0.5
@@ -283,6 +294,7 @@ class TrainConfig(Section):
     class_weights: bool = True
     oversample: bool = False
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    style: StyleConfig = Field(default_factory=StyleConfig)
     loss: Literal["ce", "focal"] = "ce"
     focal_gamma: float = 2.0
     focal_alpha: list[float] | None = None

@@ -24,6 +24,7 @@ from brainmri.config import TrainConfig
 from brainmri.models import BrainClassifier
 from brainmri.train.lesions import insert_lesions
 from brainmri.train.losses import WeightedSoftCrossEntropy, mixup
+from brainmri.train.style import attach_style_perturbation
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float = 0.01) -> float:
@@ -116,6 +117,11 @@ class ClassifierModule(L.LightningModule):
         self.val_f1 = MulticlassF1Score(num_classes=n, average="macro")
         self.trainable = trainable_prefixes(frozen, cfg.stage2_trainable)
         set_trainable(model, self.trainable)
+        self._style_hooks = []
+        if stage == 2 and cfg.style.kind != "none":
+            self._style_hooks = attach_style_perturbation(
+                model.backbone, cfg.style.kind, cfg.style.layers, cfg.style.p, active=lambda: self.training
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -126,6 +132,11 @@ class ClassifierModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        for handle in self._style_hooks:  # the model outlives this module (evaluation, export): leave it plain
+            handle.remove()
+        self._style_hooks = []
 
     def on_train_epoch_start(self) -> None:
         # Lightning keeps whatever mode modules were left in (e.g. BN in eval after a frozen stage): set it.
