@@ -562,6 +562,9 @@ SCAN_SPLIT_VARIANTS = {
     "CLAHE), seed 42",
     "robustness_crop_n4.json": "… preprocessing preset `crop+n4` (brain crop and bias correction only), seed 42",
     "robustness_crop_n4_seed7.json": "… preprocessing preset `crop+n4`, seed 7",
+    "robustness_dsu.json": "… preset `crop` (the released recipe) with DSU feature-statistics perturbation "
+    "(`train.style.kind=dsu`), seed 42",
+    "robustness_mixstyle.json": "… preset `crop` with MixStyle (`train.style.kind=mixstyle`), seed 42",
 }
 
 
