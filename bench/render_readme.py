@@ -771,6 +771,7 @@ BLOCKS = {
     "paired_ece": lambda: block_paired("paired_ece.json"),
     "paired_invert": lambda: block_paired("paired_invert.json"),
     "paired_preprocess": lambda: block_paired("paired_preprocess.json"),
+    "paired_style": lambda: block_paired("paired_style.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
