@@ -62,17 +62,24 @@ def mixstyle(x: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
 PERTURBATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"dsu": dsu, "mixstyle": mixstyle}
 
 
-def attach_style_perturbation(
-    backbone: nn.Module, kind: str, layers: list[str], p: float, active: Callable[[], bool]
-) -> list[torch.utils.hooks.RemovableHandle]:
-    """Forward hooks that perturb the outputs of ``layers`` (module names in ``backbone``) while ``active()``;
-    returns the handles (``handle.remove()`` detaches them). Unknown layer names are an error, not a no-op."""
+def style_modules(backbone: nn.Module, kind: str, layers: list[str]) -> list[nn.Module]:
+    """The modules ``layers`` names in ``backbone``; a ConfigError for an unknown kind or name (checked before
+    stage 1 too, so a typo does not surface only after it)."""
     if kind not in PERTURBATIONS:
         raise ConfigError(f"train.style.kind: unknown '{kind}'; known: none, {', '.join(sorted(PERTURBATIONS))}")
     modules = dict(backbone.named_modules())
     missing = [name for name in layers if name not in modules]
     if missing:
         raise ConfigError(f"train.style.layers: no module named {missing} in the backbone")
+    return [modules[name] for name in layers]
+
+
+def attach_style_perturbation(
+    backbone: nn.Module, kind: str, layers: list[str], p: float, active: Callable[[], bool]
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Forward hooks that perturb the outputs of ``layers`` (module names in ``backbone``) while ``active()``;
+    returns the handles (``handle.remove()`` detaches them). Unknown layer names are an error, not a no-op."""
+    targets = style_modules(backbone, kind, layers)
     perturb = PERTURBATIONS[kind]
 
     def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor | None:
@@ -80,4 +87,4 @@ def attach_style_perturbation(
             return None
         return perturb(output)
 
-    return [modules[name].register_forward_hook(hook) for name in layers]
+    return [module.register_forward_hook(hook) for module in targets]

@@ -31,6 +31,7 @@ from brainmri.train.data import SliceDataModule
 from brainmri.train.ema import WeightAverage
 from brainmri.train.losses import balanced_class_weights, build_loss
 from brainmri.train.module import ClassifierModule, training_size, warmup_cosine
+from brainmri.train.style import style_modules
 from brainmri.utils import atomic_path, atomic_write_json, progress, setup_torch
 
 
@@ -384,6 +385,8 @@ def train_run(
     classes = cfg.data.classes
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model = create_model(cfg.model, len(classes))
+    if cfg.train.style.kind != "none":
+        style_modules(model.backbone, cfg.train.style.kind, cfg.train.style.layers)
     result = fit_stages(cfg, model, train, val, run_dir, resume=resume)
     from safetensors.torch import load_file
 
