@@ -772,6 +772,7 @@ BLOCKS = {
     "paired_invert": lambda: block_paired("paired_invert.json"),
     "paired_preprocess": lambda: block_paired("paired_preprocess.json"),
     "paired_style": lambda: block_paired("paired_style.json"),
+    "paired_ensemble_crop": lambda: block_paired("paired_ensemble_crop.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
