@@ -50,16 +50,14 @@ def _reusable(run: Any, key: dict[str, Any]) -> MahalanobisOOD | None:
         return None  # an unreadable record or score is refitted, not trusted
 
 
-def fit_ood(
-    run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batch_size: int = 64, reuse: bool = True
-) -> MahalanobisOOD:
+def fit_ood(run: Any, model: Any, val_part: str, *, quantile: float = 0.95, batch_size: int = 64) -> MahalanobisOOD:
     """Mahalanobis scores on the run's training features, joint thresholds on its validation features; saved.
 
     Returns the pooled-feature score; the block-statistics score is saved beside it (or a stale one removed).
-    With ``reuse``, a fit recorded for the same weights, split, part and quantile is returned unchanged.
+    A fit recorded for the same weights, split, part and quantile (``ood_fit.json``) is returned unchanged.
     """
     key = gate_fit_key(run, val_part, quantile)
-    if reuse and (saved := _reusable(run, key)) is not None:
+    if (saved := _reusable(run, key)) is not None:
         print(f"out-of-domain gate: reusing {run.ood_path.name} (fitted for these weights and {val_part})")
         return saved
     (run.dir / GATE_FIT_FILE).unlink(missing_ok=True)
