@@ -565,6 +565,9 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_dsu.json": "… preset `crop` (the released recipe) with DSU feature-statistics perturbation "
     "(`train.style.kind=dsu`), seed 42",
     "robustness_mixstyle.json": "… preset `crop` with MixStyle (`train.style.kind=mixstyle`), seed 42",
+    "robustness_crop_invert.json": "… preset `crop` with contrast inversion in training (`train.augment.invert=0.2`), "
+    "seed 42",
+    "robustness_crop_invert_seed7.json": "… preset `crop` with contrast inversion, seed 7",
 }
 
 
@@ -773,6 +776,7 @@ BLOCKS = {
     "paired_preprocess": lambda: block_paired("paired_preprocess.json"),
     "paired_style": lambda: block_paired("paired_style.json"),
     "paired_ensemble_crop": lambda: block_paired("paired_ensemble_crop.json"),
+    "paired_invert_crop": lambda: block_paired("paired_invert_crop.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
