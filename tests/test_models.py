@@ -80,3 +80,22 @@ def test_mirror_mode_is_grey_for_symmetric_and_coloured_for_one_sided_input():
     channels = model.normalise(one_sided) * model.std + model.mean
     assert float(channels[0, 2, 2, 7]) == pytest.approx(1.0, abs=1e-5)
     assert float(channels[0, 0, 2, 7]) == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["max", "avgmax"])
+def test_global_pool_survives_the_head_reset_and_exports_without_cams(pool, tmp_path):
+    from brainmri.bundle.export import export_onnx, onnx_parity
+    from brainmri.models.classifier import supports_cam
+
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(backbone="test_efficientnet", weights="none", global_pool=pool), 4).eval()
+    assert model.backbone.global_pool.pool_type == pool  # reset_classifier(4) must not fall back to "avg"
+    assert not supports_cam(model)  # CAM = sum_k w_ck A_k is exact for average pooling only
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        feats = model.backbone.forward_features(model.normalise(x))
+        want = feats.amax((2, 3)) if pool == "max" else 0.5 * (feats.amax((2, 3)) + feats.mean((2, 3)))
+        assert torch.allclose(model.forward_features(x), want, atol=1e-5)
+    path = tmp_path / "model.onnx"
+    assert export_onnx(model, 64, path) == ["logits", "features", "block_stats"]
+    assert onnx_parity(model, path.read_bytes(), 64) < 1e-4

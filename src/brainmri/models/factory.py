@@ -47,7 +47,7 @@ def create_model(cfg: ModelConfig, num_classes: int | None) -> BrainClassifier |
         return EnsembleClassifier([create_model(single, num_classes) for _ in range(cfg.ensemble)])
     _check_name(cfg.backbone)
     in_chans = 1 if cfg.gray_mode == "stem" else 3
-    kwargs = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate or None}
+    kwargs = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate or None, "global_pool": cfg.global_pool}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     weights = cfg.weights
     if weights == "imagenet":
