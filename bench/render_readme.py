@@ -568,6 +568,10 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_crop_invert.json": "… preset `crop` with contrast inversion in training (`train.augment.invert=0.2`), "
     "seed 42",
     "robustness_crop_invert_seed7.json": "… preset `crop` with contrast inversion, seed 7",
+    "robustness_crop_160.json": "… preset `crop` at 160 px instead of 192 (`preprocess.size=160`), seed 42",
+    "robustness_crop_160_seed7.json": "… preset `crop` at 160 px, seed 7",
+    "robustness_crop_maxpool.json": "… preset `crop` with global max pooling (`model.global_pool=max`), seed 42",
+    "robustness_crop_maxpool_seed7.json": "… preset `crop` with global max pooling, seed 7",
 }
 
 
@@ -777,6 +781,7 @@ BLOCKS = {
     "paired_style": lambda: block_paired("paired_style.json"),
     "paired_ensemble_crop": lambda: block_paired("paired_ensemble_crop.json"),
     "paired_invert_crop": lambda: block_paired("paired_invert_crop.json"),
+    "paired_pool_size": lambda: block_paired("paired_pool_size.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
