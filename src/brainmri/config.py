@@ -194,10 +194,11 @@ class ModelConfig(Section):
     """How one grey channel feeds an RGB stem: ``replicate`` (x, x, x); ``stem`` (1-channel stem, filters
     summed); ``mirror`` (x, x, left-right mirror of x): grey where the head is symmetric, coloured where
     it is not, so a one-sided lesion stands out whatever its contrast. Measured, not adopted: docs/robustness.md."""
-    global_pool: Literal["avg", "max", "avgmax"] = "avg"
-    """timm's global pooling before the head. ``max`` lets the most lesion-like location decide instead of the
-    whole slice's average look (the look is what carries the source shortcut); ``avg`` keeps exact CAM overlays
-    in the bundle (``supports_cam``). Measured: docs/robustness.md."""
+    global_pool: Literal["avg", "max", "avgmax"] | None = None
+    """timm's global pooling before the head; ``None`` keeps the backbone's own default (``avg`` for the CNNs here,
+    ``token`` for a ViT). ``max`` lets the most lesion-like location decide instead of the whole slice's average
+    look (the look is what carries the source shortcut); only ``avg`` keeps exact CAM overlays in the bundle
+    (``supports_cam``). Measured, not adopted: docs/robustness.md."""
     ensemble: int = Field(1, ge=1)
     """Members of a deep ensemble (probabilities averaged, ``brainmri.models.ensemble``). Not trained
     directly: ``brainmri ensemble RUN RUN ...`` combines finished runs and records their number here."""
