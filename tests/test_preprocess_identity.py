@@ -1,7 +1,8 @@
 """Guard: the preprocessing output must not move beyond library rounding (train/inference identity).
 
 A model is trained on the cached uint8 output of ``Preprocessor.__call__``; any speed-up of the chain
-has to leave those bytes unchanged (up to the libraries' own rounding, see the test). This test runs the CPU recipe's preprocessor settings (``configs/cpu-fast.yaml``:
+has to leave those bytes unchanged (up to the libraries' own rounding, see the test). This test runs the
+CPU recipe's preprocessor settings (``configs/cpu-fast.yaml``:
 192 px) with preset ``full`` (the recipe's preset until 2026-12-07; now ``crop``, also here) and a few
 other presets on ~30 real slices of mixed sizes and modes
 (brain-tumor-mri, lgg-flair, navoneel; also as 8-bit RGB arrays, the colour path) and compares sha256
