@@ -14,8 +14,10 @@ from brainmri.train.augment import (
     Augmenter,
     BiasField,
     ContrastInversion,
+    Erase,
     FourierAmplitudeMix,
     IntensityRemap,
+    RandErase,
     RandomConvNet,
     Resample,
     RicianNoise,
@@ -39,6 +41,7 @@ ALL_ON = {
     "noise": 1.0,
     "blur": 1.0,
     "downsample": 1.0,
+    "random_erasing": 1.0,
 }
 
 
@@ -204,3 +207,17 @@ def test_random_conv_net_changes_texture_keeps_shape_and_background():
     inside = (flat == np.float32(0.6)) & (cv2.erode((flat > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
     spreads = [RandomConvNet(alpha=1.0, seed=s)(flat)[inside].std() for s in range(5)]
     assert max(spreads) > 0.01
+
+
+def test_random_erasing_replaces_one_rectangle_with_noise():
+    img = phantom(4)
+    out = Erase(top=5, left=10, height=8, width=20, seed=3)(img)
+    changed = out != img
+    assert changed[5:13, 10:30].mean() > 0.95 and not changed[:5].any() and not changed[:, 30:].any()
+    assert out[5:13, 10:30].std() > 0.2  # noise, not a flat patch the network could learn to ignore
+    t = RandErase(1.0)
+    for i in range(50):
+        e = t.draw((SIZE, SIZE), np.random.default_rng(i))
+        area = e.height * e.width / SIZE**2
+        assert 0.015 <= area <= 0.34 and e.top + e.height <= SIZE and e.left + e.width <= SIZE
+    assert RandErase(0.0).draw((SIZE, SIZE), np.random.default_rng(0)) is None

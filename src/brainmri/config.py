@@ -265,6 +265,8 @@ class AugmentConfig(Section):
     """Probability of low-frequency Fourier amplitude mixing (FDA/FACT style)."""
     fourier_beta: float = Field(0.1, gt=0.0, le=0.5)
     """Half-width of the mixed low-frequency band, as a fraction of the image size."""
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability of erasing one random rectangle (2-33% of the slice) with uniform noise (timm's ``--reprob``)."""
     synthetic_lesion: float = Field(0.0, ge=0.0, le=1.0)
     """Probability that a lesion-free training slice gets a drawn lesion and a tumour target (train/lesions.py)."""
     synthetic_lesion_target: dict[str, float] = Field(default_factory=lambda: {"glioma": 0.5, "meningioma": 0.5})

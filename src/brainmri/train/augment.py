@@ -6,7 +6,7 @@ all of its parameters in one place, ``draw(shape, rng)``, from the ``numpy.rando
 and returns the deterministic transform (or ``None`` when it is skipped). The robustness benchmark
 (``bench/robustness.py``) uses the deterministic classes with fixed parameters.
 
-Three groups, applied in this order by :class:`Augmenter`:
+Three groups and an occlusion, applied in this order by :class:`Augmenter`:
 
 - geometry: flip, rotation, zoom (scale), translation (a random crop/zoom);
 - appearance randomisation (off by default; ``docs/robustness.md``): random monotone and non-monotone
@@ -16,7 +16,8 @@ Three groups, applied in this order by :class:`Augmenter`:
 - scanner and protocol variation, after TorchIO (Pérez-García et al. 2021) and MONAI: bias field
   (exp of a random cubic polynomial), gamma, contrast/brightness, Gaussian blur, isotropic down-then-up
   sampling (a lower-resolution acquisition), anisotropic down-up sampling along one axis (slice
-  thickness), Gaussian noise and Rician noise (magnitude images, Gudbjartsson & Patz 1995).
+  thickness), Gaussian noise and Rician noise (magnitude images, Gudbjartsson & Patz 1995);
+- occlusion, last: random erasing of one rectangle with noise (off by default).
 
 Every random draw comes from the generator passed in, which the dataset seeds from (seed, epoch,
 index): augmentation is reproducible and independent of worker count, so a resumed run sees the same
@@ -206,6 +207,28 @@ class RicianNoise(Transform):
         n = np.random.default_rng(self.seed).standard_normal((2, *img.shape), dtype=np.float32)
         n *= np.float32(self.sigma)
         return np.sqrt((img + n[0]) ** 2 + n[1] ** 2)
+
+
+@dataclass(eq=False)
+class Erase(Transform):
+    """Replace the rectangle rows ``top:top+height``, columns ``left:left+width`` with uniform noise in [0, 1].
+
+    Random erasing (Zhong et al. 2020; timm's ``RandomErasing`` in ``pixel`` mode): a network that cannot
+    count on every region being visible has to use more than one cue, e.g. the lesion as well as the
+    level of the slice or the look of the skull base.
+    """
+
+    top: int = 0
+    left: int = 0
+    height: int = 1
+    width: int = 1
+    seed: int = 0
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        out = img.copy()
+        fill = np.random.default_rng(self.seed).random((self.height, self.width), dtype=np.float32)
+        out[self.top : self.top + self.height, self.left : self.left + self.width] = fill
+        return out
 
 
 def _lut_curve(knots_y: np.ndarray, size: int = 1024) -> np.ndarray:
@@ -535,6 +558,27 @@ class RandRicianNoise(RandomTransform):
         return RicianNoise(rng.uniform(*self.sigma_range), int(rng.integers(2**31)))
 
 
+class RandErase(RandomTransform):
+    """One erased rectangle: area U(area) of the image, aspect ratio log-uniform in ``aspect`` (timm's defaults)."""
+
+    name = "random_erasing"
+
+    def __init__(
+        self, prob: float, area: tuple[float, float] = (0.02, 1 / 3), aspect: tuple[float, float] = (0.3, 3.3)
+    ) -> None:
+        super().__init__(prob)
+        self.area, self.aspect = tuple(area), tuple(aspect)
+
+    def sample(self, shape, rng):
+        h, w = shape
+        target = rng.uniform(*self.area) * h * w
+        ratio = float(np.exp(rng.uniform(np.log(self.aspect[0]), np.log(self.aspect[1]))))
+        eh = int(np.clip(round(np.sqrt(target * ratio)), 1, h))
+        ew = int(np.clip(round(np.sqrt(target / ratio)), 1, w))
+        top, left = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
+        return Erase(top, left, eh, ew, int(rng.integers(2**31)))
+
+
 class RandIntensityRemap(RandomTransform):
     """Random curve through ``knots`` equally spaced knots; monotone with probability ``monotone``.
 
@@ -646,6 +690,7 @@ def build_transforms(cfg: AugmentConfig, bank: np.ndarray | None = None) -> list
         RandResample(c.thickness, (2.0, 5.0), axis="random"),
         RandGaussianNoise(c.noise),
         RandRicianNoise(c.rician_noise),
+        RandErase(c.random_erasing),
     ]
 
 
