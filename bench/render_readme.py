@@ -782,6 +782,7 @@ BLOCKS = {
     "paired_ensemble_crop": lambda: block_paired("paired_ensemble_crop.json"),
     "paired_invert_crop": lambda: block_paired("paired_invert_crop.json"),
     "paired_pool_size": lambda: block_paired("paired_pool_size.json"),
+    "paired_ensemble_budget": lambda: block_paired("paired_ensemble_budget.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
