@@ -572,6 +572,10 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_crop_160_seed7.json": "… preset `crop` at 160 px, seed 7",
     "robustness_crop_maxpool.json": "… preset `crop` with global max pooling (`model.global_pool=max`), seed 42",
     "robustness_crop_maxpool_seed7.json": "… preset `crop` with global max pooling, seed 7",
+    "robustness_crop_droppath.json": "… preset `crop` with stochastic depth (`model.drop_path_rate=0.2`), seed 42",
+    "robustness_crop_droppath_seed7.json": "… preset `crop` with stochastic depth, seed 7",
+    "robustness_crop_erasing.json": "… preset `crop`, random erasing (`train.augment.random_erasing=0.25`), seed 42",
+    "robustness_crop_erasing_seed7.json": "… preset `crop` with random erasing, seed 7",
 }
 
 
@@ -783,6 +787,7 @@ BLOCKS = {
     "paired_invert_crop": lambda: block_paired("paired_invert_crop.json"),
     "paired_pool_size": lambda: block_paired("paired_pool_size.json"),
     "paired_ensemble_budget": lambda: block_paired("paired_ensemble_budget.json"),
+    "paired_droppath_erasing": lambda: block_paired("paired_droppath_erasing.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),

@@ -14,7 +14,7 @@ from brainmri.config import Config, ModelConfig
 from brainmri.data.phantoms import make_phantom
 from brainmri.models import create_model
 from brainmri.runs import SplitImages
-from brainmri.train.losses import FocalLoss, WeightedSoftCrossEntropy, balanced_class_weights, mixup
+from brainmri.train.losses import FocalLoss, WeightedSoftCrossEntropy, balanced_class_weights, cutmix, mixup
 from brainmri.train.trainer import fit_stages
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
@@ -77,6 +77,20 @@ def test_focal_loss_reduces_to_ce_and_downweights_easy_samples():
     ce = F.cross_entropy(logits, y, reduction="none")
     p = logits.softmax(-1)[:, 0]
     assert torch.allclose(per, (1 - p) ** 2 * ce)
+
+
+def test_cutmix_pastes_one_box_and_mixes_targets_by_its_area():
+    x = torch.stack([torch.full((1, 16, 16), float(i)) for i in range(4)])
+    y = torch.tensor([0, 1, 2, 3])
+    for seed in range(20):
+        xm, ym, lam = cutmix(x, y, 4, alpha=1.0, rng=np.random.default_rng(seed))
+        for i in range(4):
+            pasted = (xm[i] != x[i]).float().mean().item()
+            own = ym[i, i].item() if ym[i].max() < 1 else 1.0
+            assert pasted == pytest.approx(1 - lam) or pasted == 0.0  # 0: paired with itself
+            assert torch.allclose(ym[i].sum(), torch.tensor(1.0)) and own >= lam - 1e-6
+    same, targets, lam = cutmix(x, y, 4, alpha=0.0, rng=np.random.default_rng(0))
+    assert same is x and lam == 1.0 and torch.equal(targets, torch.eye(4))
 
 
 def test_mixup_maths():

@@ -306,6 +306,11 @@ class TrainConfig(Section):
     focal_gamma: float = 2.0
     focal_alpha: list[float] | None = None
     mixup_alpha: float = 0.0
+    cutmix_alpha: float = Field(0.0, ge=0.0)
+    """CutMix (``train/losses.cutmix``): box area ~ Beta(α, α) from another slice of the batch, targets mixed
+    by area; 0 = off (timm's ``--cutmix``, typically 1.0)."""
+    cutmix_prob: float = Field(0.5, ge=0.0, le=1.0)
+    """Fraction of training batches that get CutMix when ``cutmix_alpha`` > 0."""
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     """Stage 2 validates, keeps and releases an exponential moving average of the weights (timm
     ``ModelEmaV3``) when > 0, e.g. 0.995 (a horizon of ~200 steps); 0 = off. Weight averaging along the trajectory

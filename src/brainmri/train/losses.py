@@ -101,6 +101,31 @@ def mixup(
     return lam * x + (1 - lam) * x[perm], lam * y1 + (1 - lam) * y1[perm], lam
 
 
+def cutmix(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al. 2019): a box of about (1 − λ) of the area, λ ~ Beta(α, α), comes from x[perm].
+
+    The targets mix by the box's actual area (λ is recomputed after clipping to the image), as in timm.
+    Unlike MixUp the pasted region keeps its own contrast and texture, so a lesion pasted into another
+    slice stays a lesion; the network has to find where the evidence is. ``rng`` is seeded by the caller.
+    """
+    y1 = y if y.is_floating_point() else F.one_hot(y, num_classes).float()
+    if alpha <= 0:
+        return x, y1, 1.0
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(x.shape[0])).to(x.device)
+    h, w = x.shape[-2:]
+    bh, bw = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    top, bottom = max(cy - bh // 2, 0), min(cy + bh // 2, h)
+    left, right = max(cx - bw // 2, 0), min(cx + bw // 2, w)
+    out = x.clone()
+    out[..., top:bottom, left:right] = x[perm][..., top:bottom, left:right]
+    lam = 1.0 - (bottom - top) * (right - left) / (h * w)
+    return out, lam * y1 + (1 - lam) * y1[perm], lam
+
+
 def build_loss(cfg, num_classes: int, class_weights: torch.Tensor | None) -> WeightedSoftCrossEntropy:
     if cfg.loss == "focal":
         return FocalLoss(num_classes, cfg.focal_gamma, cfg.focal_alpha, class_weights, cfg.label_smoothing)

@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from brainmri.config import TrainConfig
 from brainmri.models import BrainClassifier
 from brainmri.train.lesions import insert_lesions
-from brainmri.train.losses import WeightedSoftCrossEntropy, mixup
+from brainmri.train.losses import WeightedSoftCrossEntropy, cutmix, mixup
 from brainmri.train.style import attach_style_perturbation
 
 
@@ -164,6 +164,10 @@ class ClassifierModule(L.LightningModule):
         if self.cfg.mixup_alpha > 0:
             rng = np.random.default_rng((self.cfg.seed, self.stage, self.global_step))
             x, targets, _ = mixup(x, targets, self.model.num_classes, self.cfg.mixup_alpha, rng)
+        if self.cfg.cutmix_alpha > 0:
+            rng = np.random.default_rng((self.cfg.seed, self.stage, self.global_step, 2))
+            if rng.random() < self.cfg.cutmix_prob:
+                x, targets, _ = cutmix(x, targets, self.model.num_classes, self.cfg.cutmix_alpha, rng)
         logits = self.model(x)
         loss = self.loss_fn(logits, targets)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
