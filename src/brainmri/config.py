@@ -308,7 +308,7 @@ class TrainConfig(Section):
     mixup_alpha: float = 0.0
     cutmix_alpha: float = Field(0.0, ge=0.0)
     """CutMix (``train/losses.cutmix``): box area ~ Beta(α, α) from another slice of the batch, targets mixed
-    by area; 0 = off (timm's ``--cutmix``, typically 1.0)."""
+    by area; 0 = off (timm's ``--cutmix``, typically 1.0). Applied after MixUp when both are on."""
     cutmix_prob: float = Field(0.5, ge=0.0, le=1.0)
     """Fraction of training batches that get CutMix when ``cutmix_alpha`` > 0."""
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
