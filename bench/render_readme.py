@@ -576,6 +576,8 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_crop_droppath_seed7.json": "… preset `crop` with stochastic depth, seed 7",
     "robustness_crop_erasing.json": "… preset `crop`, random erasing (`train.augment.random_erasing=0.25`), seed 42",
     "robustness_crop_erasing_seed7.json": "… preset `crop` with random erasing, seed 7",
+    "robustness_crop_cutmix.json": "… preset `crop` with CutMix (`train.cutmix_alpha=1.0`, half the batches), seed 42",
+    "robustness_crop_cutmix_seed7.json": "… preset `crop` with CutMix, seed 7",
 }
 
 
@@ -788,6 +790,7 @@ BLOCKS = {
     "paired_pool_size": lambda: block_paired("paired_pool_size.json"),
     "paired_ensemble_budget": lambda: block_paired("paired_ensemble_budget.json"),
     "paired_droppath_erasing": lambda: block_paired("paired_droppath_erasing.json"),
+    "paired_cutmix": lambda: block_paired("paired_cutmix.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
