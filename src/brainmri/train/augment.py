@@ -215,7 +215,8 @@ class Erase(Transform):
 
     Random erasing (Zhong et al. 2020; timm's ``RandomErasing`` in ``pixel`` mode): a network that cannot
     count on every region being visible has to use more than one cue, e.g. the lesion as well as the
-    level of the slice or the look of the skull base.
+    level of the slice or the look of the skull base. Not timm's class itself: it draws from Python's global
+    ``random``, which would break the (seed, epoch, index) reproducibility every transform here keeps.
     """
 
     top: int = 0
