@@ -106,10 +106,10 @@ def cutmix(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """CutMix (Yun et al. 2019): a box of about (1 − λ) of the area, λ ~ Beta(α, α), comes from x[perm].
 
-    The targets mix by the box's actual area (λ is recomputed after clipping to the image), as in timm.
-    Unlike MixUp the pasted region keeps its own contrast and texture, so a lesion pasted into another
-    slice stays a lesion; the network has to find where the evidence is. ``rng`` is seeded by the caller
-(not timm's ``Mixup``, which draws from NumPy's global generator: a resumed run would mix other boxes).
+        The targets mix by the box's actual area (λ is recomputed after clipping to the image), as in timm.
+        Unlike MixUp the pasted region keeps its own contrast and texture, so a lesion pasted into another
+        slice stays a lesion; the network has to find where the evidence is. ``rng`` is seeded by the caller
+    (not timm's ``Mixup``, which draws from NumPy's global generator: a resumed run would mix other boxes).
     """
     y1 = y if y.is_floating_point() else F.one_hot(y, num_classes).float()
     if alpha <= 0:
