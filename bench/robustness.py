@@ -62,6 +62,11 @@ CORRUPTIONS: dict[str, list[float]] = {
 }
 
 
+#: What a site may do to its slices before export (no severities, so not part of MRI-C's mean drop; reported
+#: apart, on the test split and on both external sets): name -> the deterministic brainmri.train.augment class.
+SITE_VARIATIONS: dict[str, str] = {"skull_stripped": "StripSkull"}
+
+
 # ----------------------------------------------------------------------------- corruptions
 
 
@@ -106,6 +111,15 @@ def corrupt_images(images: np.ndarray, name: str, level: int) -> np.ndarray:
         x = make_corruption(name, param, rng, i)(img.astype(np.float32) / 255.0)
         out[i] = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
     return out
+
+
+def site_images(images: np.ndarray, name: str) -> np.ndarray:
+    """uint8 (N, S, S) -> uint8 (N, S, S): every slice as a site applying ``name`` would send it, deterministic."""
+    from brainmri.train import augment as A
+
+    transform = getattr(A, SITE_VARIATIONS[name])()
+    out = [transform(img.astype(np.float32) / 255.0) for img in images]
+    return np.round(np.clip(np.stack(out), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- model runtimes
@@ -459,6 +473,17 @@ def evaluate_corruptions(model, scorer: Scorer, test, names: list[str], clean: d
     return out
 
 
+def evaluate_site_test(model, scorer: Scorer, test, clean: dict[str, Any]) -> dict[str, Any]:
+    """The test split under each site variation: 4-class numbers and the drop from clean."""
+    out: dict[str, Any] = {}
+    for name in SITE_VARIATIONS:
+        r = scorer.four_class(model.outputs(site_images(test.images, name)), test.labels)
+        r["drop"] = round(100 * (clean["accuracy"] - r["accuracy"]), 2)
+        out[name] = r
+        print(f"  site {name}: acc {r['accuracy']:.3f} (drop {r['drop']:+.1f})")
+    return out
+
+
 def summarise(corr: dict[str, Any]) -> dict[str, Any]:
     if not corr:
         return {}
@@ -496,7 +521,9 @@ def answered_summary(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def evaluate_external(run, model, scorer: Scorer, roots: dict[str, Path], cache_dir: Path, n_boot: int) -> dict:
+def evaluate_external(
+    run, model, scorer: Scorer, roots: dict[str, Path], cache_dir: Path, n_boot: int, site: bool = False
+) -> dict:
     out: dict[str, Any] = {}
     for name, root in roots.items():
         if not root.is_dir():
@@ -509,6 +536,9 @@ def evaluate_external(run, model, scorer: Scorer, roots: dict[str, Path], cache_
         r = scorer.binary(outputs, y, groups, n_boot)
         r["groups"] = "patients (labels.csv)" if (root / "labels.csv").is_file() else "images"
         r["overlap"] = {k: v for k, v in (data.overlap or {}).items() if k != "removed_ids"}
+        if site:
+            r["site"] = {v: scorer.binary(model.outputs(site_images(data.images, v)), y, groups, n_boot)
+                         for v in SITE_VARIATIONS}  # fmt: skip
         levels = slice_levels(data.ids, root)
         if levels is not None:
             r["by_level"] = by_level(scorer, outputs, y, groups, levels, n_boot)
@@ -566,7 +596,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     names = args.corruptions.split(",") if args.corruptions else list(CORRUPTIONS)
     corr = evaluate_corruptions(model, scorer, test, names, clean)
     roots = {"lgg-flair": Path(args.lgg), "navoneel": Path(args.navoneel)}
-    external = evaluate_external(run, model, scorer, roots, cache_dir, args.bootstrap) if args.external else {}
+    external = (
+        evaluate_external(run, model, scorer, roots, cache_dir, args.bootstrap, args.site) if args.external else {}
+    )
+    site = evaluate_site_test(model, scorer, test, clean) if args.site else {}
     return {
         "benchmark": "MRI-C (bench/robustness.py)", "run": run.name, "run_dir": str(run.dir.resolve()),
         "git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -575,7 +608,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      "applied_to": "preprocessed uint8 slices (preprocessor output), rounded back to uint8",
                      "probabilities": "softmax(logits / temperature)", "bootstrap": args.bootstrap,
                      "relative_paths_resolved_in": project},
-        "clean": clean, "summary": summarise(corr), "corruptions": corr, "external": external, "ood": ood_info,
+        "clean": clean, "summary": summarise(corr), "corruptions": corr, "external": external,
+        "site_variations": site, "ood": ood_info,
         "seconds": round(time.perf_counter() - t_start, 1), "load_avg": list(os.getloadavg()),
         "machine": machine_facts(),
     }  # fmt: skip
@@ -734,9 +768,24 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{_with_ci(e, 'auc')} | {_with_ci(e, 'sensitivity')} | {_with_ci(e, 'specificity')} | "
             f"{_flags(of)} | {_answered(e.get('answered'))} |"
         )
+    lines += render_site(r)
     for name, e in r["external"].items():
         lines += render_levels(name, e.get("by_level"))
     return "\n".join(lines)
+
+
+def render_site(r: dict[str, Any]) -> list[str]:
+    """Site variations (results since they were added): test accuracy and drop, external AUCs with CIs."""
+    site = r.get("site_variations") or {}
+    if not site:
+        return []
+    ext = {n: e for n, e in r["external"].items() if "site" in e}
+    lines = ["", "| site variation | test acc (drop) | " + " | ".join(f"{n} AUC [95% CI] (clean)" for n in ext) + " |",
+             "|---|---|" + "---|" * len(ext)]  # fmt: skip
+    for name, t in site.items():
+        cells = [f"{_with_ci(e['site'][name], 'auc')} ({_f(e['auc'])})" for e in ext.values()]
+        lines.append(f"| {name} | {_f(t['accuracy'])} ({t['drop']:+.1f}) | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _answered(a: dict[str, Any] | None) -> str:
@@ -780,6 +829,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--external", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lgg", default=str(SHARED / "lgg-flair"))
     p.add_argument("--navoneel", default=str(SHARED / "navoneel"))
+    p.add_argument(
+        "--site",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also score site variations ({', '.join(SITE_VARIATIONS)}) on test and external sets",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the external CIs")
     p.add_argument("--cache-dir", default=str(REPO / "work" / "robustness"),
                    help="manifests, preprocessed external sets and the ONNX feature model are cached here")  # fmt: skip

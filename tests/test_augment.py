@@ -19,8 +19,10 @@ from brainmri.train.augment import (
     IntensityRemap,
     RandErase,
     RandomConvNet,
+    RandStripSkull,
     Resample,
     RicianNoise,
+    StripSkull,
     build_transforms,
     effective_config,
     fourier_amplitude_mix,
@@ -42,6 +44,7 @@ ALL_ON = {
     "blur": 1.0,
     "downsample": 1.0,
     "random_erasing": 1.0,
+    "skull_strip": 1.0,
 }
 
 
@@ -121,7 +124,10 @@ def test_every_transform_on_is_reproducible_and_in_range():
 
 def test_zero_probability_draws_nothing():
     """A new transform left at 0 consumes no random numbers (so existing runs are unchanged)."""
-    for t in build_transforms(AugmentConfig())[2:6]:
+    new = {"skull_strip", "intensity_remap", "invert", "random_conv", "fourier_mix", "random_erasing"}
+    picked = [t for t in build_transforms(AugmentConfig()) if t.name in new]
+    assert len(picked) == len(new)
+    for t in picked:
         rng = np.random.default_rng(0)
         assert t.draw((SIZE, SIZE), rng) is None
         assert rng.random() == np.random.default_rng(0).random()
@@ -221,3 +227,30 @@ def test_random_erasing_replaces_one_rectangle_with_noise():
         area = e.height * e.width / SIZE**2
         assert 0.015 <= area <= 0.34 and e.top + e.height <= SIZE and e.left + e.width <= SIZE
     assert RandErase(0.0).draw((SIZE, SIZE), np.random.default_rng(0)) is None
+
+
+def skull_phantom(size: int = 96) -> np.ndarray:
+    """A brain ellipse (0.5) with a lesion (0.8) inside a bright skull ring (0.9), a dark gap between them."""
+    img = np.zeros((size, size), np.float32)
+    c = (size // 2, size // 2)
+    cv2.ellipse(img, c, (40, 44), 0, 0, 360, 0.9, 4)
+    cv2.ellipse(img, c, (30, 34), 0, 0, 360, 0.5, -1)
+    cv2.circle(img, (c[0] + 10, c[1] - 8), 6, 0.8, -1)
+    return img
+
+
+def test_strip_skull_removes_the_ring_and_the_crop_closes_in_on_the_brain():
+    img = skull_phantom()
+    out = StripSkull()(img)
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert img.max() == np.float32(0.9) and out.max() < 0.85  # the ring is gone, the lesion (0.8) stays
+    assert (out > 0.7).sum() > (img == np.float32(0.8)).sum()  # ... and is larger: the brain fills the frame
+    cols = np.flatnonzero((out > 0.25).any(axis=0))
+    assert cols[-1] - cols[0] > 0.85 * img.shape[1] > 61 + 2 * 4  # the brain was 61 px wide in a 96 px frame
+
+
+def test_strip_skull_leaves_a_slice_it_cannot_strip_unchanged():
+    blank = np.zeros((64, 64), np.float32)
+    assert StripSkull()(blank) is blank
+    assert isinstance(RandStripSkull(1.0).draw((64, 64), np.random.default_rng(0)), StripSkull)
+    assert RandStripSkull(0.0).draw((64, 64), np.random.default_rng(0)) is None

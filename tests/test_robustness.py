@@ -118,7 +118,7 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
             assert 0 <= s["accuracy"] <= 1 and set(s["ood_flagged"]) == {"gate", "features", "block_stats"}
             assert s["ood_flagged"]["gate"] >= max(s["ood_flagged"]["features"], s["ood_flagged"]["block_stats"])
     assert r["summary"]["n_conditions"] == 9 and 0 <= r["summary"]["answered"]["mean_share"] <= 1
-    a = r["clean"]["answered"]
+    a, a_clean = r["clean"]["answered"], r["clean"]["accuracy"]
     assert 0 < a["share"] <= 1 and 0 <= a["accuracy"] <= 1
     lgg, nav = r["external"]["lgg-flair"], r["external"]["navoneel"]
     assert lgg["n"] == 12 and lgg["n_groups"] == 3 and lgg["groups"].startswith("patients")
@@ -131,9 +131,14 @@ def test_benchmark_end_to_end_on_tiny_run(tiny_run: Path, tmp_path: Path):
     assert json.loads(out.read_text())["external"]["lgg-flair"]["auc"] == lgg["auc"]
     assert sum(row["n"] for row in lgg["by_level"]) == lgg["n"] and "by_level" not in nav
     assert 0 <= lgg["answered"]["share"] <= 1 and lgg["answered"]["n"] == round(lgg["answered"]["share"] * lgg["n"])
+    stripped = r["site_variations"]["skull_stripped"]
+    assert 0 <= stripped["accuracy"] <= 1 and stripped["drop"] == round(100 * (a_clean - stripped["accuracy"]), 2)
+    assert lgg["site"]["skull_stripped"]["n"] == lgg["n"] and "site" in nav
     md = bench.render_markdown(r)
     assert "| contrast_inversion |" in md and "| lgg-flair | 12 (6) | 3 patients |" in md
     assert "| lower third (skull base) |" in md and "OOD flagged (gate)" in md
+    assert "| skull_stripped |" in md and "lgg-flair AUC [95% CI] (clean)" in md
+    assert "| skull_stripped |" not in bench.render_markdown({**r, "site_variations": {}})  # results before it
 
 
 def _fit_gate(run_dir: Path) -> None:

@@ -267,6 +267,8 @@ class AugmentConfig(Section):
     """Half-width of the mixed low-frequency band, as a fraction of the image size."""
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
     """Probability of erasing one random rectangle (2-33% of the slice) with uniform noise (timm's ``--reprob``)."""
+    skull_strip: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability that a slice is skull-stripped and re-cropped, as a site that strips before export sends it."""
     synthetic_lesion: float = Field(0.0, ge=0.0, le=1.0)
     """Probability that a lesion-free training slice gets a drawn lesion and a tumour target (train/lesions.py)."""
     synthetic_lesion_target: dict[str, float] = Field(default_factory=lambda: {"glioma": 0.5, "meningioma": 0.5})

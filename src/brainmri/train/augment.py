@@ -6,8 +6,9 @@ all of its parameters in one place, ``draw(shape, rng)``, from the ``numpy.rando
 and returns the deterministic transform (or ``None`` when it is skipped). The robustness benchmark
 (``bench/robustness.py``) uses the deterministic classes with fixed parameters.
 
-Three groups and an occlusion, applied in this order by :class:`Augmenter`:
+A site's own preprocessing, three groups and an occlusion, applied in this order by :class:`Augmenter`:
 
+- site preprocessing, first (off by default): a skull-stripped export, re-cropped as ours would crop it;
 - geometry: flip, rotation, zoom (scale), translation (a random crop/zoom);
 - appearance randomisation (off by default; ``docs/robustness.md``): random monotone and non-monotone
   intensity curves (BigAug, Zhang et al. 2020), contrast inversion inside the head mask, a random
@@ -230,6 +231,32 @@ class Erase(Transform):
         fill = np.random.default_rng(self.seed).random((self.height, self.width), dtype=np.float32)
         out[self.top : self.top + self.height, self.left : self.left + self.width] = fill
         return out
+
+
+@dataclass(eq=False)
+class StripSkull(Transform):
+    """The slice as a site that skull-strips before export would send it, after our own crop and resize.
+
+    Research exports (BraTS-style collections, atlas-registered volumes) and some PACS pipelines deliver
+    brains without skull, scalp or orbits; the training set holds almost none. Steps: the preprocessing's
+    own skull stripper (:class:`brainmri.preprocess.skull.SkullStrip`, zero outside the brain), then the
+    ``crop`` preset's crop and resize again, because that is what our preprocessing does to such a slice:
+    the crop closes in on the brain, which then fills the frame. A slice whose mask falls back to the head
+    (stripping failed) is returned unchanged rather than half-stripped.
+    """
+
+    margin: float = 0.02
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        from brainmri.preprocess.base import Slice
+        from brainmri.preprocess.crop import BrainCrop
+        from brainmri.preprocess.resize import ResizePad
+        from brainmri.preprocess.skull import SkullStrip
+
+        stripped = SkullStrip(zero_outside=True)(Slice(np.ascontiguousarray(img, np.float32)))
+        if stripped.info["skull"]["fallback"] or img.shape[0] != img.shape[1]:
+            return img
+        return ResizePad(img.shape[0])(BrainCrop(margin=self.margin)(Slice(stripped.image))).image
 
 
 def _lut_curve(knots_y: np.ndarray, size: int = 1024) -> np.ndarray:
@@ -580,6 +607,15 @@ class RandErase(RandomTransform):
         return Erase(top, left, eh, ew, int(rng.integers(2**31)))
 
 
+class RandStripSkull(RandomTransform):
+    """:class:`StripSkull` (no random parameter besides whether it happens)."""
+
+    name = "skull_strip"
+
+    def sample(self, shape, rng):
+        return StripSkull()
+
+
 class RandIntensityRemap(RandomTransform):
     """Random curve through ``knots`` equally spaced knots; monotone with probability ``monotone``.
 
@@ -677,6 +713,7 @@ def build_transforms(cfg: AugmentConfig, bank: np.ndarray | None = None) -> list
     """The random transforms of ``cfg`` in application order (geometry, appearance, scanner variation)."""
     c = effective_config(cfg)
     return [
+        RandStripSkull(c.skull_strip),
         RandFlip(c.hflip),
         RandAffine(c.rotation_deg, c.scale, c.translate),
         RandIntensityRemap(c.intensity_remap, c.remap_knots, c.remap_monotone),
