@@ -597,6 +597,47 @@ def block_scan_split_variants() -> str | None:
     )
 
 
+#: Runs scored under the site variations (bench/robustness.py ``site_variations``): file -> what trained it.
+SITE_RUNS = {
+    "robustness_site_crop_seed7.json": "CPU recipe (preset `crop`), seed 7, retrained 2026-12-07",
+    "robustness_site_strip_seed7.json": "… the same with skull stripping in training (`train.augment.skull_strip=0.3`)",
+}
+
+
+def _auc_cell(e: dict[str, Any] | None) -> str:
+    if not e or e.get("auc") is None:
+        return "–"
+    lo, hi = e["ci95"]["auc"]
+    return f"{e['auc']:.3f} ({lo:.3f}–{hi:.3f})"
+
+
+def _site_row(label: str, r: dict[str, Any], variation: str) -> str:
+    c, t, ext = r["clean"], r["site_variations"][variation], r["external"]
+    cells = [f"{_auc_cell(ext.get(n))} → {_auc_cell((ext.get(n) or {}).get('site', {}).get(variation))}"
+             for n in ("lgg-flair", "navoneel")]  # fmt: skip
+    return (
+        f"| {label} (`{r['run']}`) | {_pct(c['accuracy'])} → {_pct(t['accuracy'])} ({t['drop']:+.1f}) | "
+        f"{cells[0]} | {cells[1]} | {r['summary']['mean_drop']:.1f} / {r['summary']['worst_corruption_drop']:.1f} |"
+    )
+
+
+def block_site_skull_strip() -> str | None:
+    """Clean → skull-stripped (bench/robustness.py site variation) for each run in SITE_RUNS."""
+    rows = {n: (label, r) for n, label in SITE_RUNS.items() if (r := _load(RESULTS / n)) and r.get("site_variations")}
+    if not rows:
+        return None
+    return "\n".join(
+        [
+            f"From `bench/results/{'`, `'.join(rows)}` (`python bench/robustness.py --run RUN`, whole test split; "
+            "each cell: clean → skull-stripped by `StripSkull`; AUCs with patient- / image-bootstrap 95% CIs):",
+            "",
+            "| model | test accuracy (drop) | lgg-flair AUC | navoneel AUC | MRI-C mean / worst drop |",
+            "|---|---|---|---|---|",
+            *(_site_row(label, r, "skull_stripped") for label, r in rows.values()),
+        ]
+    )
+
+
 def block_paired(name: str) -> str | None:
     r = _load(RESULTS / name)
     if r is None:
@@ -791,6 +832,7 @@ BLOCKS = {
     "paired_ensemble_budget": lambda: block_paired("paired_ensemble_budget.json"),
     "paired_droppath_erasing": lambda: block_paired("paired_droppath_erasing.json"),
     "paired_cutmix": lambda: block_paired("paired_cutmix.json"),
+    "site_skull_strip": block_site_skull_strip,
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
