@@ -578,6 +578,10 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_crop_erasing_seed7.json": "… preset `crop` with random erasing, seed 7",
     "robustness_crop_cutmix.json": "… preset `crop` with CutMix (`train.cutmix_alpha=1.0`, half the batches), seed 42",
     "robustness_crop_cutmix_seed7.json": "… preset `crop` with CutMix, seed 7",
+    "robustness_site_crop_seed7.json": "… preset `crop`, seed 7, retrained 2026-12-07 (differs from the seed-7 `crop` "
+    "row above: the retrain was not bit-identical)",
+    "robustness_site_strip_seed7.json": "… preset `crop` with skull stripping in training "
+    "(`train.augment.skull_strip=0.3`), seed 7",
 }
 
 
@@ -833,6 +837,7 @@ BLOCKS = {
     "paired_droppath_erasing": lambda: block_paired("paired_droppath_erasing.json"),
     "paired_cutmix": lambda: block_paired("paired_cutmix.json"),
     "site_skull_strip": block_site_skull_strip,
+    "paired_skull_strip": lambda: block_paired("paired_skull_strip.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
