@@ -253,8 +253,10 @@ class StripSkull(Transform):
         from brainmri.preprocess.resize import ResizePad
         from brainmri.preprocess.skull import SkullStrip
 
+        if img.shape[0] != img.shape[1]:  # preprocessed slices are square; anything else is left alone
+            return img
         stripped = SkullStrip(zero_outside=True)(Slice(np.ascontiguousarray(img, np.float32)))
-        if stripped.info["skull"]["fallback"] or img.shape[0] != img.shape[1]:
+        if stripped.info["skull"]["fallback"]:
             return img
         return ResizePad(img.shape[0])(BrainCrop(margin=self.margin)(Slice(stripped.image))).image
 
