@@ -516,19 +516,19 @@ def block_conformal() -> str | None:
     return "\n".join([head, "", _bench_module("conformal").render(r)])
 
 
+def _auc_cell(e: dict[str, Any] | None) -> str:
+    if not e or e.get("auc") is None:
+        return "–"
+    lo, hi = e["ci95"]["auc"]
+    return f"{e['auc']:.3f} ({lo:.3f}–{hi:.3f})"
+
+
 def _mric_row(label: str, r: dict[str, Any]) -> str:
     c, sm, ext = r["clean"], r["summary"], r.get("external", {})
-
-    def auc(name: str) -> str:
-        e = ext.get(name)
-        if not e or e.get("auc") is None:
-            return "–"
-        lo, hi = e["ci95"]["auc"]
-        return f"{e['auc']:.3f} ({lo:.3f}–{hi:.3f})"
-
     return (
         f"| {label} (`{r['run']}`) | {_pct(c['accuracy'])} | {c['ece']:.3f} | {sm['mean_drop']:.1f} | "
-        f"{sm['worst_corruption']} {sm['worst_corruption_drop']:.1f} | {auc('lgg-flair')} | {auc('navoneel')} |"
+        f"{sm['worst_corruption']} {sm['worst_corruption_drop']:.1f} | {_auc_cell(ext.get('lgg-flair'))} | "
+        f"{_auc_cell(ext.get('navoneel'))} |"
     )
 
 
@@ -606,13 +606,6 @@ SITE_RUNS = {
     "robustness_site_crop_seed7.json": "CPU recipe (preset `crop`), seed 7, retrained 2026-12-07",
     "robustness_site_strip_seed7.json": "… the same with skull stripping in training (`train.augment.skull_strip=0.3`)",
 }
-
-
-def _auc_cell(e: dict[str, Any] | None) -> str:
-    if not e or e.get("auc") is None:
-        return "–"
-    lo, hi = e["ci95"]["auc"]
-    return f"{e['auc']:.3f} ({lo:.3f}–{hi:.3f})"
 
 
 def _site_row(label: str, r: dict[str, Any], variation: str) -> str:
