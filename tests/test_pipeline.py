@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+import torch
 import yaml
 
 from brainmri.cli import main
@@ -44,6 +46,10 @@ def test_pipeline_end_to_end_on_phantoms(tmp_path, capsys):
     preds = json.loads((tmp_path / "work" / "pipeline" / "predictions.json").read_text())
     assert len(preds["predictions"] if isinstance(preds, dict) else preds) == 4
     assert (tmp_path / "runs" / "tiny" / "config.yaml").is_file()
+    # the run records the machine it trained on: a retrain elsewhere may not replay it bit for bit
+    machine = json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())["machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["cores"] == os.cpu_count() and machine["versions"]["torch"] == torch.__version__.split("+")[0]
     assert (tmp_path / "bundles" / "tiny" / "card.json").is_file()
     report = (tmp_path / "runs" / "tiny" / "report.html").read_text()  # the last stage: brainmri report
     assert summary["report"].endswith("report.html") and "Confusion matrices" in report and "<img" in report

@@ -146,6 +146,32 @@ def machine_facts() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_capability": _torch_cpu_capability(),
         "python": platform.python_version(),
         "versions": versions,
     }
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; None elsewhere): timings differ by CPU, not only by cores."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _torch_cpu_capability() -> str | None:
+    """The vector instruction set torch's CPU kernels dispatch to (e.g. AVX2, AVX512).
+
+    Why it is recorded: training with one seed on one commit repeats bit for bit on one machine, while kernels
+    for another instruction set may round differently, one suspect when a retrain elsewhere does not replay
+    (docs/robustness.md). None where torch is not installed (the inference-only install)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.backends.cpu.get_cpu_capability()

@@ -32,7 +32,7 @@ from brainmri.train.ema import WeightAverage
 from brainmri.train.losses import balanced_class_weights, build_loss
 from brainmri.train.module import ClassifierModule, training_size, warmup_cosine
 from brainmri.train.style import style_modules
-from brainmri.utils import atomic_path, atomic_write_json, progress, setup_torch
+from brainmri.utils import atomic_path, atomic_write_json, machine_facts, progress, setup_torch
 
 
 def _split_names(fold: int | None) -> tuple[str, str]:
@@ -410,6 +410,7 @@ def train_run(
             "wall_seconds": result["wall_seconds"],
             "stage1_seconds": result["stage1_seconds"],
             "completed": True,
+            "machine": machine_facts(),
         },
     )
     return run_dir
