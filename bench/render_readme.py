@@ -582,7 +582,8 @@ SCAN_SPLIT_VARIANTS = {
     "row above: the retrain was not bit-identical)",
     "robustness_site_strip_seed7.json": "… preset `crop` with skull stripping in training "
     "(`train.augment.skull_strip=0.3`), seed 7",
-    "robustness_site_crop_seed42.json": "… preset `crop`, seed 42, retrained 2026-12-07",
+    "robustness_site_crop_seed42.json": "… preset `crop`, seed 42, retrained 2026-12-07 (differs from the released "
+    "seed-42 `crop` row above in the same way)",
     "robustness_site_strip_seed42.json": "… preset `crop` with skull stripping in training, seed 42",
 }
 
