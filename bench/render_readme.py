@@ -585,6 +585,9 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_site_crop_seed42.json": "… preset `crop`, seed 42, retrained 2026-12-07 (differs from the released "
     "seed-42 `crop` row above in the same way)",
     "robustness_site_strip_seed42.json": "… preset `crop` with skull stripping in training, seed 42",
+    "robustness_crop_avgmax.json": "… preset `crop` with the mean of average and max pooling "
+    "(`model.global_pool=avgmax`), seed 42 (stage 2 resumed at epoch 5)",
+    "robustness_crop_avgmax_seed7.json": "… preset `crop` with average and max pooling, seed 7",
 }
 
 
@@ -610,6 +613,9 @@ SITE_RUNS = {
     "robustness_site_strip_seed7.json": "… the same with skull stripping in training (`train.augment.skull_strip=0.3`)",
     "robustness_site_crop_seed42.json": "CPU recipe (preset `crop`), seed 42, retrained 2026-12-07",
     "robustness_site_strip_seed42.json": "… the same with skull stripping in training",
+    "robustness_crop_avgmax.json": "CPU recipe (preset `crop`) with average and max pooling "
+    "(`model.global_pool=avgmax`), seed 42",
+    "robustness_crop_avgmax_seed7.json": "… the same, seed 7",
 }
 
 
@@ -836,6 +842,7 @@ BLOCKS = {
     "paired_cutmix": lambda: block_paired("paired_cutmix.json"),
     "site_skull_strip": block_site_skull_strip,
     "paired_skull_strip": lambda: block_paired("paired_skull_strip.json"),
+    "paired_avgmax": lambda: block_paired("paired_avgmax.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
