@@ -6,19 +6,25 @@ Usage::
         --run today=runs/crop-s42 --run at-2668c3a=runs/replay-2668c3a --out bench/results/replay_seed42.json
 
 The reference is a ``bench/train.py`` result (its ``epochs``: stage, epoch, train and validation loss and
-accuracy per epoch); each ``--run NAME=DIR`` is a run directory, complete or stopped early, read from the
+accuracy per epoch) or another run directory (two same-seed runs on one machine: is training deterministic
+there?); each ``--run NAME=DIR`` is a run directory, complete or stopped early, read from the
 CSV logs Lightning writes per stage (``logs/csv/stage{1,2}/metrics.csv``). Floats are compared exactly:
 training is deterministic on one machine and commit, so any difference at all says the arithmetic changed
 (code, library or CPU kernels), and the first epoch that differs says in which stage. Why it exists: a
 retrain of the released recipe scored a few hundredths away from the released numbers, and the question
 "code or machine?" needs an artefact, not a scratch check. (``bench/rerun_summary.py --same-seed`` compares two
 finished runs' weights byte for byte; this one also says where they part, and works on a stopped run.)
+Each run's ``model.safetensors``, where it has one, is hashed, so "same weights" is in the record too::
+
+    .venv/bin/python bench/replay.py --reference runs/det-a --run det-b=runs/det-b \\
+        --out bench/results/replay_same_seed.json
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -43,6 +49,19 @@ def run_epochs(run_dir: Path) -> list[dict[str, Any]]:
     return [epochs[k] for k in sorted(epochs)]
 
 
+def reference_epochs(reference: Path) -> list[dict[str, Any]]:
+    """The reference's epochs: a run directory's CSV logs, or a ``bench/train.py`` result's ``epochs``."""
+    if reference.is_dir():
+        return run_epochs(reference)
+    return json.loads(reference.read_text())["epochs"]
+
+
+def weights_sha256(run_dir: Path) -> str | None:
+    """SHA-256 of the run's final weights (None for a run stopped before it wrote them)."""
+    path = run_dir / "model.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def compare(reference: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> dict[str, Any]:
     """How many leading epochs are identical to the reference in every field both logged, and the first that is not."""
     ref = {(r["stage"], r["epoch"]): r for r in reference}
@@ -63,7 +82,9 @@ def compare(reference: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> di
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", required=True, help="a bench/train.py result JSON (bench/results/train_cpu.json)")
+    p.add_argument(
+        "--reference", required=True, help="a bench/train.py result JSON (bench/results/train_cpu.json) or a run dir"
+    )
     p.add_argument("--run", action="append", default=[], required=True, help="NAME=RUN_DIR (repeatable)")
     p.add_argument("--out", required=True, help="result JSON (bench/results/replay_<name>.json)")
     return p.parse_args(argv)
@@ -73,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from brainmri.utils import atomic_write_json, machine_facts
 
-    reference = json.loads(Path(args.reference).read_text())["epochs"]
+    reference = reference_epochs(Path(args.reference))
     runs = {}
     for spec in args.run:
         name, _, path = spec.partition("=")
@@ -85,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = {
             "run_dir": str(run_dir),
             "machine": json.loads(run_json.read_text()).get("machine") if run_json.is_file() else None,
+            "weights_sha256": weights_sha256(run_dir),
             **compare(reference, epochs),
             "epochs": epochs,
         }
@@ -93,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": f"python bench/replay.py --reference {args.reference} " + " ".join(f"--run {r}" for r in args.run),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "reference": args.reference,
+        "reference_weights_sha256": weights_sha256(Path(args.reference)) if Path(args.reference).is_dir() else None,
         "runs": runs,
         "machine": machine_facts(),
     }

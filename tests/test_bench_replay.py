@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from bench_support import load_bench
@@ -48,3 +50,14 @@ def test_an_identical_replay_has_no_first_difference(tmp_path):
 def test_a_directory_without_logs_is_refused_by_name(tmp_path):
     with pytest.raises(SystemExit, match=str(tmp_path)):
         replay.run_epochs(tmp_path)
+
+
+def test_a_run_directory_is_a_reference_and_its_weights_are_hashed(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run in (a, b):
+        _write_run(run, 1, [(0, 0.25, 0.5, 0.75)])
+    (a / "model.safetensors").write_bytes(b"weights")
+    result = replay.compare(replay.reference_epochs(a), replay.run_epochs(b))
+    assert result["first_difference"] is None and result["identical_leading_epochs"] == 1
+    assert replay.weights_sha256(a) == hashlib.sha256(b"weights").hexdigest()
+    assert replay.weights_sha256(b) is None
