@@ -588,6 +588,9 @@ SCAN_SPLIT_VARIANTS = {
     "robustness_crop_avgmax.json": "… preset `crop` with the mean of average and max pooling "
     "(`model.global_pool=avgmax`), seed 42 (stage 2 resumed at epoch 5)",
     "robustness_crop_avgmax_seed7.json": "… preset `crop` with average and max pooling, seed 7",
+    "robustness_crop_deep2.json": "… preset `crop` fine-tuning blocks 2-6 instead of 3-6 "
+    "(`train.stage2_trainable`), seed 42",
+    "robustness_crop_deep2_seed7.json": "… preset `crop` fine-tuning blocks 2-6, seed 7",
 }
 
 
@@ -616,6 +619,9 @@ SITE_RUNS = {
     "robustness_crop_avgmax.json": "CPU recipe (preset `crop`) with average and max pooling "
     "(`model.global_pool=avgmax`), seed 42",
     "robustness_crop_avgmax_seed7.json": "… the same, seed 7",
+    "robustness_crop_deep2.json": "CPU recipe (preset `crop`) fine-tuning blocks 2-6 "
+    "(`train.stage2_trainable`), seed 42",
+    "robustness_crop_deep2_seed7.json": "… the same, seed 7",
 }
 
 
@@ -843,6 +849,7 @@ BLOCKS = {
     "site_skull_strip": block_site_skull_strip,
     "paired_skull_strip": lambda: block_paired("paired_skull_strip.json"),
     "paired_avgmax": lambda: block_paired("paired_avgmax.json"),
+    "paired_deep2": lambda: block_paired("paired_deep2.json"),
     "shortcuts": block_shortcuts,
     "ood_check": block_ood_check,
     "ood_check_photos_ct": lambda: block_ood_check("ood_check_photos_ct.json"),
