@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -58,8 +57,10 @@ def reference_epochs(reference: Path) -> list[dict[str, Any]]:
 
 def weights_sha256(run_dir: Path) -> str | None:
     """SHA-256 of the run's final weights (None for a run stopped before it wrote them)."""
+    from brainmri.data.audit import file_sha256
+
     path = run_dir / "model.safetensors"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return file_sha256(path) if path.is_file() else None
 
 
 def compare(reference: list[dict[str, Any]], epochs: list[dict[str, Any]]) -> dict[str, Any]:
